@@ -1,0 +1,185 @@
+//! Turning a finished socket syscall into a `DataEvent`: connection identity, the socket's
+//! endpoints and the payload prefix, built in the per-CPU `SCRATCH` slot and copied into the
+//! ring buffer with its exact length.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{
+    bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+    generated,
+};
+use tracer_common::{
+    AF_INET, AF_INET6, DataEvent, EventHeader, MAX_CAPTURE, MAX_IOVECS, SockAddrs, counter, kind,
+};
+
+use crate::maps::{
+    CAPTURE_BYTES, CONNS, ConnState, EVENTS, Inflight, SCRATCH, SOCK_OFFSETS, bump, conn_key,
+};
+
+/// Where the syscall's bytes live in user memory.
+#[derive(Clone, Copy)]
+pub enum Payload {
+    /// One contiguous buffer.
+    Buf(u64),
+    /// An array of `count` `struct iovec`.
+    Iov { ptr: u64, count: u64 },
+    /// Not capturable (for example `sendfile`): only the byte count is reported.
+    NotCaptured,
+}
+
+/// Finds the connection this fd refers to, or starts a new one when the fd is new or now
+/// refers to another socket (fd reuse).
+#[inline(always)]
+pub fn connection(tgid: u32, fd: i32, sock: u64) -> Option<ConnState> {
+    let key = conn_key(tgid, fd);
+    // SAFETY: read-only copy out of the map value.
+    if let Some(state) = unsafe { CONNS.get(&key) } {
+        if state.sock == sock {
+            return Some(*state);
+        }
+    }
+    // Unique enough: two sockets first seen in the same nanosecond on the same CPU cannot be.
+    // SAFETY: plain helper calls without arguments.
+    let conn_id = unsafe { (bpf_ktime_get_ns() << 8) | (bpf_get_smp_processor_id() as u64 & 0xff) };
+    let state = ConnState {
+        sock,
+        conn_id,
+        addrs: read_addrs(sock),
+    };
+    CONNS.insert(&key, &state, 0).ok()?;
+    Some(state)
+}
+
+/// Reads the endpoints of a TCP socket from `struct sock_common` at BTF-derived offsets.
+#[inline(always)]
+fn read_addrs(sock: u64) -> SockAddrs {
+    let off = SOCK_OFFSETS.load();
+    let base = sock as *const u8;
+    let mut addrs = SockAddrs::default();
+    // SAFETY: `sock` is a live `struct sock *` handed over by the sock tracepoint during this
+    // syscall; every read goes through bpf_probe_read_kernel and tolerates failure.
+    unsafe {
+        addrs.family = bpf_probe_read_kernel(base.add(off.family as usize) as *const u16).unwrap_or(0);
+        let dport = bpf_probe_read_kernel(base.add(off.dport as usize) as *const u16).unwrap_or(0);
+        addrs.remote_port = u16::from_be(dport);
+        addrs.local_port = bpf_probe_read_kernel(base.add(off.num as usize) as *const u16).unwrap_or(0);
+        if addrs.family == AF_INET {
+            let d = bpf_probe_read_kernel(base.add(off.daddr as usize) as *const [u8; 4]).unwrap_or([0; 4]);
+            let s = bpf_probe_read_kernel(base.add(off.rcv_saddr as usize) as *const [u8; 4]).unwrap_or([0; 4]);
+            addrs.remote_addr[..4].copy_from_slice(&d);
+            addrs.local_addr[..4].copy_from_slice(&s);
+        } else if addrs.family == AF_INET6 {
+            addrs.remote_addr =
+                bpf_probe_read_kernel(base.add(off.v6_daddr as usize) as *const [u8; 16]).unwrap_or([0; 16]);
+            addrs.local_addr =
+                bpf_probe_read_kernel(base.add(off.v6_rcv_saddr as usize) as *const [u8; 16]).unwrap_or([0; 16]);
+        }
+    }
+    addrs
+}
+
+/// Copies `len` user bytes from `src` to `payload[off..]`. Returns the bytes copied.
+#[inline(always)]
+fn copy_user(payload: *mut u8, off: usize, src: u64, len: usize) -> usize {
+    // VERIFIER: `off < MAX_CAPTURE` and `len <= MAX_CAPTURE` keep the write inside the
+    // 2 * MAX_CAPTURE payload area whatever the verifier concludes about their sum.
+    let off = off & (MAX_CAPTURE - 1);
+    let len = if len > MAX_CAPTURE { MAX_CAPTURE } else { len };
+    // SAFETY: destination bounded as above; the helper checks the user source.
+    let ret = unsafe {
+        generated::bpf_probe_read_user(payload.add(off) as *mut c_void, len as u32, src as *const c_void)
+    };
+    if ret == 0 { len } else { 0 }
+}
+
+/// Builds and emits one `DataEvent` for `bytes` bytes moved by the syscall in `inflight`.
+#[inline(always)]
+pub fn emit_data(
+    pid_tgid: u64,
+    inflight: &Inflight,
+    exit_ns: u64,
+    bytes: u64,
+    direction: u8,
+    payload: Payload,
+    flags: u8,
+) {
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(conn) = connection(tgid, inflight.fd, inflight.sock) else {
+        return;
+    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let mut cap = CAPTURE_BYTES.load() as u64;
+    if cap > MAX_CAPTURE as u64 {
+        cap = MAX_CAPTURE as u64;
+    }
+    let want = if bytes < cap { bytes as usize } else { cap as usize };
+    // SAFETY: per-CPU scratch slot, ours for the duration of this program run.
+    let payload_area = unsafe { (*scratch).payload.as_mut_ptr() };
+    let mut captured: usize = 0;
+    let mut flags = flags;
+    match payload {
+        Payload::Buf(ptr) => {
+            captured = copy_user(payload_area, 0, ptr, want);
+        }
+        Payload::Iov { ptr, count } => {
+            let mut remaining = want;
+            for i in 0..MAX_IOVECS {
+                if (i as u64) >= count || remaining == 0 {
+                    break;
+                }
+                // struct iovec { void *iov_base; size_t iov_len; }
+                let entry = (ptr + (i as u64) * 16) as *const [u64; 2];
+                // SAFETY: user pointer read through the checked helper.
+                let Ok([base, len]) = (unsafe { bpf_probe_read_user(entry) }) else {
+                    break;
+                };
+                let take = if (len as usize) < remaining { len as usize } else { remaining };
+                let got = copy_user(payload_area, captured, base, take);
+                if got != take {
+                    break;
+                }
+                captured += got;
+                remaining -= got;
+            }
+        }
+        Payload::NotCaptured => {}
+    }
+    if captured == 0 && want > 0 && !matches!(payload, Payload::NotCaptured) {
+        flags |= tracer_common::data_flags::READ_FAILED;
+        bump(counter::READ_USER_FAILED);
+    }
+    if captured > MAX_CAPTURE {
+        captured = MAX_CAPTURE;
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*scratch).event = DataEvent {
+            header: EventHeader {
+                kind: kind::DATA,
+                pid: tgid,
+                tid: pid_tgid as u32,
+                fd: inflight.fd,
+                conn_id: conn.conn_id,
+            },
+            enter_ns: inflight.enter_ns,
+            exit_ns,
+            bytes,
+            captured: captured as u32,
+            direction,
+            syscall: inflight.syscall,
+            flags,
+            _pad: 0,
+            addrs: conn.addrs,
+        };
+    }
+    let size = core::mem::size_of::<DataEvent>() + captured;
+    // SAFETY: `size` is at most the header plus MAX_CAPTURE, inside the scratch value.
+    let record = unsafe { core::slice::from_raw_parts(scratch as *const u8, size) };
+    if EVENTS.output::<[u8]>(record, 0).is_ok() {
+        bump(counter::EVENTS_SENT);
+    } else {
+        bump(counter::RINGBUF_FULL);
+    }
+}

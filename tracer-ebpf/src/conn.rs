@@ -1,0 +1,173 @@
+//! Connection life cycle: `connect` (client side), `accept`/`accept4` (server side) and
+//! `close`, from `syscalls:sys_enter_*`/`sys_exit_*`. Addresses come from the user's sockaddr
+//! (connect's target, accept's peer); only AF_INET/AF_INET6 are reported. Close is reported
+//! only for sockets the data path has seen, and forgets them so a reused fd starts afresh.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventHeader, SockAddrs, conn_op, counter, kind};
+
+use crate::maps::{CONNS, EVENTS, INFLIGHT, Inflight, bump, conn_key, is_traced};
+
+const EINPROGRESS: i64 = 115;
+/// `Inflight::syscall` values for the life-cycle calls (data syscalls use 1..=11).
+const CONNECT: u8 = 100;
+const ACCEPT: u8 = 101;
+
+#[inline(always)]
+fn stash(ctx: &TracePointContext, syscall: u8) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if !is_traced((id >> 32) as u32) {
+        return 0;
+    }
+    // SAFETY: fd at 16, sockaddr pointer at 24 in both formats.
+    let (fd, ptr) = unsafe {
+        (ctx.read_at::<u64>(16).unwrap_or(u64::MAX), ctx.read_at::<u64>(24).unwrap_or(0))
+    };
+    let inflight = Inflight {
+        ptr,
+        count: 0,
+        // SAFETY: helper without arguments.
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+        sock: 0,
+        fd: fd as i32,
+        syscall,
+        peek: 0,
+        _pad: [0; 2],
+    };
+    let _ = INFLIGHT.insert(&id, &inflight, 0);
+    0
+}
+
+/// Reads an AF_INET/AF_INET6 sockaddr from user memory as the remote end.
+#[inline(always)]
+fn read_sockaddr(ptr: u64) -> Option<SockAddrs> {
+    if ptr == 0 {
+        return None;
+    }
+    let mut addrs = SockAddrs::default();
+    // SAFETY: user memory read through the checked helper.
+    unsafe {
+        addrs.family = bpf_probe_read_user(ptr as *const u16).ok()?;
+        let port = bpf_probe_read_user((ptr + 2) as *const u16).ok()?;
+        addrs.remote_port = u16::from_be(port);
+        if addrs.family == AF_INET {
+            let a = bpf_probe_read_user((ptr + 4) as *const [u8; 4]).ok()?;
+            addrs.remote_addr[..4].copy_from_slice(&a);
+        } else if addrs.family == AF_INET6 {
+            addrs.remote_addr = bpf_probe_read_user((ptr + 8) as *const [u8; 16]).ok()?;
+        } else {
+            return None;
+        }
+    }
+    Some(addrs)
+}
+
+#[inline(always)]
+fn emit_conn(pid_tgid: u64, fd: i32, conn_id: u64, what: u8, addrs: SockAddrs) {
+    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
+        bump(counter::RINGBUF_FULL);
+        return;
+    };
+    entry.write(ConnEvent {
+        header: EventHeader {
+            kind: kind::CONN,
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            fd,
+            conn_id,
+        },
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        what,
+        _pad: [0; 7],
+        addrs,
+    });
+    entry.submit(0);
+    bump(counter::CONN_EVENTS);
+}
+
+#[inline(always)]
+fn finish(ctx: &TracePointContext, expect: u8) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: read-only copy, removed right after.
+    let Some(inflight) = (unsafe { INFLIGHT.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = INFLIGHT.remove(&id);
+    if inflight.syscall != expect {
+        return 0;
+    }
+    // SAFETY: `ret` at 16 in every sys_exit format.
+    let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(-1) };
+    let tgid = (id >> 32) as u32;
+    match expect {
+        CONNECT if ret == 0 || ret == -EINPROGRESS => {
+            if let Some(addrs) = read_sockaddr(inflight.ptr) {
+                let _ = CONNS.remove(&conn_key(tgid, inflight.fd));
+                emit_conn(id, inflight.fd, 0, conn_op::CONNECT, addrs);
+            }
+        }
+        ACCEPT if ret >= 0 => {
+            let fd = ret as i32;
+            let _ = CONNS.remove(&conn_key(tgid, fd));
+            if let Some(addrs) = read_sockaddr(inflight.ptr) {
+                emit_conn(id, fd, 0, conn_op::ACCEPT, addrs);
+            }
+        }
+        _ => {}
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn enter_connect(ctx: TracePointContext) -> u32 {
+    stash(&ctx, CONNECT)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn exit_connect(ctx: TracePointContext) -> u32 {
+    finish(&ctx, CONNECT)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_accept")]
+pub fn enter_accept(ctx: TracePointContext) -> u32 {
+    stash(&ctx, ACCEPT)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn exit_accept(ctx: TracePointContext) -> u32 {
+    finish(&ctx, ACCEPT)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_accept4")]
+pub fn enter_accept4(ctx: TracePointContext) -> u32 {
+    stash(&ctx, ACCEPT)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn exit_accept4(ctx: TracePointContext) -> u32 {
+    finish(&ctx, ACCEPT)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_close")]
+pub fn enter_close(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if !is_traced(tgid) {
+        return 0;
+    }
+    // SAFETY: fd at 16.
+    let fd = unsafe { ctx.read_at::<u64>(16).unwrap_or(u64::MAX) } as i32;
+    let key = conn_key(tgid, fd);
+    // SAFETY: read-only copy.
+    let Some(state) = (unsafe { CONNS.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = CONNS.remove(&key);
+    emit_conn(id, fd, state.conn_id, conn_op::CLOSE, state.addrs);
+    0
+}

@@ -1,0 +1,111 @@
+//! Every map and load-time global of the kernel side, in one place.
+
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{DataEvent, MAX_CAPTURE, SockAddrs, SockOffsets, counter};
+
+/// The agent's own process id: never traced (its exporter would feed itself).
+#[unsafe(no_mangle)]
+pub static AGENT_TGID: Global<u32> = Global::new(0);
+/// Payload bytes captured per syscall, at most `MAX_CAPTURE`.
+#[unsafe(no_mangle)]
+pub static CAPTURE_BYTES: Global<u32> = Global::new(1024);
+/// When 1, only processes listed in `TARGET_PIDS` are traced.
+#[unsafe(no_mangle)]
+pub static FILTER_PIDS: Global<u32> = Global::new(0);
+/// Offsets into `struct sock_common`, from the running kernel's BTF.
+#[unsafe(no_mangle)]
+pub static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
+    daddr: 0,
+    rcv_saddr: 4,
+    dport: 12,
+    num: 14,
+    family: 16,
+    v6_daddr: 56,
+    v6_rcv_saddr: 72,
+    _pad: 0,
+});
+
+/// Ring buffer to userspace; its size is set by the loader.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// A syscall between its enter and exit tracepoints, keyed by `pid_tgid`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Inflight {
+    /// Buffer, iovec array, msghdr or mmsghdr pointer, by `syscall`.
+    pub ptr: u64,
+    /// Count of iovecs or messages where the syscall takes one.
+    pub count: u64,
+    pub enter_ns: u64,
+    /// `struct sock *` noted by the sock tracepoints; 0 when this is not TCP socket I/O.
+    pub sock: u64,
+    pub fd: i32,
+    pub syscall: u8,
+    /// Set when a receive only peeked (`MSG_PEEK`): the bytes will be read again.
+    pub peek: u8,
+    pub _pad: [u8; 2],
+}
+
+#[map]
+pub static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(16384, 0);
+
+/// What the kernel side knows of a socket it has seen I/O on, keyed by `tgid << 32 | fd`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnState {
+    pub sock: u64,
+    pub conn_id: u64,
+    pub addrs: SockAddrs,
+}
+
+#[map]
+pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Processes to trace when `FILTER_PIDS` is 1.
+#[map]
+pub static TARGET_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Event under construction: header then payload. The payload area is twice the largest
+/// capture so that `offset + length` stays provably inside it.
+#[repr(C)]
+pub struct Scratch {
+    pub event: DataEvent,
+    pub payload: [u8; 2 * MAX_CAPTURE],
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Whether the current process is one the tracer should look at.
+#[inline(always)]
+pub fn is_traced(tgid: u32) -> bool {
+    if tgid == AGENT_TGID.load() {
+        return false;
+    }
+    if FILTER_PIDS.load() == 1 {
+        // SAFETY: the value is a plain u8 and is only read.
+        return unsafe { TARGET_PIDS.get(&tgid) }.is_some();
+    }
+    true
+}
+
+#[inline(always)]
+pub fn conn_key(tgid: u32, fd: i32) -> u64 {
+    ((tgid as u64) << 32) | (fd as u32 as u64)
+}

@@ -1,0 +1,56 @@
+//! `sock:sock_send_length` / `sock:sock_recv_length` (Linux 6.3+): fire inside
+//! `sock_sendmsg`/`sock_recvmsg` for every socket, with the `struct sock *`, family and
+//! protocol. They are how the kernel side knows that a `read`/`write` in flight on this thread
+//! is TCP socket I/O, without kprobes.
+//!
+//! Format (from `events/sock/sock_send_length/format`): `sk` at 8 (ptr), `family` at 16 (u16),
+//! `protocol` at 18 (u16), `ret` at 20 (i32), `flags` at 24 (i32).
+
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use tracer_common::{AF_INET, AF_INET6};
+
+use crate::maps::INFLIGHT;
+
+const IPPROTO_TCP: u16 = 6;
+const MSG_PEEK: i32 = 2;
+
+#[tracepoint(category = "sock", name = "sock_send_length")]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    note_socket(&ctx);
+    0
+}
+
+#[tracepoint(category = "sock", name = "sock_recv_length")]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    note_socket(&ctx);
+    0
+}
+
+#[inline(always)]
+fn note_socket(ctx: &TracePointContext) {
+    let id = bpf_get_current_pid_tgid();
+    let Some(inflight) = INFLIGHT.get_ptr_mut(&id) else {
+        return;
+    };
+    // SAFETY: offsets from the tracepoint's format file; reads are checked by the helper.
+    let (sk, family, protocol, flags) = unsafe {
+        (
+            ctx.read_at::<u64>(8).unwrap_or(0),
+            ctx.read_at::<u16>(16).unwrap_or(0),
+            ctx.read_at::<u16>(18).unwrap_or(0),
+            ctx.read_at::<i32>(24).unwrap_or(0),
+        )
+    };
+    if sk == 0 || (family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP {
+        return;
+    }
+    // SAFETY: pointer from the map lookup, valid for this program run.
+    unsafe {
+        if (*inflight).sock == 0 {
+            (*inflight).sock = sk;
+        }
+        if flags & MSG_PEEK != 0 {
+            (*inflight).peek = 1;
+        }
+    }
+}
