@@ -2,7 +2,7 @@
 use super::*;
 pub fn looks_like_http(_first: &[u8]) -> bool { false }
 pub struct HttpParser;
-impl HttpParser { pub fn new() -> Self { HttpParser } }
+impl HttpParser { pub fn new(_options: &ParserOptions) -> Self { HttpParser } }
 impl StreamParser for HttpParser {
     fn feed(&mut self, _dir: Direction, _chunk: &Chunk<'_>, _out: &mut Vec<Message>) {}
     fn stats(&self) -> ParseStats { ParseStats::default() }

@@ -113,6 +113,16 @@ pub trait StreamParser: Send {
     /// True once the parser has decided the stream is not its protocol (the connection is
     /// then ignored).
     fn gave_up(&self) -> bool;
+    /// The connection closed: completes a message delimited by the close (an HTTP/1.0 body
+    /// without length), if any.
+    fn finish(&mut self, _out: &mut Vec<Message>) {}
+}
+
+/// Options that change what parsers record.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ParserOptions {
+    /// Record `url.query` (off by default: queries often carry secrets).
+    pub record_query: bool,
 }
 
 /// Guesses the protocol from the first captured bytes of a connection (either direction).
@@ -127,9 +137,9 @@ pub fn detect(first: &[u8]) -> Option<Protocol> {
 }
 
 /// A fresh parser for a connection that speaks `protocol`.
-pub fn parser_for(protocol: Protocol) -> Box<dyn StreamParser> {
+pub fn parser_for(protocol: Protocol, options: &ParserOptions) -> Box<dyn StreamParser> {
     match protocol {
-        Protocol::Http1 => Box::new(http::HttpParser::new()),
+        Protocol::Http1 => Box::new(http::HttpParser::new(options)),
         Protocol::Thrift => Box::new(thrift::ThriftParser::new()),
     }
 }
