@@ -4,3 +4,8 @@ pub mod metrics;
 pub mod protocol;
 pub mod span;
 pub mod export;
+pub mod assemble;
+pub mod conntable;
+pub mod event;
+pub mod loader;
+pub mod reader;
