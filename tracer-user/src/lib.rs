@@ -1,4 +1,5 @@
 //! The tracer agent as a library: one module per pipeline stage (see ARCHITECTURE.md).
+pub mod btf;
 pub mod context;
 pub mod metrics;
 pub mod protocol;
