@@ -2,6 +2,7 @@
 pub mod btf;
 pub mod context;
 pub mod metrics;
+pub mod process;
 pub mod protocol;
 pub mod span;
 pub mod export;
