@@ -51,7 +51,10 @@ pub enum BtfError {
     #[error("BTF has no struct {0}")]
     NoStruct(&'static str),
     #[error("struct {strct} has no member {member}")]
-    NoMember { strct: &'static str, member: &'static str },
+    NoMember {
+        strct: &'static str,
+        member: &'static str,
+    },
 }
 
 fn malformed(msg: impl Into<String>) -> BtfError {
@@ -74,8 +77,10 @@ pub fn sock_offsets_from(bytes: &[u8]) -> Result<SockOffsets, BtfError> {
     let btf = Btf::parse(bytes)?;
     let id = btf.find_struct(STRUCT)?;
     let off = |member: &'static str| -> Result<u32, BtfError> {
-        btf.member_offset(id, member, 0)?
-            .ok_or(BtfError::NoMember { strct: STRUCT, member })
+        btf.member_offset(id, member, 0)?.ok_or(BtfError::NoMember {
+            strct: STRUCT,
+            member,
+        })
     };
     Ok(SockOffsets {
         daddr: off("skc_daddr")?,
@@ -117,7 +122,9 @@ struct Btf<'a> {
 
 impl<'a> Btf<'a> {
     fn parse(bytes: &'a [u8]) -> Result<Self, BtfError> {
-        let magic = bytes.get(0..2).ok_or_else(|| malformed("shorter than its header"))?;
+        let magic = bytes
+            .get(0..2)
+            .ok_or_else(|| malformed("shorter than its header"))?;
         let order = match u16::from_le_bytes([magic[0], magic[1]]) {
             MAGIC => Order::Little,
             m if m.swap_bytes() == MAGIC => Order::Big,
@@ -139,7 +146,12 @@ impl<'a> Btf<'a> {
         };
         let types = section(type_off, type_len, "type")?;
         let strings = section(str_off, str_len, "string")?;
-        let mut btf = Btf { order, types, strings, index: vec![0] };
+        let mut btf = Btf {
+            order,
+            types,
+            strings,
+            index: vec![0],
+        };
         let mut pos = 0;
         while pos < types.len() {
             btf.index.push(pos);
@@ -148,7 +160,12 @@ impl<'a> Btf<'a> {
                 .data
                 .checked_add(t.data_len()?)
                 .filter(|&end| end <= types.len())
-                .ok_or_else(|| malformed(format!("type {} overruns the type section", btf.index.len() - 1)))?;
+                .ok_or_else(|| {
+                    malformed(format!(
+                        "type {} overruns the type section",
+                        btf.index.len() - 1
+                    ))
+                })?;
         }
         Ok(btf)
     }
@@ -212,9 +229,14 @@ impl<'a> Btf<'a> {
         }
         for i in 0..t.vlen {
             let at = t.data + i * 12;
-            let (name_off, member_type, raw_offset) = (self.u32(at)?, self.u32(at + 4)?, self.u32(at + 8)?);
+            let (name_off, member_type, raw_offset) =
+                (self.u32(at)?, self.u32(at + 4)?, self.u32(at + 8)?);
             // With kind_flag set, the top 8 bits hold a bitfield size.
-            let bits = if t.kind_flag { raw_offset & 0x00ff_ffff } else { raw_offset };
+            let bits = if t.kind_flag {
+                raw_offset & 0x00ff_ffff
+            } else {
+                raw_offset
+            };
             let member_name = self.name(name_off)?;
             if member_name == name.as_bytes() {
                 if bits % 8 != 0 {
@@ -226,7 +248,9 @@ impl<'a> Btf<'a> {
                 let inner = self.strip_modifiers(member_type)?;
                 if let Some(off) = self.member_offset(inner, name, depth + 1)? {
                     let total = (bits / 8).checked_add(off);
-                    return total.map(Some).ok_or_else(|| malformed(format!("offset of {name} overflows")));
+                    return total
+                        .map(Some)
+                        .ok_or_else(|| malformed(format!("offset of {name} overflows")));
                 }
             }
         }
@@ -289,10 +313,19 @@ mod tests {
 
     impl Builder {
         fn new(big: bool) -> Self {
-            Builder { big, types: Vec::new(), strings: vec![0], next_id: 1 }
+            Builder {
+                big,
+                types: Vec::new(),
+                strings: vec![0],
+                next_id: 1,
+            }
         }
         fn put(&mut self, v: u32) {
-            let b = if self.big { v.to_be_bytes() } else { v.to_le_bytes() };
+            let b = if self.big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            };
             self.types.extend_from_slice(&b);
         }
         fn str(&mut self, s: &str) -> u32 {
@@ -305,7 +338,15 @@ mod tests {
             off
         }
         /// Emits a type record and its trailing words; returns its id.
-        fn ty(&mut self, name: &str, kind: u32, kind_flag: bool, vlen: u32, size_or_type: u32, data: &[u32]) -> u32 {
+        fn ty(
+            &mut self,
+            name: &str,
+            kind: u32,
+            kind_flag: bool,
+            vlen: u32,
+            size_or_type: u32,
+            data: &[u32],
+        ) -> u32 {
             let name_off = self.str(name);
             self.put(name_off);
             self.put((kind << 24) | (u32::from(kind_flag) << 31) | vlen);
@@ -317,7 +358,14 @@ mod tests {
             self.next_id - 1
         }
         /// A struct or union with `(name, type, offset in bits)` members.
-        fn aggregate(&mut self, kind: u32, name: &str, size: u32, kind_flag: bool, members: &[(&str, u32, u32)]) -> u32 {
+        fn aggregate(
+            &mut self,
+            kind: u32,
+            name: &str,
+            size: u32,
+            kind_flag: bool,
+            members: &[(&str, u32, u32)],
+        ) -> u32 {
             let mut data = Vec::new();
             for &(n, t, off) in members {
                 data.extend([self.str(n), t, off]);
@@ -325,11 +373,27 @@ mod tests {
             self.ty(name, kind, kind_flag, members.len() as u32, size, &data)
         }
         fn finish(self) -> Vec<u8> {
-            let word = |v: u32| if self.big { v.to_be_bytes() } else { v.to_le_bytes() };
+            let word = |v: u32| {
+                if self.big {
+                    v.to_be_bytes()
+                } else {
+                    v.to_le_bytes()
+                }
+            };
             let mut out = Vec::new();
-            out.extend_from_slice(&if self.big { MAGIC.to_be_bytes() } else { MAGIC.to_le_bytes() });
+            out.extend_from_slice(&if self.big {
+                MAGIC.to_be_bytes()
+            } else {
+                MAGIC.to_le_bytes()
+            });
             out.extend([1, 0]); // version, flags
-            for v in [24, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32] {
+            for v in [
+                24,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strings.len() as u32,
+            ] {
                 out.extend_from_slice(&word(v));
             }
             out.extend_from_slice(&self.types);
@@ -359,11 +423,41 @@ mod tests {
         b.ty("fl", KIND_FLOAT, false, 0, 8, &[]);
         b.ty("sock_common", KIND_FWD, false, 0, 0, &[]);
         // A bitfield struct (kind_flag set) before the real one.
-        b.aggregate(KIND_STRUCT, "bits", 4, true, &[("lo", u32_t, 3 << 24), ("hi", u32_t, (5 << 24) | 3)]);
-        let addrs = b.aggregate(KIND_STRUCT, "", 8, false, &[("skc_daddr", u32_t, 0), ("skc_rcv_saddr", u32_t, 32)]);
-        let addr_union = b.aggregate(KIND_UNION, "", 8, false, &[("skc_addrpair", u32_t, 0), ("", addrs, 0)]);
-        let ports = b.aggregate(KIND_STRUCT, "", 4, false, &[("skc_dport", u16_t, 0), ("skc_num", u16_t, 16)]);
-        let port_union = b.aggregate(KIND_UNION, "", 4, false, &[("skc_portpair", u32_t, 0), ("", ports, 0)]);
+        b.aggregate(
+            KIND_STRUCT,
+            "bits",
+            4,
+            true,
+            &[("lo", u32_t, 3 << 24), ("hi", u32_t, (5 << 24) | 3)],
+        );
+        let addrs = b.aggregate(
+            KIND_STRUCT,
+            "",
+            8,
+            false,
+            &[("skc_daddr", u32_t, 0), ("skc_rcv_saddr", u32_t, 32)],
+        );
+        let addr_union = b.aggregate(
+            KIND_UNION,
+            "",
+            8,
+            false,
+            &[("skc_addrpair", u32_t, 0), ("", addrs, 0)],
+        );
+        let ports = b.aggregate(
+            KIND_STRUCT,
+            "",
+            4,
+            false,
+            &[("skc_dport", u16_t, 0), ("skc_num", u16_t, 16)],
+        );
+        let port_union = b.aggregate(
+            KIND_UNION,
+            "",
+            4,
+            false,
+            &[("skc_portpair", u32_t, 0), ("", ports, 0)],
+        );
         // Reached through a const typedef, as anonymous members sometimes are.
         let port_td = b.ty("", KIND_TYPEDEF, false, 0, port_union, &[]);
         let port_const = b.ty("", KIND_CONST, false, 0, port_td, &[]);
@@ -409,9 +503,18 @@ mod tests {
     fn missing_member_is_named() {
         let mut b = Builder::new(false);
         let u32_t = b.ty("u32", KIND_INT, false, 0, 4, &[32]);
-        b.aggregate(KIND_STRUCT, "sock_common", 8, false, &[("skc_daddr", u32_t, 0), ("skc_rcv_saddr", u32_t, 32)]);
+        b.aggregate(
+            KIND_STRUCT,
+            "sock_common",
+            8,
+            false,
+            &[("skc_daddr", u32_t, 0), ("skc_rcv_saddr", u32_t, 32)],
+        );
         let err = sock_offsets_from(&b.finish()).unwrap_err();
-        assert_eq!(err.to_string(), "struct sock_common has no member skc_dport");
+        assert_eq!(
+            err.to_string(),
+            "struct sock_common has no member skc_dport"
+        );
     }
 
     #[test]
@@ -438,14 +541,20 @@ mod tests {
         let err = sock_offsets_from(&b.finish()).unwrap_err();
         assert_eq!(err.to_string(), "malformed BTF: unknown type kind 25");
         let err = sock_offsets_from(b"\x00\x00garbage garbage garbage").unwrap_err();
-        assert!(err.to_string().starts_with("malformed BTF: bad magic"), "{err}");
+        assert!(
+            err.to_string().starts_with("malformed BTF: bad magic"),
+            "{err}"
+        );
     }
 
     #[test]
     fn truncated_input_is_an_error() {
         let full = synthetic(false);
         for len in 0..full.len() {
-            assert!(sock_offsets_from(&full[..len]).is_err(), "prefix of {len} bytes accepted");
+            assert!(
+                sock_offsets_from(&full[..len]).is_err(),
+                "prefix of {len} bytes accepted"
+            );
         }
     }
 

@@ -65,13 +65,23 @@ impl Interpreter {
     fn takes_value(self, opt: &str) -> bool {
         match self {
             Self::Python => matches!(opt, "-W" | "-X" | "-Q"),
-            Self::Node => matches!(opt, "-r" | "--require" | "--import" | "--loader" | "-C" | "--conditions"),
+            Self::Node => matches!(
+                opt,
+                "-r" | "--require" | "--import" | "--loader" | "-C" | "--conditions"
+            ),
             Self::Ruby => matches!(opt, "-I" | "-r" | "-C"),
             Self::Perl => matches!(opt, "-I"),
             Self::Java => matches!(
                 opt,
-                "-cp" | "-classpath" | "--class-path" | "-p" | "--module-path" | "--add-modules"
-                    | "--add-opens" | "--add-exports" | "--add-reads"
+                "-cp"
+                    | "-classpath"
+                    | "--class-path"
+                    | "-p"
+                    | "--module-path"
+                    | "--add-modules"
+                    | "--add-opens"
+                    | "--add-exports"
+                    | "--add-reads"
             ),
             Self::Php => matches!(opt, "-d" | "-c" | "-z"),
             Self::Shell => matches!(opt, "-o" | "-O" | "+o" | "+O"),
@@ -141,10 +151,19 @@ impl ProcessCache {
             self.by_use.remove(&old.last_use);
         }
         while self.entries.len() >= self.capacity {
-            let Some((_, oldest)) = self.by_use.pop_first() else { break };
+            let Some((_, oldest)) = self.by_use.pop_first() else {
+                break;
+            };
             self.entries.remove(&oldest);
         }
-        self.entries.insert(pid, Entry { identity, last_use: self.tick, resource: resource.clone() });
+        self.entries.insert(
+            pid,
+            Entry {
+                identity,
+                last_use: self.tick,
+                resource: resource.clone(),
+            },
+        );
         self.by_use.insert(self.tick, pid);
         resource
     }
@@ -184,28 +203,44 @@ fn minimal_resource(pid: u32, host_name: &str) -> ProcessResource {
 fn read_resource(dir: &Path, pid: u32, host_name: &str) -> Option<ProcessResource> {
     // `comm` is readable for as long as the pid exists, zombies included.
     let comm = read_capped(&dir.join("comm")).ok()?;
-    let comm = String::from_utf8_lossy(&comm).trim_end_matches('\n').to_owned();
+    let comm = String::from_utf8_lossy(&comm)
+        .trim_end_matches('\n')
+        .to_owned();
     let args: Vec<String> = read_capped(&dir.join("cmdline"))
         .map(|raw| split_nul(&raw))
         .unwrap_or_default();
-    let exe_path = std::fs::read_link(dir.join("exe"))
-        .ok()
-        .map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").to_owned());
+    let exe_path = std::fs::read_link(dir.join("exe")).ok().map(|p| {
+        p.to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_owned()
+    });
     let exe_name = exe_path
         .as_deref()
         .map(base_name)
         .filter(|n| !n.is_empty())
         .unwrap_or(&comm)
         .to_owned();
-    let env = read_capped(&dir.join("environ")).map(|raw| split_nul(&raw)).unwrap_or_default();
+    let env = read_capped(&dir.join("environ"))
+        .map(|raw| split_nul(&raw))
+        .unwrap_or_default();
     // The first definition wins, as with getenv(3).
-    let env_var = |name: &str| env.iter().find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='));
-    let user_attrs = env_var("OTEL_RESOURCE_ATTRIBUTES").map(parse_resource_attributes).unwrap_or_default();
+    let env_var = |name: &str| {
+        env.iter()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
+    let user_attrs = env_var("OTEL_RESOURCE_ATTRIBUTES")
+        .map(parse_resource_attributes)
+        .unwrap_or_default();
 
     let service_name = env_var("OTEL_SERVICE_NAME")
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
-        .or_else(|| user_attrs.iter().find(|(k, _)| k == "service.name").map(|(_, v)| v.clone()))
+        .or_else(|| {
+            user_attrs
+                .iter()
+                .find(|(k, _)| k == "service.name")
+                .map(|(_, v)| v.clone())
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| service_from_command(&args, &exe_name));
 
@@ -220,7 +255,10 @@ fn read_resource(dir: &Path, pid: u32, host_name: &str) -> Option<ProcessResourc
         attributes.push(Attribute::str("process.command_line", command_line(&args)));
     }
     attributes.push(Attribute::str("host.name", host_name));
-    if let Some(id) = read_capped(&dir.join("cgroup")).ok().and_then(|c| container_id(&String::from_utf8_lossy(&c))) {
+    if let Some(id) = read_capped(&dir.join("cgroup"))
+        .ok()
+        .and_then(|c| container_id(&String::from_utf8_lossy(&c)))
+    {
         attributes.push(Attribute::str("container.id", id));
     }
     // What the process says about itself wins over what was detected.
@@ -228,11 +266,17 @@ fn read_resource(dir: &Path, pid: u32, host_name: &str) -> Option<ProcessResourc
         if key == "service.name" {
             continue;
         }
-        let Some(key) = static_key(&key) else { continue };
+        let Some(key) = static_key(&key) else {
+            continue;
+        };
         attributes.retain(|a| a.key != key);
         attributes.push(Attribute::str(key, value));
     }
-    Some(ProcessResource { pid, service_name, attributes })
+    Some(ProcessResource {
+        pid,
+        service_name,
+        attributes,
+    })
 }
 
 /// Which process a pid currently names: its start time (field 22 of `stat`) changes when
@@ -252,13 +296,19 @@ fn identity(dir: &Path) -> Option<Identity> {
     let comm = stat.get(open + 1..close)?.to_vec();
     let after_comm = String::from_utf8_lossy(stat.get(close + 1..)?).into_owned();
     // Field 3 is the first after the parenthesis.
-    let start_time = after_comm.split_ascii_whitespace().nth(22 - 3)?.parse().ok()?;
+    let start_time = after_comm
+        .split_ascii_whitespace()
+        .nth(22 - 3)?
+        .parse()
+        .ok()?;
     Some(Identity { start_time, comm })
 }
 
 fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    std::fs::File::open(path)?.take(MAX_PROC_FILE).read_to_end(&mut out)?;
+    std::fs::File::open(path)?
+        .take(MAX_PROC_FILE)
+        .read_to_end(&mut out)?;
     Ok(out)
 }
 
@@ -268,7 +318,9 @@ fn split_nul(raw: &[u8]) -> Vec<String> {
     if raw.is_empty() {
         return Vec::new();
     }
-    raw.split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+    raw.split(|&b| b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
 }
 
 fn base_name(path: &str) -> &str {
@@ -286,8 +338,12 @@ fn strip_extension(name: &str) -> &str {
 /// `service.name` when the process sets none: the script or module an interpreter runs,
 /// else the executable's name.
 fn service_from_command(args: &[String], exe_name: &str) -> String {
-    let argv0 = args.first().map(|a| base_name(a.split(' ').next().unwrap_or(a)));
-    let interpreter = argv0.and_then(Interpreter::from_name).or_else(|| Interpreter::from_name(exe_name));
+    let argv0 = args
+        .first()
+        .map(|a| base_name(a.split(' ').next().unwrap_or(a)));
+    let interpreter = argv0
+        .and_then(Interpreter::from_name)
+        .or_else(|| Interpreter::from_name(exe_name));
     if let Some(interp) = interpreter
         && let Some(name) = script_name(interp, args.get(1..).unwrap_or_default())
     {
@@ -296,7 +352,10 @@ fn service_from_command(args: &[String], exe_name: &str) -> String {
     if !exe_name.is_empty() {
         return exe_name.to_owned();
     }
-    argv0.filter(|a| !a.is_empty()).unwrap_or("unknown_service").to_owned()
+    argv0
+        .filter(|a| !a.is_empty())
+        .unwrap_or("unknown_service")
+        .to_owned()
 }
 
 /// What an interpreter runs, from its arguments (after `argv[0]`).
@@ -310,18 +369,28 @@ fn script_name(interp: Interpreter, args: &[String]) -> Option<String> {
         match (interp, arg) {
             (Interpreter::Python, "-m") => return args.next().filter(|m| !m.is_empty()).cloned(),
             (Interpreter::Java, "-jar") | (Interpreter::Php, "-f") => {
-                return args.next().map(|f| strip_extension(base_name(f)).to_owned());
+                return args
+                    .next()
+                    .map(|f| strip_extension(base_name(f)).to_owned());
             }
             // `java -m module/main.Class`: the module.
             (Interpreter::Java, "-m" | "--module") => {
-                return args.next().and_then(|m| m.split('/').next()).map(str::to_owned);
+                return args
+                    .next()
+                    .and_then(|m| m.split('/').next())
+                    .map(str::to_owned);
             }
             // Everything after `--` is the script and its arguments.
-            (_, "--") => return args.next().map(|f| strip_extension(base_name(f)).to_owned()),
+            (_, "--") => {
+                return args
+                    .next()
+                    .map(|f| strip_extension(base_name(f)).to_owned());
+            }
             (_, a) if interp.takes_value(a) => {
                 args.next();
             }
-            (_, a) if a.starts_with('-') || (interp == Interpreter::Shell && a.starts_with('+')) => {}
+            (_, a)
+                if a.starts_with('-') || (interp == Interpreter::Shell && a.starts_with('+')) => {}
             // Java's main class is not a file name: `com.example.App` stays as it is.
             (Interpreter::Java, class) => return Some(class.to_owned()),
             (_, script) => {
@@ -402,7 +471,10 @@ fn static_key(key: &str) -> Option<&'static str> {
         return Some(k);
     }
     if keys.len() >= MAX_LEAKED_KEYS || key.len() > MAX_KEY_LEN {
-        tracing::debug!(key, "resource attribute dropped: too many distinct keys or key too long");
+        tracing::debug!(
+            key,
+            "resource attribute dropped: too many distinct keys or key too long"
+        );
         return None;
     }
     let leaked: &'static str = Box::leak(key.to_owned().into_boxed_str());
@@ -424,7 +496,8 @@ mod tests {
 
     impl FakeProc {
         fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("tracer-proc-{}-{name}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("tracer-proc-{}-{name}", std::process::id()));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).unwrap();
             FakeProc(dir)
@@ -434,10 +507,17 @@ mod tests {
         fn add(&self, pid: u32, start: u64, comm: &str, args: &[&str], env: &[&str], cgroup: &str) {
             let dir = self.0.join(pid.to_string());
             fs::create_dir_all(&dir).unwrap();
-            let stat = format!("{pid} ({comm}) S 1 1 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 {start} 1000 10");
+            let stat = format!(
+                "{pid} ({comm}) S 1 1 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 {start} 1000 10"
+            );
             fs::write(dir.join("stat"), stat).unwrap();
             fs::write(dir.join("comm"), format!("{comm}\n")).unwrap();
-            let nul = |items: &[&str]| items.iter().flat_map(|s| [s.as_bytes(), b"\0"].concat()).collect::<Vec<u8>>();
+            let nul = |items: &[&str]| {
+                items
+                    .iter()
+                    .flat_map(|s| [s.as_bytes(), b"\0"].concat())
+                    .collect::<Vec<u8>>()
+            };
             fs::write(dir.join("cmdline"), nul(args)).unwrap();
             fs::write(dir.join("environ"), nul(env)).unwrap();
             fs::write(dir.join("cgroup"), cgroup).unwrap();
@@ -469,17 +549,57 @@ mod tests {
 
     #[test]
     fn service_name_from_command_line() {
-        assert_eq!(named(&["python3", "-m", "http.server", "8000"], "python3.12"), "http.server");
-        assert_eq!(named(&["/usr/bin/python3", "-u", "-W", "ignore", "/srv/app/main.py"], "python3"), "main");
-        assert_eq!(named(&["python3", "-c", "print(1)"], "python3.12"), "python3.12");
+        assert_eq!(
+            named(&["python3", "-m", "http.server", "8000"], "python3.12"),
+            "http.server"
+        );
+        assert_eq!(
+            named(
+                &["/usr/bin/python3", "-u", "-W", "ignore", "/srv/app/main.py"],
+                "python3"
+            ),
+            "main"
+        );
+        assert_eq!(
+            named(&["python3", "-c", "print(1)"], "python3.12"),
+            "python3.12"
+        );
         assert_eq!(named(&["python3"], "python3.12"), "python3.12");
-        assert_eq!(named(&["node", "--require", "otel.js", "dist/server.js"], "node"), "server");
-        assert_eq!(named(&["java", "-Xmx1g", "-cp", "a.jar:b.jar", "-jar", "/opt/shop.jar"], "java"), "shop");
-        assert_eq!(named(&["java", "-cp", "lib/*", "com.example.App"], "java"), "com.example.App");
-        assert_eq!(named(&["ruby", "-I", "lib", "bin/rails", "server"], "ruby3.2"), "rails");
+        assert_eq!(
+            named(&["node", "--require", "otel.js", "dist/server.js"], "node"),
+            "server"
+        );
+        assert_eq!(
+            named(
+                &[
+                    "java",
+                    "-Xmx1g",
+                    "-cp",
+                    "a.jar:b.jar",
+                    "-jar",
+                    "/opt/shop.jar"
+                ],
+                "java"
+            ),
+            "shop"
+        );
+        assert_eq!(
+            named(&["java", "-cp", "lib/*", "com.example.App"], "java"),
+            "com.example.App"
+        );
+        assert_eq!(
+            named(&["ruby", "-I", "lib", "bin/rails", "server"], "ruby3.2"),
+            "rails"
+        );
         assert_eq!(named(&["perl", "-w", "tool.pl"], "perl"), "tool");
-        assert_eq!(named(&["php", "-d", "x=1", "-f", "index.php"], "php8.2"), "index");
-        assert_eq!(named(&["bash", "-o", "pipefail", "./deploy.sh"], "bash"), "deploy");
+        assert_eq!(
+            named(&["php", "-d", "x=1", "-f", "index.php"], "php8.2"),
+            "index"
+        );
+        assert_eq!(
+            named(&["bash", "-o", "pipefail", "./deploy.sh"], "bash"),
+            "deploy"
+        );
         assert_eq!(named(&["sh", "-c", "exec foo"], "dash"), "dash");
         // argv[0] rewritten, interpreter recognised from the executable.
         assert_eq!(named(&["gunicorn-master", "wsgi.py"], "python3.11"), "wsgi");
@@ -499,7 +619,10 @@ mod tests {
             ("team", "a,b=c"),
             ("pct", "100%"),
         ];
-        let expected: Vec<(String, String)> = expected.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         assert_eq!(parsed, expected);
         assert_eq!(percent_decode("caf%C3%A9%zz%4"), "café%zz%4");
     }
@@ -509,11 +632,30 @@ mod tests {
         let cases = [
             (format!("12:pids:/docker/{HEX}\n0::/\n"), Some(HEX)),
             (format!("0::/system.slice/docker-{HEX}.scope\n"), Some(HEX)),
-            (format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234_5678.slice/cri-containerd-{HEX}.scope"), Some(HEX)),
-            (format!("0::/kubepods/besteffort/pod0a1b2c3d-0000-1111-2222-333344445555/crio-{HEX}"), Some(HEX)),
-            (format!("0::/kubepods/burstable/pod{HEX2}/{HEX}\n"), Some(HEX)),
-            (format!("0::/user.slice/user-1000.slice/user@1000.service/libpod-{HEX}.scope:rest"), Some(HEX)),
-            ("0::/user.slice/user-1000.slice/session-2.scope\n".to_owned(), None),
+            (
+                format!(
+                    "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234_5678.slice/cri-containerd-{HEX}.scope"
+                ),
+                Some(HEX),
+            ),
+            (
+                format!(
+                    "0::/kubepods/besteffort/pod0a1b2c3d-0000-1111-2222-333344445555/crio-{HEX}"
+                ),
+                Some(HEX),
+            ),
+            (
+                format!("0::/kubepods/burstable/pod{HEX2}/{HEX}\n"),
+                Some(HEX),
+            ),
+            (
+                format!("0::/user.slice/user-1000.slice/user@1000.service/libpod-{HEX}.scope:rest"),
+                Some(HEX),
+            ),
+            (
+                "0::/user.slice/user-1000.slice/session-2.scope\n".to_owned(),
+                None,
+            ),
             (format!("0::/too/short/{}\n", &HEX[..63]), None),
             (format!("0::/too/long/{HEX}0\n"), None),
             (String::new(), None),
@@ -541,15 +683,31 @@ mod tests {
         assert_eq!(r.service_name, "http.server");
         assert_eq!(attr(&r, "process.pid").as_deref(), Some("100"));
         // No exe link in the fake tree: comm stands in.
-        assert_eq!(attr(&r, "process.executable.name").as_deref(), Some("python3"));
+        assert_eq!(
+            attr(&r, "process.executable.name").as_deref(),
+            Some("python3")
+        );
         assert_eq!(attr(&r, "process.executable.path"), None);
-        assert_eq!(attr(&r, "process.command_line").as_deref(), Some("/usr/bin/python3 -m http.server 8000"));
+        assert_eq!(
+            attr(&r, "process.command_line").as_deref(),
+            Some("/usr/bin/python3 -m http.server 8000")
+        );
         assert_eq!(attr(&r, "container.id").as_deref(), Some(HEX));
         assert_eq!(attr(&r, "service.version").as_deref(), Some("1.2"));
-        assert_eq!(attr(&r, "deployment.environment").as_deref(), Some("stag ing"));
+        assert_eq!(
+            attr(&r, "deployment.environment").as_deref(),
+            Some("stag ing")
+        );
         assert_eq!(attr(&r, "host.name").as_deref(), Some("override"));
-        assert_eq!(r.attributes.iter().filter(|a| a.key == "host.name").count(), 1);
-        assert_eq!(attr(&r, "service.name"), None, "service.name lives in its own field");
+        assert_eq!(
+            r.attributes.iter().filter(|a| a.key == "host.name").count(),
+            1
+        );
+        assert_eq!(
+            attr(&r, "service.name"),
+            None,
+            "service.name lives in its own field"
+        );
         assert!(Arc::ptr_eq(&r, &cache.resource(100)), "cached");
     }
 
@@ -557,14 +715,24 @@ mod tests {
     fn service_name_precedence() {
         let proc = FakeProc::new("precedence");
         let attrs = "OTEL_RESOURCE_ATTRIBUTES=service.name=from%2Dattrs";
-        proc.add(1, 1, "app", &["./app"], &[attrs, "OTEL_SERVICE_NAME=from-env"], "");
+        proc.add(
+            1,
+            1,
+            "app",
+            &["./app"],
+            &[attrs, "OTEL_SERVICE_NAME=from-env"],
+            "",
+        );
         proc.add(2, 1, "app", &["./app"], &[attrs], "");
         proc.add(3, 1, "app", &["./app"], &["OTEL_SERVICE_NAME=", "X=1"], "");
         let mut cache = proc.cache(10);
         assert_eq!(cache.resource(1).service_name, "from-env");
         assert_eq!(cache.resource(2).service_name, "from-attrs");
         assert_eq!(cache.resource(3).service_name, "app");
-        assert_eq!(attr(&cache.resource(3), "host.name").as_deref(), Some("testhost"));
+        assert_eq!(
+            attr(&cache.resource(3), "host.name").as_deref(),
+            Some("testhost")
+        );
     }
 
     #[test]
@@ -580,13 +748,23 @@ mod tests {
         let r = cache.resource(7);
         assert_eq!(r.pid, 7);
         let id = identity(&dir).unwrap();
-        assert_eq!((id.start_time, &id.comm[..]), (1, &b"we(i)rd) name"[..]), "comm with parentheses and spaces");
+        assert_eq!(
+            (id.start_time, &id.comm[..]),
+            (1, &b"we(i)rd) name"[..]),
+            "comm with parentheses and spaces"
+        );
         // An unparsable stat: the cached entry stands; a new cache cannot tell the process.
         fs::write(dir.join("stat"), "7 (x) S 1").unwrap();
         assert!(Arc::ptr_eq(&r, &cache.resource(7)));
-        assert_eq!(proc.cache(4).resource(7).service_name, "unknown_service:pid-7");
+        assert_eq!(
+            proc.cache(4).resource(7).service_name,
+            "unknown_service:pid-7"
+        );
         // A pid directory that cannot be read at all.
-        assert_eq!(cache.resource(4_000_000).service_name, "unknown_service:pid-4000000");
+        assert_eq!(
+            cache.resource(4_000_000).service_name,
+            "unknown_service:pid-4000000"
+        );
     }
 
     #[test]
@@ -637,8 +815,14 @@ mod tests {
         assert_eq!(cache.entries.len(), 2);
         assert_eq!(cache.by_use.len(), 2);
         assert!(Arc::ptr_eq(&one, &cache.resource(1)));
-        assert!(!Arc::ptr_eq(&two, &cache.resource(2)), "2 was evicted and rebuilt");
-        assert!(!cache.entries.contains_key(&3), "3 was then the least recently used");
+        assert!(
+            !Arc::ptr_eq(&two, &cache.resource(2)),
+            "2 was evicted and rebuilt"
+        );
+        assert!(
+            !cache.entries.contains_key(&3),
+            "3 was then the least recently used"
+        );
     }
 
     #[test]
@@ -664,8 +848,13 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         assert_eq!(attr(&r, "process.executable.path").as_deref(), exe.to_str());
         let exe_name = exe.file_name().unwrap().to_str().unwrap();
-        assert_eq!(attr(&r, "process.executable.name").as_deref(), Some(exe_name));
-        if std::env::var_os("OTEL_SERVICE_NAME").is_none() && std::env::var_os("OTEL_RESOURCE_ATTRIBUTES").is_none() {
+        assert_eq!(
+            attr(&r, "process.executable.name").as_deref(),
+            Some(exe_name)
+        );
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none()
+            && std::env::var_os("OTEL_RESOURCE_ATTRIBUTES").is_none()
+        {
             assert_eq!(r.service_name, exe_name);
         }
         assert_eq!(attr(&r, "process.pid"), Some(pid.to_string()));
@@ -679,14 +868,18 @@ mod tests {
         let mut child = std::process::Command::new("sleep")
             .arg("5")
             .env("OTEL_SERVICE_NAME", "foo")
-            .env("OTEL_RESOURCE_ATTRIBUTES", "service.namespace=shop%2Fcheckout")
+            .env(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.namespace=shop%2Fcheckout",
+            )
             .spawn()
             .expect("spawn sleep");
         // `spawn` returns once the kernel has switched the child to its new memory, a moment
         // before it records where the environment lies in it: wait for that.
         let environ = format!("/proc/{}/environ", child.id());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while fs::read(&environ).is_ok_and(|e| e.is_empty()) && std::time::Instant::now() < deadline {
+        while fs::read(&environ).is_ok_and(|e| e.is_empty()) && std::time::Instant::now() < deadline
+        {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let mut cache = ProcessCache::new("h".into(), 8);
@@ -694,9 +887,15 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(r.service_name, "foo");
-        assert_eq!(attr(&r, "process.executable.name").as_deref(), Some("sleep"));
+        assert_eq!(
+            attr(&r, "process.executable.name").as_deref(),
+            Some("sleep")
+        );
         assert_eq!(attr(&r, "process.command_line").as_deref(), Some("sleep 5"));
-        assert_eq!(attr(&r, "service.namespace").as_deref(), Some("shop/checkout"));
+        assert_eq!(
+            attr(&r, "service.namespace").as_deref(),
+            Some("shop/checkout")
+        );
         // Reaped: the cached resource still answers for its pid.
         assert!(Arc::ptr_eq(&r, &cache.resource(child.id())));
     }
