@@ -1,6 +1,8 @@
 //! The tracer agent as a library: one module per pipeline stage (see ARCHITECTURE.md).
+pub mod btf;
 pub mod context;
 pub mod metrics;
+pub mod process;
 pub mod protocol;
 pub mod span;
 pub mod export;
