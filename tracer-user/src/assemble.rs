@@ -75,7 +75,6 @@ struct PendingSpan {
     decided: bool,
     link_method: &'static str,
     confidence: f64,
-    links: Vec<SpanLink>,
     /// Spans that might have been the parent, linked rather than guessed.
     link_candidates: Vec<u64>,
     name: String,
