@@ -400,7 +400,10 @@ impl HttpParser {
     ) -> State {
         match state {
             State::Seek(sync) => State::Seek(sync),
-            State::Head(head) if head.buf.is_empty() && head.sync == Sync::Aligned => self.resync(),
+            State::Head(head) if head.buf.is_empty() && head.sync == Sync::Aligned => {
+                self.uncaptured_message(self.expected_role(dir));
+                self.resync()
+            }
             State::Head(head) if head.buf.is_empty() => State::Seek(head.sync),
             State::Head(head) => {
                 self.cut_head(dir, &head, timing, out);
@@ -414,12 +417,31 @@ impl HttpParser {
                         open.emit(out);
                         State::aligned()
                     }
-                    Skip::Done { .. } | Skip::Lost => {
+                    Skip::Done { .. } => {
+                        open.emit(out);
+                        self.uncaptured_message(self.expected_role(dir));
+                        self.resync()
+                    }
+                    Skip::Lost => {
                         open.emit(out);
                         self.resync()
                     }
                 }
             }
+        }
+    }
+
+    /// A message began where nothing of its first line was captured: it still takes a request
+    /// key, or answers the oldest pending request, so later messages pair correctly.
+    fn uncaptured_message(&mut self, role: Option<Role>) {
+        match role {
+            Some(Role::Request) => {
+                self.push_pending("", false);
+            }
+            Some(Role::Response) => {
+                self.pending.pop_front();
+            }
+            None => {}
         }
     }
 
@@ -437,17 +459,11 @@ impl HttpParser {
                     open: Open::Request(self.open_request(&parsed, head.first, timing)),
                     body: Body::UntilClose,
                 },
-                None => {
-                    self.push_pending("", false);
-                    return;
-                }
+                None => return self.uncaptured_message(Some(role)),
             },
             Role::Response => match head::parse_cut(&head.buf, head::parse_response) {
                 Some(parsed) => self.open_response(&parsed, head.first, timing, out),
-                None => {
-                    self.pending.pop_front();
-                    return;
-                }
+                None => return self.uncaptured_message(Some(role)),
             },
         };
         self.consecutive_errors = 0;
