@@ -448,29 +448,34 @@ impl HttpParser {
     /// A head whose end was not captured: reports what its captured lines say, with no body,
     /// and keeps request/response pairing in step even when the first line itself was cut.
     fn cut_head(&mut self, dir: Direction, head: &HeadBuf, timing: Timing, out: &mut Vec<Message>) {
-        let role = match head::message_start(&head.buf, self.expected_role(dir)) {
+        let expected = self.expected_role(dir);
+        let role = match head::message_start(&head.buf, expected) {
             Start::Yes(role) => role,
+            Start::Maybe if head.sync == Sync::Aligned => return self.uncaptured_message(expected),
             Start::Maybe | Start::No => return,
         };
         self.set_role(dir, role);
-        let state = match role {
+        match role {
             Role::Request => match head::parse_cut(&head.buf, head::parse_request) {
-                Some(parsed) => State::Body {
-                    open: Open::Request(self.open_request(&parsed, head.first, timing)),
-                    body: Body::UntilClose,
-                },
+                Some(parsed) => {
+                    Open::Request(self.open_request(&parsed, head.first, timing)).emit(out)
+                }
                 None => return self.uncaptured_message(Some(role)),
             },
             Role::Response => match head::parse_cut(&head.buf, head::parse_response) {
-                Some(parsed) => self.open_response(&parsed, head.first, timing, out),
+                // Whatever body it has lies in the gap: report the response now.
+                Some(parsed) => {
+                    if let State::Body { mut open, .. } =
+                        self.open_response(&parsed, head.first, timing, out)
+                    {
+                        open.touch(timing);
+                        open.emit(out);
+                    }
+                }
                 None => return self.uncaptured_message(Some(role)),
             },
-        };
-        self.consecutive_errors = 0;
-        if let State::Body { mut open, .. } = state {
-            open.touch(timing);
-            open.emit(out);
         }
+        self.consecutive_errors = 0;
     }
 }
 

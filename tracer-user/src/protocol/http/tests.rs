@@ -603,3 +603,19 @@ fn several_messages_and_split_heads_across_chunks() {
     assert_eq!(keys, [0], "the second response has no request yet");
     assert_eq!(conn.parser.stats(), ParseStats::default());
 }
+
+#[test]
+fn method_prefix_cut_at_message_boundary_still_takes_a_key() {
+    let mut conn = Conn::new();
+    conn.send(REQ, b"GET /first HTTP/1.1\r\n\r\nGE");
+    conn.send_cut(REQ, b"", 500);
+    conn.send(REQ, b"GET /third HTTP/1.1\r\n\r\n");
+    assert_eq!(conn.summary(), [('q', 0, 0), ('q', 2, 0)]);
+    assert_eq!(
+        conn.parser.stats(),
+        ParseStats {
+            errors: 0,
+            resyncs: 1
+        }
+    );
+}
