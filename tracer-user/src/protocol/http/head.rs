@@ -95,8 +95,8 @@ impl FramingHeaders {
             if header.name.eq_ignore_ascii_case("content-length") {
                 framing.length = Some(merge_length(framing.length, header.value));
             } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-                let codings = header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
-                if let Some(last) = codings.filter(|c| !c.is_empty()).next_back() {
+                let mut codings = header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+                if let Some(last) = codings.rfind(|c| !c.is_empty()) {
                     framing.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
                 }
             }

@@ -66,7 +66,7 @@ struct Pending {
 
 /// How a direction got to where it looks for a message start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Sync {
+enum Place {
     /// The previous message ended here: anything but a message start is an error.
     Aligned,
     /// After a capture gap or at a mid-stream pickup: non-message chunks are skipped quietly.
@@ -80,7 +80,7 @@ enum Sync {
 struct HeadBuf {
     buf: Vec<u8>,
     first: Timing,
-    sync: Sync,
+    place: Place,
 }
 
 /// A message whose head was parsed and whose body is in flight.
@@ -118,7 +118,7 @@ enum State {
         body: Body,
     },
     /// Waiting for a chunk that starts with a message.
-    Seek(Sync),
+    Seek(Place),
 }
 
 impl State {
@@ -126,7 +126,7 @@ impl State {
         State::Head(HeadBuf {
             buf: Vec::new(),
             first: Timing::default(),
-            sync: Sync::Aligned,
+            place: Place::Aligned,
         })
     }
 }
@@ -135,8 +135,8 @@ impl HttpParser {
     pub fn new(options: &ParserOptions) -> Self {
         HttpParser {
             options: *options,
-            egress: State::Seek(Sync::Lost),
-            ingress: State::Seek(Sync::Lost),
+            egress: State::Seek(Place::Lost),
+            ingress: State::Seek(Place::Lost),
             request_dir: None,
             pending: VecDeque::new(),
             next_key: 0,
@@ -184,13 +184,13 @@ impl HttpParser {
     /// Counts an error and looks for the next message at a later chunk.
     fn error_seek(&mut self) -> State {
         self.error();
-        State::Seek(Sync::Erring)
+        State::Seek(Place::Erring)
     }
 
     /// Counts a resync and looks for the next message at a later chunk.
     fn resync(&mut self) -> State {
         self.stats.resyncs += 1;
-        State::Seek(Sync::Lost)
+        State::Seek(Place::Lost)
     }
 
     /// Runs the captured bytes of a chunk through the direction's state machine.
@@ -239,7 +239,9 @@ impl HttpParser {
         let role = match head::message_start(&head.buf, self.expected_role(dir)) {
             Start::Yes(role) => role,
             Start::Maybe => return (self.incomplete(head), take),
-            Start::No if head.sync == Sync::Lost => return (State::Seek(Sync::Lost), data.len()),
+            Start::No if head.place == Place::Lost => {
+                return (State::Seek(Place::Lost), data.len());
+            }
             Start::No => return (self.error_seek(), data.len()),
         };
         if !head::has_head_end(&head.buf, old) {
@@ -364,7 +366,7 @@ impl HttpParser {
         if tunnel {
             Open::Response(response).emit(out);
             self.gave_up = true;
-            return State::Seek(Sync::Lost);
+            return State::Seek(Place::Lost);
         }
         self.open_body(Open::Response(response), head.framing(answers_head), out)
     }
@@ -399,12 +401,12 @@ impl HttpParser {
         out: &mut Vec<Message>,
     ) -> State {
         match state {
-            State::Seek(sync) => State::Seek(sync),
-            State::Head(head) if head.buf.is_empty() && head.sync == Sync::Aligned => {
+            State::Seek(place) => State::Seek(place),
+            State::Head(head) if head.buf.is_empty() && head.place == Place::Aligned => {
                 self.uncaptured_message(self.expected_role(dir));
                 self.resync()
             }
-            State::Head(head) if head.buf.is_empty() => State::Seek(head.sync),
+            State::Head(head) if head.buf.is_empty() => State::Seek(head.place),
             State::Head(head) => {
                 self.cut_head(dir, &head, timing, out);
                 self.resync()
@@ -451,7 +453,9 @@ impl HttpParser {
         let expected = self.expected_role(dir);
         let role = match head::message_start(&head.buf, expected) {
             Start::Yes(role) => role,
-            Start::Maybe if head.sync == Sync::Aligned => return self.uncaptured_message(expected),
+            Start::Maybe if head.place == Place::Aligned => {
+                return self.uncaptured_message(expected);
+            }
             Start::Maybe | Start::No => return,
         };
         self.set_role(dir, role);
@@ -515,14 +519,14 @@ impl StreamParser for HttpParser {
         if self.gave_up {
             return;
         }
-        let mut state = std::mem::replace(self.state_mut(dir), State::Seek(Sync::Lost));
-        if let State::Seek(sync) = state
+        let mut state = std::mem::replace(self.state_mut(dir), State::Seek(Place::Lost));
+        if let State::Seek(place) = state
             && !chunk.data.is_empty()
         {
             state = State::Head(HeadBuf {
                 buf: Vec::new(),
                 first: chunk.timing,
-                sync,
+                place,
             });
         }
         let mut data = chunk.data;
@@ -552,7 +556,7 @@ impl StreamParser for HttpParser {
             if let State::Body {
                 open,
                 body: Body::UntilClose,
-            } = std::mem::replace(self.state_mut(dir), State::Seek(Sync::Lost))
+            } = std::mem::replace(self.state_mut(dir), State::Seek(Place::Lost))
             {
                 open.emit(out);
             }

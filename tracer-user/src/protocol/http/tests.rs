@@ -398,7 +398,7 @@ fn head_without_end_is_capped() {
     let filler = b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n".repeat(800);
     conn.send(REQ, &filler);
     assert_eq!(conn.parser.stats().errors, 1);
-    assert!(matches!(conn.parser.ingress, State::Seek(Sync::Erring)));
+    assert!(matches!(conn.parser.ingress, State::Seek(Place::Erring)));
 }
 
 #[test]
