@@ -48,7 +48,13 @@ impl Default for TraceBuffer {
 
 impl TraceBuffer {
     pub fn new(quiet: Duration, max_age: Duration, cap: usize) -> Self {
-        Self { traces: HashMap::new(), buffered: 0, quiet, max_age, cap }
+        Self {
+            traces: HashMap::new(),
+            buffered: 0,
+            quiet,
+            max_age,
+            cap,
+        }
     }
 
     /// Buffers a span; `false` when the buffer is full and the span was dropped.
@@ -60,7 +66,11 @@ impl TraceBuffer {
         let trace = self
             .traces
             .entry(span.trace_id)
-            .or_insert_with(|| PendingTrace { spans: Vec::new(), first: now, last: now });
+            .or_insert_with(|| PendingTrace {
+                spans: Vec::new(),
+                first: now,
+                last: now,
+            });
         trace.last = now;
         trace.spans.push(span);
         true
@@ -71,7 +81,10 @@ impl TraceBuffer {
         let ready: Vec<[u8; 16]> = self
             .traces
             .iter()
-            .filter(|(_, t)| now.duration_since(t.last) >= self.quiet || now.duration_since(t.first) >= self.max_age)
+            .filter(|(_, t)| {
+                now.duration_since(t.last) >= self.quiet
+                    || now.duration_since(t.first) >= self.max_age
+            })
             .map(|(id, _)| *id)
             .collect();
         self.take(ready)
@@ -84,7 +97,8 @@ impl TraceBuffer {
     }
 
     fn take(&mut self, ids: Vec<[u8; 16]>) -> Vec<Vec<SpanRecord>> {
-        let mut taken: Vec<PendingTrace> = ids.iter().filter_map(|id| self.traces.remove(id)).collect();
+        let mut taken: Vec<PendingTrace> =
+            ids.iter().filter_map(|id| self.traces.remove(id)).collect();
         taken.sort_by_key(|t| t.first);
         self.buffered -= taken.iter().map(|t| t.spans.len()).sum::<usize>();
         taken.into_iter().map(|t| t.spans).collect()
@@ -120,7 +134,8 @@ pub fn render_trace(spans: &[SpanRecord]) -> String {
             _ => roots.push(i),
         }
     }
-    let by_start = |v: &mut Vec<usize>| v.sort_by_key(|&i| (spans[i].start_unix_ns, spans[i].span_id));
+    let by_start =
+        |v: &mut Vec<usize>| v.sort_by_key(|&i| (spans[i].start_unix_ns, spans[i].span_id));
     by_start(&mut roots);
     children.values_mut().for_each(by_start);
 
@@ -152,7 +167,14 @@ fn span_line(out: &mut String, span: &SpanRecord, depth: usize) {
         SpanKind::Server => "SERVER",
         SpanKind::Client => "CLIENT",
     };
-    let _ = write!(out, "{:width$}{kind}  {}  {}", "", printable(&span.resource.service_name), printable(&span.name), width = depth * 2);
+    let _ = write!(
+        out,
+        "{:width$}{kind}  {}  {}",
+        "",
+        printable(&span.resource.service_name),
+        printable(&span.name),
+        width = depth * 2
+    );
     if span.kind == SpanKind::Client
         && let Some(AttrValue::Str(host)) = find(&span.attributes, "server.address")
     {
@@ -171,13 +193,25 @@ fn span_line(out: &mut String, span: &SpanRecord, depth: usize) {
     if let Some(AttrValue::Int(code)) = find(&span.attributes, "http.response.status_code") {
         let _ = write!(out, "  {code}");
     }
-    let _ = writeln!(out, "  {}", duration(span.end_unix_ns.saturating_sub(span.start_unix_ns)));
+    let _ = writeln!(
+        out,
+        "  {}",
+        duration(span.end_unix_ns.saturating_sub(span.start_unix_ns))
+    );
 }
 
 /// Captured names come from the traced programs' traffic: keep control characters (terminal
 /// escapes, newlines) out of the output.
 fn printable(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn duration(ns: u64) -> String {
@@ -247,8 +281,16 @@ trace 4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b  4 spans  3.2ms
         let b = record(&r, 1, 2, Some(1));
         let text = render_trace(&[a, b]);
         assert_eq!(text.lines().count(), 3, "{text}");
-        assert_eq!(text.lines().filter(|l| l.starts_with("  SERVER")).count(), 1, "{text}");
-        assert_eq!(text.lines().filter(|l| l.starts_with("    SERVER")).count(), 1, "{text}");
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("  SERVER")).count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("    SERVER")).count(),
+            1,
+            "{text}"
+        );
     }
 
     #[test]
@@ -259,15 +301,27 @@ trace 4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b  4 spans  3.2ms
         assert!(buffer.push(record(&r, 1, 1, None), t0));
         assert!(buffer.push(record(&r, 2, 2, None), t0 + Duration::from_millis(500)));
         assert!(buffer.push(record(&r, 1, 3, Some(1)), t0 + Duration::from_millis(600)));
-        assert!(!buffer.push(record(&r, 3, 4, None), t0 + Duration::from_millis(700)), "cap reached");
-        assert!(buffer.take_ready(t0 + Duration::from_millis(1200)).is_empty());
+        assert!(
+            !buffer.push(record(&r, 3, 4, None), t0 + Duration::from_millis(700)),
+            "cap reached"
+        );
+        assert!(
+            buffer
+                .take_ready(t0 + Duration::from_millis(1200))
+                .is_empty()
+        );
         let ready = buffer.take_ready(t0 + Duration::from_millis(1550));
         assert_eq!(ready.len(), 1);
         assert_eq!(ready[0][0].trace_id, [2; 16]);
         // Room again after printing.
         assert!(buffer.push(record(&r, 3, 4, None), t0 + Duration::from_millis(1600)));
         let all = buffer.take_all();
-        assert_eq!(all.iter().map(|t| (t[0].trace_id[0], t.len())).collect::<Vec<_>>(), vec![(1, 2), (3, 1)]);
+        assert_eq!(
+            all.iter()
+                .map(|t| (t[0].trace_id[0], t.len()))
+                .collect::<Vec<_>>(),
+            vec![(1, 2), (3, 1)]
+        );
     }
 
     #[test]
@@ -276,7 +330,10 @@ trace 4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b  4 spans  3.2ms
         let t0 = Instant::now();
         let mut buffer = TraceBuffer::new(Duration::from_secs(1), Duration::from_secs(2), 100);
         for i in 0..5u8 {
-            buffer.push(record(&r, 1, i, None), t0 + Duration::from_millis(500 * u64::from(i)));
+            buffer.push(
+                record(&r, 1, i, None),
+                t0 + Duration::from_millis(500 * u64::from(i)),
+            );
         }
         assert_eq!(buffer.take_ready(t0 + Duration::from_millis(2000)).len(), 1);
     }

@@ -179,11 +179,22 @@ impl Exporter {
                 let _guard = runtime.enter();
                 let transport = transport::Transport::new(&config, endpoint)?;
                 tracing::info!(endpoint = transport.target(), protocol = ?config.protocol, "exporting spans over OTLP");
-                runtime.spawn(queue::run_otlp(rx, transport, config, metrics.clone(), deadline_rx))
+                runtime.spawn(queue::run_otlp(
+                    rx,
+                    transport,
+                    config,
+                    metrics.clone(),
+                    deadline_rx,
+                ))
             }
             None => runtime.spawn(queue::run_console(rx, metrics.clone())),
         };
-        Ok(Self { tx, deadline, task, metrics })
+        Ok(Self {
+            tx,
+            deadline,
+            task,
+            metrics,
+        })
     }
 
     /// Queues a span without waiting; a full queue drops it and counts the drop.
@@ -196,7 +207,12 @@ impl Exporter {
     /// Sends what is queued, waiting at most `deadline`. Spans that cannot be sent in time
     /// (collector down or slow) are dropped and counted.
     pub async fn shutdown(self, deadline: Duration) {
-        let Self { tx, deadline: deadline_tx, task, metrics: _ } = self;
+        let Self {
+            tx,
+            deadline: deadline_tx,
+            task,
+            metrics: _,
+        } = self;
         let hard = Instant::now() + deadline;
         // Leave the task a little time to count what it gives up on before it is aborted.
         let soft = hard - (deadline / 10).min(Duration::from_millis(100));
@@ -209,7 +225,10 @@ impl Exporter {
             Ok(Err(e)) => tracing::warn!(error = %e, "export task failed"),
             Err(_) => {
                 abort.abort();
-                tracing::warn!(?deadline, "export did not finish before the shutdown deadline");
+                tracing::warn!(
+                    ?deadline,
+                    "export did not finish before the shutdown deadline"
+                );
             }
         }
     }

@@ -14,7 +14,9 @@ use opentelemetry_proto::tonic::{
     trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status},
 };
 
-use crate::span::{AttrValue, Attribute, ProcessResource, SpanKind, SpanLink, SpanRecord, SpanStatus};
+use crate::span::{
+    AttrValue, Attribute, ProcessResource, SpanKind, SpanLink, SpanRecord, SpanStatus,
+};
 
 /// Instrumentation scope name reported for every span.
 pub const SCOPE_NAME: &str = "tracer";
@@ -63,9 +65,15 @@ fn scope() -> InstrumentationScope {
 /// `service.name` followed by the process's other resource attributes.
 pub fn convert_resource(resource: &ProcessResource) -> Resource {
     let mut attributes = Vec::with_capacity(resource.attributes.len() + 1);
-    attributes.push(key_value("service.name", any(AttrValue::Str(resource.service_name.clone()))));
+    attributes.push(key_value(
+        "service.name",
+        any(AttrValue::Str(resource.service_name.clone())),
+    ));
     attributes.extend(resource.attributes.iter().map(attribute));
-    Resource { attributes, ..Default::default() }
+    Resource {
+        attributes,
+        ..Default::default()
+    }
 }
 
 /// Converts one span record (its resource is left to the caller).
@@ -75,7 +83,10 @@ pub fn span(record: SpanRecord) -> Span {
         SpanKind::Client => span::SpanKind::Client,
     };
     let status = match record.status {
-        SpanStatus::Unset => Status { message: String::new(), code: status::StatusCode::Unset as i32 },
+        SpanStatus::Unset => Status {
+            message: String::new(),
+            code: status::StatusCode::Unset as i32,
+        },
         SpanStatus::Error(message) => Status {
             message: message.unwrap_or_default(),
             code: status::StatusCode::Error as i32,
@@ -85,7 +96,10 @@ pub fn span(record: SpanRecord) -> Span {
         trace_id: record.trace_id.to_vec(),
         span_id: record.span_id.to_vec(),
         trace_state: record.tracestate.unwrap_or_default(),
-        parent_span_id: record.parent_span_id.map(|id| id.to_vec()).unwrap_or_default(),
+        parent_span_id: record
+            .parent_span_id
+            .map(|id| id.to_vec())
+            .unwrap_or_default(),
         flags: u32::from(record.flags),
         name: record.name,
         kind: kind as i32,
@@ -112,7 +126,11 @@ fn attribute(a: &Attribute) -> KeyValue {
 }
 
 fn key_value(key: &str, value: AnyValue) -> KeyValue {
-    KeyValue { key: key.to_owned(), value: Some(value), ..Default::default() }
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(value),
+        ..Default::default()
+    }
 }
 
 fn any(value: AttrValue) -> AnyValue {
@@ -191,13 +209,26 @@ pub(crate) mod tests {
         assert_eq!(s.flags, 1);
         assert_eq!(s.kind, 3);
         assert_eq!(s.name, "span 1");
-        assert_eq!((s.start_time_unix_nano, s.end_time_unix_nano), (1_000_000_000, 1_003_200_000));
-        let attrs: Vec<_> = s.attributes.iter().map(|kv| (kv.key.as_str(), value(kv).cloned())).collect();
+        assert_eq!(
+            (s.start_time_unix_nano, s.end_time_unix_nano),
+            (1_000_000_000, 1_003_200_000)
+        );
+        let attrs: Vec<_> = s
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.as_str(), value(kv).cloned()))
+            .collect();
         assert_eq!(
             attrs,
             vec![
-                ("http.request.method", Some(any_value::Value::StringValue("POST".to_owned()))),
-                ("http.response.status_code", Some(any_value::Value::IntValue(500))),
+                (
+                    "http.request.method",
+                    Some(any_value::Value::StringValue("POST".to_owned()))
+                ),
+                (
+                    "http.response.status_code",
+                    Some(any_value::Value::IntValue(500))
+                ),
                 ("tracer.partial", Some(any_value::Value::BoolValue(true))),
                 ("tracer.ratio", Some(any_value::Value::DoubleValue(0.5))),
             ]
@@ -241,16 +272,29 @@ pub(crate) mod tests {
                 assert_eq!(attrs[0].key, "service.name");
                 assert_eq!(attrs[1].key, "process.pid");
                 let scope = rs.scope_spans[0].scope.as_ref().expect("scope");
-                assert_eq!((scope.name.as_str(), scope.version.as_str()), ("tracer", env!("CARGO_PKG_VERSION")));
-                let ids: Vec<u8> = rs.scope_spans[0].spans.iter().map(|s| s.span_id[0]).collect();
+                assert_eq!(
+                    (scope.name.as_str(), scope.version.as_str()),
+                    ("tracer", env!("CARGO_PKG_VERSION"))
+                );
+                let ids: Vec<u8> = rs.scope_spans[0]
+                    .spans
+                    .iter()
+                    .map(|s| s.span_id[0])
+                    .collect();
                 (value(&attrs[0]).cloned(), ids)
             })
             .collect();
         assert_eq!(
             names,
             vec![
-                (Some(any_value::Value::StringValue("alpha".to_owned())), vec![1, 3]),
-                (Some(any_value::Value::StringValue("beta".to_owned())), vec![2, 4]),
+                (
+                    Some(any_value::Value::StringValue("alpha".to_owned())),
+                    vec![1, 3]
+                ),
+                (
+                    Some(any_value::Value::StringValue("beta".to_owned())),
+                    vec![2, 4]
+                ),
             ]
         );
     }

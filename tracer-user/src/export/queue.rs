@@ -101,16 +101,28 @@ async fn export_batch(
             () = deadline_passed(deadline) => Err(SendError::ShutdownDeadline),
         };
         let error = match result {
-            Ok(accepted) => return BatchOutcome { spans: count, attempts, result: Ok(accepted) },
+            Ok(accepted) => {
+                return BatchOutcome {
+                    spans: count,
+                    attempts,
+                    result: Ok(accepted),
+                };
+            }
             Err(error) => error,
         };
         let backoff = policy.backoff(attempts);
         let give_up = !error.is_retryable()
             || attempts >= policy.max_attempts
             || started.elapsed() + backoff > policy.max_elapsed
-            || deadline.borrow().is_some_and(|at| Instant::now() + backoff >= at);
+            || deadline
+                .borrow()
+                .is_some_and(|at| Instant::now() + backoff >= at);
         if give_up {
-            return BatchOutcome { spans: count, attempts, result: Err(error) };
+            return BatchOutcome {
+                spans: count,
+                attempts,
+                result: Err(error),
+            };
         }
         tracing::debug!(endpoint = transport.target(), %error, attempt = attempts, ?backoff, "OTLP export failed; retrying");
         tokio::select! {
@@ -122,14 +134,24 @@ async fn export_batch(
     }
 }
 
-fn record_outcome(metrics: &Metrics, outcome: BatchOutcome, endpoint: &str, warnings: &mut WarnLimiter) {
+fn record_outcome(
+    metrics: &Metrics,
+    outcome: BatchOutcome,
+    endpoint: &str,
+    warnings: &mut WarnLimiter,
+) {
     match outcome.result {
         Ok(accepted) => {
             let rejected = accepted.rejected.min(outcome.spans);
             metrics::add(&metrics.spans_exported, outcome.spans - rejected);
             if rejected > 0 {
                 metrics::add(&metrics.spans_dropped_export, rejected);
-                warnings.warn(endpoint, &format!("collector rejected {rejected} spans: {}", accepted.message), rejected);
+                warnings.warn(
+                    Instant::now(),
+                    endpoint,
+                    &format!("collector rejected {rejected} spans: {}", accepted.message),
+                    rejected,
+                );
             } else if !accepted.message.is_empty() {
                 tracing::debug!(endpoint, message = %accepted.message, "collector accepted spans with a message");
             }
@@ -138,7 +160,7 @@ fn record_outcome(metrics: &Metrics, outcome: BatchOutcome, endpoint: &str, warn
             metrics::add(&metrics.spans_dropped_export, outcome.spans);
             metrics::inc(&metrics.export_errors);
             let error = format!("{error} (after {} attempts)", outcome.attempts);
-            warnings.warn(endpoint, &error, outcome.spans);
+            warnings.warn(Instant::now(), endpoint, &error, outcome.spans);
         }
     }
 }
@@ -152,14 +174,25 @@ struct WarnLimiter {
 
 impl WarnLimiter {
     fn new(interval: Duration) -> Self {
-        Self { interval, last: None, suppressed: 0 }
+        Self {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
     }
 
-    fn warn(&mut self, endpoint: &str, error: &str, dropped_spans: u64) {
-        let now = Instant::now();
-        if self.last.is_some_and(|last| now.duration_since(last) < self.interval) {
+    fn warn(&mut self, now: Instant, endpoint: &str, error: &str, dropped_spans: u64) {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.interval)
+        {
             self.suppressed += 1;
-            tracing::debug!(endpoint, error, dropped_spans, "OTLP export failed; spans dropped");
+            tracing::debug!(
+                endpoint,
+                error,
+                dropped_spans,
+                "OTLP export failed; spans dropped"
+            );
             return;
         }
         tracing::warn!(
@@ -194,7 +227,11 @@ pub(super) async fn run_console(mut rx: mpsc::Receiver<SpanRecord>, metrics: Arc
             }
             _ = tick.tick() => {}
         }
-        let ready = if open { buffer.take_ready(Instant::now()) } else { buffer.take_all() };
+        let ready = if open {
+            buffer.take_ready(Instant::now())
+        } else {
+            buffer.take_all()
+        };
         print_traces(ready, &metrics).await;
     }
 }
@@ -222,5 +259,25 @@ async fn print_traces(traces: Vec<Vec<SpanRecord>>, metrics: &Metrics) {
             metrics::inc(&metrics.export_errors);
             tracing::debug!(%error, "could not write spans to stdout");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_are_rate_limited() {
+        let t0 = Instant::now();
+        let mut limiter = WarnLimiter::new(Duration::from_secs(10));
+        limiter.warn(t0, "http://c:4317", "down", 5);
+        limiter.warn(t0 + Duration::from_secs(3), "http://c:4317", "down", 5);
+        limiter.warn(t0 + Duration::from_secs(9), "http://c:4317", "down", 5);
+        assert_eq!((limiter.last, limiter.suppressed), (Some(t0), 2));
+        limiter.warn(t0 + Duration::from_secs(11), "http://c:4317", "down", 5);
+        assert_eq!(
+            (limiter.last, limiter.suppressed),
+            (Some(t0 + Duration::from_secs(11)), 0)
+        );
     }
 }

@@ -33,7 +33,10 @@ impl RetryPolicy {
     /// with jitter taking it anywhere between half of it and all of it.
     pub fn backoff(&self, retry: u32) -> Duration {
         let factor = 2u32.saturating_pow(retry.saturating_sub(1));
-        let delay = self.initial_backoff.saturating_mul(factor).min(self.max_backoff);
+        let delay = self
+            .initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff);
         let half = delay / 2;
         half + half.mul_f64(rand::random::<f64>())
     }

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
     trace_service_server::{TraceService, TraceServiceServer},
 };
 use prost::Message;
@@ -60,6 +60,8 @@ fn config(endpoint: String, protocol: OtlpProtocol) -> ExportConfig {
 struct GrpcReceiver {
     received: Received,
     failures: Mutex<VecDeque<tonic::Code>>,
+    /// Spans each successful answer reports as rejected (partial success).
+    rejected: i64,
 }
 
 #[tonic::async_trait]
@@ -71,21 +73,45 @@ impl TraceService for GrpcReceiver {
         if let Some(code) = self.failures.lock().expect("lock").pop_front() {
             return Err(tonic::Status::new(code, "try later"));
         }
-        let tenant = request.metadata().get("x-tenant").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        self.received.lock().expect("lock").push((tenant, request.into_inner()));
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        let tenant = request
+            .metadata()
+            .get("x-tenant")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        self.received
+            .lock()
+            .expect("lock")
+            .push((tenant, request.into_inner()));
+        let partial_success = (self.rejected > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: self.rejected,
+            error_message: "span too large".to_owned(),
+        });
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success,
+        }))
     }
 }
 
 async fn grpc_receiver(failures: Vec<tonic::Code>) -> (SocketAddr, Received) {
+    grpc_receiver_rejecting(failures, 0).await
+}
+
+async fn grpc_receiver_rejecting(
+    failures: Vec<tonic::Code>,
+    rejected: i64,
+) -> (SocketAddr, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let received = Received::default();
-    let service = GrpcReceiver { received: received.clone(), failures: Mutex::new(failures.into()) };
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .serve_with_incoming(TraceServiceServer::new(service), TcpIncoming::from(listener)),
-    );
+    let service = GrpcReceiver {
+        received: received.clone(),
+        failures: Mutex::new(failures.into()),
+        rejected,
+    };
+    tokio::spawn(tonic::transport::Server::builder().serve_with_incoming(
+        TraceServiceServer::new(service),
+        TcpIncoming::from(listener),
+    ));
     (addr, received)
 }
 
@@ -98,7 +124,9 @@ async fn http_receiver(failures: Vec<StatusCode>) -> (SocketAddr, Received) {
     let state = received.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let received = state.clone();
             let failures = failures.clone();
             let service = service_fn(move |request: Request<Incoming>| {
@@ -114,8 +142,15 @@ async fn http_receiver(failures: Vec<StatusCode>) -> (SocketAddr, Received) {
                         return reply(status, Bytes::new());
                     }
                     let path_ok = request.uri().path() == "/v1/traces";
-                    let type_ok = request.headers().get("content-type").is_some_and(|v| v == "application/x-protobuf");
-                    let tenant = request.headers().get("x-tenant").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    let type_ok = request
+                        .headers()
+                        .get("content-type")
+                        .is_some_and(|v| v == "application/x-protobuf");
+                    let tenant = request
+                        .headers()
+                        .get("x-tenant")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
                     let Ok(body) = request.into_body().collect().await else {
                         return reply(StatusCode::BAD_REQUEST, Bytes::new());
                     };
@@ -123,13 +158,19 @@ async fn http_receiver(failures: Vec<StatusCode>) -> (SocketAddr, Received) {
                     match decoded {
                         Ok(decoded) if path_ok && type_ok => {
                             received.lock().expect("lock").push((tenant, decoded));
-                            reply(StatusCode::OK, ExportTraceServiceResponse::default().encode_to_vec().into())
+                            reply(
+                                StatusCode::OK,
+                                ExportTraceServiceResponse::default().encode_to_vec().into(),
+                            )
                         }
                         _ => reply(StatusCode::BAD_REQUEST, Bytes::from_static(b"bad request")),
                     }
                 }
             });
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
         }
     });
     (addr, received)
@@ -153,28 +194,65 @@ fn submit_spans(exporter: &Exporter, count: u8) {
 async fn grpc_receiver_gets_batches_with_metadata() {
     let (addr, received) = grpc_receiver(vec![]).await;
     let metrics = Arc::new(Metrics::default());
-    let exporter = Exporter::start(config(format!("http://{addr}"), OtlpProtocol::Grpc), metrics.clone()).expect("start");
+    let exporter = Exporter::start(
+        config(format!("http://{addr}"), OtlpProtocol::Grpc),
+        metrics.clone(),
+    )
+    .expect("start");
     submit_spans(&exporter, 25);
     exporter.shutdown(Duration::from_secs(5)).await;
     assert_eq!(received_span_count(&received), 25);
     let requests = received.lock().expect("lock");
     assert_eq!(requests.len(), 3, "batches of at most 10");
-    assert!(requests.iter().all(|(tenant, _)| tenant.as_deref() == Some("acme")));
-    assert_eq!(requests[0].1.resource_spans.len(), 2, "one ResourceSpans per process");
+    assert!(
+        requests
+            .iter()
+            .all(|(tenant, _)| tenant.as_deref() == Some("acme"))
+    );
+    assert_eq!(
+        requests[0].1.resource_spans.len(),
+        2,
+        "one ResourceSpans per process"
+    );
     assert_eq!(metrics.spans_exported.load(Ordering::Relaxed), 25);
     assert_eq!(metrics.spans_dropped_export.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn partial_success_counts_rejected_spans_as_dropped() {
+    let (addr, _received) = grpc_receiver_rejecting(vec![], 1).await;
+    let metrics = Arc::new(Metrics::default());
+    let exporter = Exporter::start(
+        config(format!("http://{addr}"), OtlpProtocol::Grpc),
+        metrics.clone(),
+    )
+    .expect("start");
+    submit_spans(&exporter, 4);
+    exporter.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(metrics.spans_exported.load(Ordering::Relaxed), 3);
+    assert_eq!(metrics.spans_dropped_export.load(Ordering::Relaxed), 1);
+    assert_eq!(metrics.export_errors.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test]
 async fn http_receiver_gets_decodable_batches() {
     let (addr, received) = http_receiver(vec![]).await;
     let metrics = Arc::new(Metrics::default());
-    let exporter =
-        Exporter::start(config(format!("http://{addr}/"), OtlpProtocol::HttpProtobuf), metrics.clone()).expect("start");
+    let exporter = Exporter::start(
+        config(format!("http://{addr}/"), OtlpProtocol::HttpProtobuf),
+        metrics.clone(),
+    )
+    .expect("start");
     submit_spans(&exporter, 12);
     exporter.shutdown(Duration::from_secs(5)).await;
     assert_eq!(received_span_count(&received), 12);
-    assert!(received.lock().expect("lock").iter().all(|(tenant, _)| tenant.as_deref() == Some("acme")));
+    assert!(
+        received
+            .lock()
+            .expect("lock")
+            .iter()
+            .all(|(tenant, _)| tenant.as_deref() == Some("acme"))
+    );
     assert_eq!(metrics.spans_exported.load(Ordering::Relaxed), 12);
 }
 
@@ -182,7 +260,10 @@ async fn http_receiver_gets_decodable_batches() {
 async fn http_signal_specific_endpoint_is_used_as_is() {
     let (addr, received) = http_receiver(vec![]).await;
     let metrics = Arc::new(Metrics::default());
-    let mut cfg = config(format!("http://{addr}/v1/traces"), OtlpProtocol::HttpProtobuf);
+    let mut cfg = config(
+        format!("http://{addr}/v1/traces"),
+        OtlpProtocol::HttpProtobuf,
+    );
     cfg.endpoint_is_signal_specific = true;
     let exporter = Exporter::start(cfg, metrics.clone()).expect("start");
     submit_spans(&exporter, 3);
@@ -192,9 +273,17 @@ async fn http_signal_specific_endpoint_is_used_as_is() {
 
 #[tokio::test]
 async fn grpc_unavailable_is_retried() {
-    let (addr, received) = grpc_receiver(vec![tonic::Code::Unavailable, tonic::Code::ResourceExhausted]).await;
+    let (addr, received) = grpc_receiver(vec![
+        tonic::Code::Unavailable,
+        tonic::Code::ResourceExhausted,
+    ])
+    .await;
     let metrics = Arc::new(Metrics::default());
-    let exporter = Exporter::start(config(format!("http://{addr}"), OtlpProtocol::Grpc), metrics.clone()).expect("start");
+    let exporter = Exporter::start(
+        config(format!("http://{addr}"), OtlpProtocol::Grpc),
+        metrics.clone(),
+    )
+    .expect("start");
     submit_spans(&exporter, 4);
     exporter.shutdown(Duration::from_secs(5)).await;
     assert_eq!(received_span_count(&received), 4);
@@ -206,8 +295,11 @@ async fn grpc_unavailable_is_retried() {
 async fn http_503_is_retried_and_400_is_not() {
     let (addr, received) = http_receiver(vec![StatusCode::SERVICE_UNAVAILABLE]).await;
     let metrics = Arc::new(Metrics::default());
-    let exporter =
-        Exporter::start(config(format!("http://{addr}"), OtlpProtocol::HttpProtobuf), metrics.clone()).expect("start");
+    let exporter = Exporter::start(
+        config(format!("http://{addr}"), OtlpProtocol::HttpProtobuf),
+        metrics.clone(),
+    )
+    .expect("start");
     submit_spans(&exporter, 4);
     exporter.shutdown(Duration::from_secs(5)).await;
     assert_eq!(received_span_count(&received), 4);
@@ -215,8 +307,11 @@ async fn http_503_is_retried_and_400_is_not() {
 
     let (addr, received) = http_receiver(vec![StatusCode::BAD_REQUEST]).await;
     let metrics = Arc::new(Metrics::default());
-    let exporter =
-        Exporter::start(config(format!("http://{addr}"), OtlpProtocol::HttpProtobuf), metrics.clone()).expect("start");
+    let exporter = Exporter::start(
+        config(format!("http://{addr}"), OtlpProtocol::HttpProtobuf),
+        metrics.clone(),
+    )
+    .expect("start");
     submit_spans(&exporter, 4);
     exporter.shutdown(Duration::from_secs(5)).await;
     assert_eq!(received_span_count(&received), 0);
@@ -238,15 +333,32 @@ async fn down_collector_drops_counted_and_shutdown_is_bounded() {
             max_elapsed: Duration::from_secs(60),
         };
         let started = std::time::Instant::now();
-        let exporter = Exporter::start(cfg, metrics.clone()).expect("start does not wait for the collector");
+        let exporter =
+            Exporter::start(cfg, metrics.clone()).expect("start does not wait for the collector");
         assert!(started.elapsed() < Duration::from_millis(200));
         submit_spans(&exporter, 25);
         let shutdown_started = std::time::Instant::now();
-        exporter.shutdown(Duration::from_millis(700)).await;
-        assert!(shutdown_started.elapsed() < Duration::from_millis(800), "{protocol:?}: {:?}", shutdown_started.elapsed());
-        assert_eq!(metrics.spans_exported.load(Ordering::Relaxed), 0, "{protocol:?}");
-        assert_eq!(metrics.spans_dropped_export.load(Ordering::Relaxed), 25, "{protocol:?}");
-        assert_eq!(metrics.export_errors.load(Ordering::Relaxed), 3, "{protocol:?}: one per batch");
+        exporter.shutdown(Duration::from_millis(500)).await;
+        assert!(
+            shutdown_started.elapsed() < Duration::from_millis(1000),
+            "{protocol:?}: {:?}",
+            shutdown_started.elapsed()
+        );
+        assert_eq!(
+            metrics.spans_exported.load(Ordering::Relaxed),
+            0,
+            "{protocol:?}"
+        );
+        assert_eq!(
+            metrics.spans_dropped_export.load(Ordering::Relaxed),
+            25,
+            "{protocol:?}"
+        );
+        assert_eq!(
+            metrics.export_errors.load(Ordering::Relaxed),
+            3,
+            "{protocol:?}: one per batch"
+        );
     }
 }
 
@@ -254,7 +366,11 @@ async fn down_collector_drops_counted_and_shutdown_is_bounded() {
 async fn down_collector_gives_up_after_max_attempts() {
     let addr = closed_port().await;
     let metrics = Arc::new(Metrics::default());
-    let exporter = Exporter::start(config(format!("http://{addr}"), OtlpProtocol::Grpc), metrics.clone()).expect("start");
+    let exporter = Exporter::start(
+        config(format!("http://{addr}"), OtlpProtocol::Grpc),
+        metrics.clone(),
+    )
+    .expect("start");
     submit_spans(&exporter, 2);
     // Far longer than 4 attempts with <=100ms backoffs take: the batch fails on its own.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -291,15 +407,22 @@ async fn console_mode_prints_and_counts() {
 fn start_needs_a_runtime_and_sane_sizes() {
     let metrics = Arc::new(Metrics::default());
     assert!(Exporter::start(ExportConfig::default(), metrics.clone()).is_err());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let _guard = runtime.enter();
-    let cfg = ExportConfig { max_batch: 0, ..ExportConfig::default() };
+    let cfg = ExportConfig {
+        max_batch: 0,
+        ..ExportConfig::default()
+    };
     assert!(Exporter::start(cfg, metrics).is_err());
 }
 
 #[test]
 fn parses_otlp_headers() {
-    let headers = parse_headers(" api-key = secret%20value ,tenant=a%2Cb,, empty= ").expect("parse");
+    let headers =
+        parse_headers(" api-key = secret%20value ,tenant=a%2Cb,, empty= ").expect("parse");
     assert_eq!(
         headers,
         vec![
@@ -309,18 +432,39 @@ fn parses_otlp_headers() {
         ]
     );
     assert_eq!(parse_headers("").expect("empty"), vec![]);
-    assert!(matches!(parse_headers("novalue"), Err(ConfigError::HeaderSyntax(_))));
-    assert!(matches!(parse_headers("=v"), Err(ConfigError::HeaderSyntax(_))));
-    assert!(matches!(parse_headers("k=%zz"), Err(ConfigError::InvalidHeader { .. })));
-    assert!(matches!(parse_headers("k=%ff"), Err(ConfigError::InvalidHeader { .. })));
-    assert_eq!(parse_headers("k=a=b").expect("parse"), vec![("k".to_owned(), "a=b".to_owned())]);
+    assert!(matches!(
+        parse_headers("novalue"),
+        Err(ConfigError::HeaderSyntax(_))
+    ));
+    assert!(matches!(
+        parse_headers("=v"),
+        Err(ConfigError::HeaderSyntax(_))
+    ));
+    assert!(matches!(
+        parse_headers("k=%zz"),
+        Err(ConfigError::InvalidHeader { .. })
+    ));
+    assert!(matches!(
+        parse_headers("k=%ff"),
+        Err(ConfigError::InvalidHeader { .. })
+    ));
+    assert_eq!(
+        parse_headers("k=a=b").expect("parse"),
+        vec![("k".to_owned(), "a=b".to_owned())]
+    );
 }
 
 #[test]
 fn parses_otlp_protocol() {
     assert_eq!(parse_protocol("grpc").expect("grpc"), OtlpProtocol::Grpc);
-    assert_eq!(parse_protocol(" http/protobuf ").expect("http"), OtlpProtocol::HttpProtobuf);
+    assert_eq!(
+        parse_protocol(" http/protobuf ").expect("http"),
+        OtlpProtocol::HttpProtobuf
+    );
     let json = parse_protocol("http/json").expect_err("json");
     assert!(json.to_string().contains("http/protobuf"), "{json}");
-    assert!(matches!(parse_protocol("thrift"), Err(ConfigError::UnknownProtocol(_))));
+    assert!(matches!(
+        parse_protocol("thrift"),
+        Err(ConfigError::UnknownProtocol(_))
+    ));
 }

@@ -80,12 +80,19 @@ pub struct Accepted {
 impl From<Option<ExportTracePartialSuccess>> for Accepted {
     fn from(partial: Option<ExportTracePartialSuccess>) -> Self {
         partial
-            .map(|p| Accepted { rejected: u64::try_from(p.rejected_spans).unwrap_or(0), message: p.error_message })
+            .map(|p| Accepted {
+                rejected: u64::try_from(p.rejected_spans).unwrap_or(0),
+                message: p.error_message,
+            })
             .unwrap_or_default()
     }
 }
 
 /// A configured OTLP transport.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per exporter, never moved on a hot path"
+)]
 pub enum Transport {
     Grpc(GrpcTransport),
     Http(HttpTransport),
@@ -98,7 +105,9 @@ impl Transport {
             endpoint: endpoint.to_owned(),
             reason: reason.to_owned(),
         };
-        let uri: Uri = endpoint.parse().map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
+        let uri: Uri = endpoint
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
         match uri.scheme_str() {
             Some("http") => {}
             Some("https") => return Err(invalid("TLS is not supported; use an http:// endpoint")),
@@ -111,7 +120,9 @@ impl Transport {
             OtlpProtocol::Grpc => Transport::Grpc(GrpcTransport::new(config, endpoint)?),
             OtlpProtocol::HttpProtobuf => {
                 let url = traces_url(endpoint, config.endpoint_is_signal_specific);
-                let uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
+                let uri = url
+                    .parse()
+                    .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
                 Transport::Http(HttpTransport::new(config, uri, url)?)
             }
         })
@@ -126,7 +137,10 @@ impl Transport {
     }
 
     /// Sends one request.
-    pub async fn send(&mut self, request: &ExportTraceServiceRequest) -> Result<Accepted, SendError> {
+    pub async fn send(
+        &mut self,
+        request: &ExportTraceServiceRequest,
+    ) -> Result<Accepted, SendError> {
         match self {
             Transport::Grpc(t) => t.send(request).await,
             Transport::Http(t) => t.send(request).await,
@@ -154,19 +168,31 @@ pub struct GrpcTransport {
 impl GrpcTransport {
     fn new(config: &ExportConfig, endpoint: &str) -> Result<Self, ConfigError> {
         let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| ConfigError::InvalidEndpoint { endpoint: endpoint.to_owned(), reason: e.to_string() })?
+            .map_err(|e| ConfigError::InvalidEndpoint {
+                endpoint: endpoint.to_owned(),
+                reason: e.to_string(),
+            })?
             .connect_timeout(config.timeout)
             .timeout(config.timeout)
             .connect_lazy();
         let mut metadata = MetadataMap::new();
         for (name, value) in &config.headers {
-            let invalid = |reason: &str| ConfigError::InvalidHeader { name: name.clone(), reason: reason.to_owned() };
+            let invalid = |reason: &str| ConfigError::InvalidHeader {
+                name: name.clone(),
+                reason: reason.to_owned(),
+            };
             let key = MetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes())
                 .map_err(|_| invalid("not a valid gRPC metadata key"))?;
-            let value = MetadataValue::try_from(value.as_str()).map_err(|_| invalid("not a valid gRPC metadata value"))?;
+            let value = MetadataValue::try_from(value.as_str())
+                .map_err(|_| invalid("not a valid gRPC metadata value"))?;
             metadata.append(key, value);
         }
-        Ok(Self { client: TraceServiceClient::new(channel), metadata, timeout: config.timeout, target: endpoint.to_owned() })
+        Ok(Self {
+            client: TraceServiceClient::new(channel),
+            metadata,
+            timeout: config.timeout,
+            target: endpoint.to_owned(),
+        })
     }
 
     async fn send(&mut self, request: &ExportTraceServiceRequest) -> Result<Accepted, SendError> {
@@ -175,7 +201,10 @@ impl GrpcTransport {
         grpc_request.set_timeout(self.timeout);
         match tokio::time::timeout(self.timeout, self.client.export(grpc_request)).await {
             Err(_) => Err(SendError::Timeout(self.timeout)),
-            Ok(Err(status)) => Err(SendError::Grpc { code: status.code(), message: status.message().to_owned() }),
+            Ok(Err(status)) => Err(SendError::Grpc {
+                code: status.code(),
+                message: with_causes(status.message().to_owned(), &status),
+            }),
             Ok(Ok(response)) => Ok(response.into_inner().partial_success.into()),
         }
     }
@@ -193,17 +222,31 @@ impl HttpTransport {
     fn new(config: &ExportConfig, uri: Uri, target: String) -> Result<Self, ConfigError> {
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
-            let invalid = |reason: &str| ConfigError::InvalidHeader { name: name.clone(), reason: reason.to_owned() };
-            let key = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid("not a valid HTTP header name"))?;
-            let value = HeaderValue::from_str(value).map_err(|_| invalid("not a valid HTTP header value"))?;
+            let invalid = |reason: &str| ConfigError::InvalidHeader {
+                name: name.clone(),
+                reason: reason.to_owned(),
+            };
+            let key = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid("not a valid HTTP header name"))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| invalid("not a valid HTTP header value"))?;
             headers.append(key, value);
         }
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.timeout));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(Self { client, uri, headers, timeout: config.timeout, target })
+        Ok(Self {
+            client,
+            uri,
+            headers,
+            timeout: config.timeout,
+            target,
+        })
     }
 
     async fn send(&mut self, request: &ExportTraceServiceRequest) -> Result<Accepted, SendError> {
@@ -213,11 +256,11 @@ impl HttpTransport {
             .map_err(|e| SendError::Request(e.to_string()))?;
         *http_request.headers_mut() = self.headers.clone();
         let exchange = async {
-            let response = self.client.request(http_request).await.map_err(|e| {
-                // The hyper-util error's Display is terse; its source says what went wrong.
-                let cause = std::error::Error::source(&e).map(ToString::to_string);
-                SendError::Connection(cause.map_or_else(|| e.to_string(), |c| format!("{e}: {c}")))
-            })?;
+            let response = self
+                .client
+                .request(http_request)
+                .await
+                .map_err(|e| SendError::Connection(with_causes(e.to_string(), &e)))?;
             let status = response.status();
             let textual = response
                 .headers()
@@ -230,11 +273,21 @@ impl HttpTransport {
                 .map(|b| b.to_bytes())
                 .map_err(|e| SendError::Connection(format!("reading the response: {e}")))?;
             if !status.is_success() {
-                let message = if textual { String::from_utf8_lossy(&body).trim().chars().take(200).collect() } else { String::new() };
+                let message = if textual {
+                    String::from_utf8_lossy(&body)
+                        .trim()
+                        .chars()
+                        .take(200)
+                        .collect()
+                } else {
+                    String::new()
+                };
                 return Err(SendError::Http { status, message });
             }
             // An undecodable success body still means the spans were accepted.
-            Ok(ExportTraceServiceResponse::decode(body).map(|r| r.partial_success.into()).unwrap_or_default())
+            Ok(ExportTraceServiceResponse::decode(body)
+                .map(|r| r.partial_success.into())
+                .unwrap_or_default())
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => Err(SendError::Timeout(self.timeout)),
@@ -243,22 +296,55 @@ impl HttpTransport {
     }
 }
 
+/// Appends the error's sources ("tcp connect error: Connection refused"): the outer messages
+/// of tonic and hyper errors alone do not say what went wrong.
+fn with_causes(mut message: String, error: &dyn std::error::Error) -> String {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.contains(&cause_text) {
+            message.push_str(": ");
+            message.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn base_endpoint_gets_signal_path_and_specific_one_is_kept() {
-        assert_eq!(traces_url("http://c:4318", false), "http://c:4318/v1/traces");
-        assert_eq!(traces_url("http://c:4318/", false), "http://c:4318/v1/traces");
-        assert_eq!(traces_url("http://c:4318/base", false), "http://c:4318/base/v1/traces");
-        assert_eq!(traces_url("http://c:4318/custom/traces", true), "http://c:4318/custom/traces");
+        assert_eq!(
+            traces_url("http://c:4318", false),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            traces_url("http://c:4318/", false),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            traces_url("http://c:4318/base", false),
+            "http://c:4318/base/v1/traces"
+        );
+        assert_eq!(
+            traces_url("http://c:4318/custom/traces", true),
+            "http://c:4318/custom/traces"
+        );
     }
 
     #[test]
     fn classifies_retryable_failures() {
-        let grpc = |code| SendError::Grpc { code, message: String::new() };
-        let http = |s: u16| SendError::Http { status: StatusCode::from_u16(s).expect("status"), message: String::new() };
+        let grpc = |code| SendError::Grpc {
+            code,
+            message: String::new(),
+        };
+        let http = |s: u16| SendError::Http {
+            status: StatusCode::from_u16(s).expect("status"),
+            message: String::new(),
+        };
         assert!(grpc(Code::Unavailable).is_retryable());
         assert!(grpc(Code::DeadlineExceeded).is_retryable());
         assert!(grpc(Code::ResourceExhausted).is_retryable());
@@ -279,11 +365,17 @@ mod tests {
     async fn rejects_unusable_endpoints_and_headers() {
         let config = |protocol, headers: Vec<(&str, &str)>| ExportConfig {
             protocol,
-            headers: headers.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
             ..ExportConfig::default()
         };
         for endpoint in ["https://c:4317", "c:4317", "http://"] {
-            assert!(Transport::new(&config(OtlpProtocol::Grpc, vec![]), endpoint).is_err(), "{endpoint}");
+            assert!(
+                Transport::new(&config(OtlpProtocol::Grpc, vec![]), endpoint).is_err(),
+                "{endpoint}"
+            );
         }
         let bad_header = config(OtlpProtocol::HttpProtobuf, vec![("bad header", "x")]);
         assert!(matches!(
@@ -291,8 +383,38 @@ mod tests {
             Err(ConfigError::InvalidHeader { .. })
         ));
         let bad_value = config(OtlpProtocol::Grpc, vec![("authorization", "a\nb")]);
-        assert!(matches!(Transport::new(&bad_value, "http://c:4317"), Err(ConfigError::InvalidHeader { .. })));
-        let http = Transport::new(&config(OtlpProtocol::HttpProtobuf, vec![]), "http://c:4318").expect("http");
+        assert!(matches!(
+            Transport::new(&bad_value, "http://c:4317"),
+            Err(ConfigError::InvalidHeader { .. })
+        ));
+        let http = Transport::new(&config(OtlpProtocol::HttpProtobuf, vec![]), "http://c:4318")
+            .expect("http");
         assert_eq!(http.target(), "http://c:4318/v1/traces");
+    }
+
+    #[tokio::test]
+    async fn connection_errors_name_their_cause() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
+            let config = ExportConfig {
+                protocol,
+                ..ExportConfig::default()
+            };
+            let mut transport =
+                Transport::new(&config, &format!("http://{addr}")).expect("transport");
+            let error = transport
+                .send(&ExportTraceServiceRequest::default())
+                .await
+                .expect_err("refused");
+            assert!(error.is_retryable(), "{protocol:?}: {error}");
+            assert!(
+                error.to_string().contains("Connection refused"),
+                "{protocol:?}: {error}"
+            );
+        }
     }
 }
