@@ -100,7 +100,15 @@ async fn grpc_receiver_rejecting(
     failures: Vec<tonic::Code>,
     rejected: i64,
 ) -> (SocketAddr, Received) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    grpc_receiver_on("127.0.0.1:0".parse().expect("addr"), failures, rejected).await
+}
+
+async fn grpc_receiver_on(
+    addr: SocketAddr,
+    failures: Vec<tonic::Code>,
+    rejected: i64,
+) -> (SocketAddr, Received) {
+    let listener = TcpListener::bind(addr).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let received = Received::default();
     let service = GrpcReceiver {
@@ -377,6 +385,23 @@ async fn down_collector_gives_up_after_max_attempts() {
     assert_eq!(metrics.spans_dropped_export.load(Ordering::Relaxed), 2);
     assert_eq!(metrics.export_errors.load(Ordering::Relaxed), 1);
     exporter.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn grpc_collector_that_comes_up_later_receives_new_spans() {
+    let addr = closed_port().await;
+    let metrics = Arc::new(Metrics::default());
+    let mut cfg = config(format!("http://{addr}"), OtlpProtocol::Grpc);
+    cfg.retry.max_attempts = 1;
+    let exporter = Exporter::start(cfg, metrics.clone()).expect("start");
+    submit_spans(&exporter, 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(metrics.spans_dropped_export.load(Ordering::Relaxed), 2);
+    let (_, received) = grpc_receiver_on(addr, vec![], 0).await;
+    submit_spans(&exporter, 3);
+    exporter.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(received_span_count(&received), 3);
+    assert_eq!(metrics.spans_exported.load(Ordering::Relaxed), 3);
 }
 
 #[tokio::test]
