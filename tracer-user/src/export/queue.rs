@@ -127,8 +127,9 @@ async fn export_batch(
         tracing::debug!(endpoint = transport.target(), %error, attempt = attempts, ?backoff, "OTLP export failed; retrying");
         tokio::select! {
             () = sleep(backoff) => {}
+            // Report the collector's error, not the deadline: it is what the operator needs.
             () = deadline_passed(deadline) => {
-                return BatchOutcome { spans: count, attempts, result: Err(SendError::ShutdownDeadline) };
+                return BatchOutcome { spans: count, attempts, result: Err(error) };
             }
         }
     }
