@@ -76,3 +76,23 @@ pub fn fresh_ids() -> (String, String) {
     let c = (nanos.rotate_left(17) ^ n) | (1 << 60);
     (format!("{a:016x}{b:016x}"), format!("{c:016x}"))
 }
+
+/// How long a test waits for expected spans (the agent holds spans for
+/// `--settle-ms` and then batches them).
+pub const SPAN_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the expected spans arrived, how long to keep watching for extra
+/// (duplicate or unexpected) ones.
+pub const QUIET: Duration = Duration::from_millis(1500);
+
+/// A per-test scratch directory under the cargo target tmp dir (or /tmp).
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("tracer-e2e-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
+
+/// `http://127.0.0.1:{port}{path}` for each path.
+pub fn urls(port: u16, paths: &[&str]) -> Vec<String> {
+    paths.iter().map(|p| format!("http://127.0.0.1:{port}{p}")).collect()
+}
