@@ -198,6 +198,9 @@ mod user {
     unsafe impl Record for EventHeader {}
     unsafe impl Record for DataEvent {}
     unsafe impl Record for ConnEvent {}
+
+    // SAFETY: integer-only repr(C) struct without padding holes that matter to the kernel.
+    unsafe impl aya::Pod for SockOffsets {}
 }
 #[cfg(feature = "user")]
 pub use user::{Record, read_record};

@@ -1,0 +1,597 @@
+//! Span assembly: pairs requests with responses per connection, decides each span's place in
+//! a trace and releases finished spans once that place is settled.
+//!
+//! Upstream: `conntable` hands over parsed messages with their connection. Downstream: the
+//! exporter gets [`SpanRecord`]s from [`Assembler::tick`].
+//!
+//! Parent decision, in order of trust (each recorded as `tracer.link.method`):
+//! 1. `context`: trace context found in the request (headers, THeader).
+//! 2. `same_host`: both ends of the connection are traced here; the SERVER span is the child of
+//!    the CLIENT span with the same endpoints and the same place on the connection (request
+//!    order for HTTP, sequence id for Thrift).
+//! 3. `thread`: a CLIENT request written by a thread that is serving exactly one SERVER span
+//!    is that span's child. When the thread serves several at once (an event loop), the
+//!    CLIENT span stays a root with a span link to the latest candidate and a low confidence.
+//!
+//! Timeline of the same-host case (either record may reach the agent first, because the
+//! reader's `read` can return before the writer's `write` syscall exits):
+//!
+//! ```text
+//! caller  |--write req--|                         |--read resp--|      CLIENT span
+//! callee        |--read req--|...handler...|--write resp--|            SERVER span
+//! ```
+//! A SERVER span with no context waits (at most the settle time) for its CLIENT span; spans
+//! are exported `settle` after they end, once every ancestor's position is decided.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    sync::Arc,
+};
+
+use crate::{
+    conntable::{ConnMeta, ConnOutput},
+    context::TraceContext,
+    metrics::{Metrics, inc},
+    protocol::{Direction, Message, Protocol, Request, Response},
+    span::{Attribute, ProcessResource, SpanKind, SpanLink, SpanRecord, SpanStatus},
+};
+
+/// Where span assembly gets a process's resource from.
+pub trait ResourceSource {
+    fn resource(&mut self, pid: u32) -> Arc<ProcessResource>;
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct AssemblerConfig {
+    /// How long a finished span is held before export, and how long a SERVER span without
+    /// context waits for its same-host CLIENT span.
+    pub settle_ns: u64,
+    /// Requests without a response after this long are closed as errors.
+    pub request_timeout_ns: u64,
+    /// Spans held at most; beyond, new spans are dropped and counted.
+    pub max_pending: usize,
+    /// `CLOCK_REALTIME - CLOCK_MONOTONIC`, to turn kernel times into Unix times.
+    pub realtime_offset_ns: i128,
+}
+
+/// (client endpoint, server endpoint) of a connection.
+type Tuple = (SocketAddr, SocketAddr);
+
+#[derive(Clone, Debug)]
+enum Parent {
+    Root,
+    Remote(TraceContext),
+    Local(u64),
+}
+
+struct PendingSpan {
+    kind: SpanKind,
+    span_id: [u8; 8],
+    /// The trace id used if this span turns out to be a root.
+    own_trace_id: [u8; 16],
+    parent: Parent,
+    /// The parent decision is final.
+    decided: bool,
+    link_method: &'static str,
+    confidence: f64,
+    /// Spans that might have been the parent, linked rather than guessed.
+    link_candidates: Vec<u64>,
+    name: String,
+    attributes: Vec<Attribute>,
+    start_ns: u64,
+    end_ns: Option<u64>,
+    status: SpanStatus,
+    resource: Arc<ProcessResource>,
+    pid: u32,
+    tid: u32,
+    tuple: Tuple,
+    protocol: Protocol,
+    key: u64,
+}
+
+/// Identity of a span already exported, for children that finish after it.
+#[derive(Clone, Copy)]
+struct Exported {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    flags: u8,
+    at_ns: u64,
+}
+
+pub struct Assembler {
+    config: AssemblerConfig,
+    metrics: Arc<Metrics>,
+    spans: HashMap<u64, PendingSpan>,
+    next_handle: u64,
+    /// Requests awaiting their response: conn id -> request key -> span.
+    open: HashMap<u64, HashMap<u64, u64>>,
+    /// SERVER spans in progress per thread (pid, tid).
+    serving: HashMap<(u32, u32), Vec<u64>>,
+    /// Same-host matching queues per connection tuple.
+    unmatched_clients: HashMap<Tuple, VecDeque<u64>>,
+    unmatched_servers: HashMap<Tuple, VecDeque<u64>>,
+    exported: HashMap<u64, Exported>,
+}
+
+/// Longest parent chain followed (guards against cycles from wrong guesses).
+const MAX_DEPTH: usize = 64;
+/// Confidence given to a thread guess when the thread serves several requests at once.
+const AMBIGUOUS_CONFIDENCE: f64 = 0.3;
+
+impl Assembler {
+    pub fn new(config: AssemblerConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            config,
+            metrics,
+            spans: HashMap::new(),
+            next_handle: 1,
+            open: HashMap::new(),
+            serving: HashMap::new(),
+            unmatched_clients: HashMap::new(),
+            unmatched_servers: HashMap::new(),
+            exported: HashMap::new(),
+        }
+    }
+
+    /// Spans held (pending export).
+    pub fn pending(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Takes one output of the connection table.
+    pub fn on_output(&mut self, output: ConnOutput, resources: &mut dyn ResourceSource) {
+        match output {
+            ConnOutput::Message { meta, direction, message: Message::Request(req) } => {
+                self.on_request(&meta, direction, req, resources)
+            }
+            ConnOutput::Message { meta, message: Message::Response(resp), .. } => self.on_response(&meta, resp),
+            ConnOutput::Closed { meta, at_ns } => self.on_closed(&meta, at_ns),
+        }
+    }
+
+    fn on_request(&mut self, meta: &ConnMeta, direction: Direction, req: Request, resources: &mut dyn ResourceSource) {
+        if self.spans.len() >= self.config.max_pending {
+            inc(&self.metrics.spans_dropped_pending);
+            return;
+        }
+        let kind = match direction {
+            Direction::Ingress => SpanKind::Server,
+            Direction::Egress => SpanKind::Client,
+        };
+        let (local, remote) = (meta.endpoints.local, meta.endpoints.remote);
+        let tuple = match kind {
+            SpanKind::Client => (local, remote),
+            SpanKind::Server => (remote, local),
+        };
+        // SERVER: from the first request byte read (the read's exit); CLIENT: from the first
+        // request byte written (the write's entry).
+        let start_ns = match kind {
+            SpanKind::Server => req.first.exit_ns,
+            SpanKind::Client => req.first.enter_ns,
+        };
+        let mut attributes = req.attributes;
+        add_network_attributes(&mut attributes, kind, local, remote);
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        let mut span = PendingSpan {
+            kind,
+            span_id: random_span_id(),
+            own_trace_id: random_trace_id(),
+            parent: Parent::Root,
+            decided: true,
+            link_method: "root",
+            confidence: 1.0,
+            link_candidates: Vec::new(),
+            name: req.name,
+            attributes,
+            start_ns,
+            end_ns: None,
+            status: SpanStatus::Unset,
+            resource: resources.resource(meta.pid),
+            pid: meta.pid,
+            tid: req.first.tid,
+            tuple,
+            protocol: meta.protocol,
+            key: req.key,
+        };
+        if !req.expects_response {
+            span.end_ns = Some(req.last.exit_ns);
+        }
+        if let Some(ctx) = req.context {
+            span.parent = Parent::Remote(ctx);
+            span.link_method = "context";
+        }
+        inc(&self.metrics.spans_created);
+        self.spans.insert(handle, span);
+        match kind {
+            SpanKind::Server => self.place_server(handle),
+            SpanKind::Client => self.place_client(handle),
+        }
+        if req.expects_response {
+            let previous = self.open.entry(meta.conn_id).or_default().insert(req.key, handle);
+            if let Some(stale) = previous {
+                // The same key again before a response (a reused Thrift seqid): the older
+                // request will never be answered.
+                self.finish_unanswered(stale, start_ns, "superseded by a request with the same key");
+            }
+        }
+    }
+
+    /// Same-host link for a new SERVER span; otherwise it waits for its CLIENT span.
+    fn place_server(&mut self, handle: u64) {
+        let Some(span) = self.spans.get(&handle) else { return };
+        let (tuple, key, protocol, pid, tid, has_context, start) =
+            (span.tuple, span.key, span.protocol, span.pid, span.tid, matches!(span.parent, Parent::Remote(_)), span.start_ns);
+        self.serving.entry((pid, tid)).or_default().push(handle);
+        let matched = take_match(&mut self.unmatched_clients, &self.spans, tuple, key, protocol, |client| client.start_ns <= start);
+        if has_context {
+            return;
+        }
+        match matched {
+            Some(client) => self.link(handle, client, "same_host", 1.0),
+            None => {
+                if let Some(span) = self.spans.get_mut(&handle) {
+                    span.decided = false;
+                }
+                self.unmatched_servers.entry(tuple).or_default().push_back(handle);
+            }
+        }
+    }
+
+    /// Thread causality for a new CLIENT span, then same-host matching of a waiting SERVER span.
+    fn place_client(&mut self, handle: u64) {
+        let Some(span) = self.spans.get(&handle) else { return };
+        let (tuple, key, protocol, pid, tid, has_context, start) =
+            (span.tuple, span.key, span.protocol, span.pid, span.tid, matches!(span.parent, Parent::Remote(_)), span.start_ns);
+        if !has_context {
+            let candidates: Vec<u64> = self
+                .serving
+                .get(&(pid, tid))
+                .map(|list| {
+                    list.iter()
+                        .copied()
+                        .filter(|h| self.spans.get(h).is_some_and(|s| s.end_ns.is_none() && s.start_ns <= start))
+                        .collect()
+                })
+                .unwrap_or_default();
+            match candidates.as_slice() {
+                [] => {}
+                [only] => self.link(handle, *only, "thread", 1.0),
+                [.., latest] => {
+                    let latest = *latest;
+                    if let Some(span) = self.spans.get_mut(&handle) {
+                        span.link_method = "thread_ambiguous";
+                        span.confidence = AMBIGUOUS_CONFIDENCE;
+                        span.link_candidates.push(latest);
+                    }
+                }
+            }
+        }
+        let waiting = take_match(&mut self.unmatched_servers, &self.spans, tuple, key, protocol, |server| server.start_ns >= start);
+        if let Some(server) = waiting {
+            self.link(server, handle, "same_host", 1.0);
+        } else {
+            self.unmatched_clients.entry(tuple).or_default().push_back(handle);
+        }
+    }
+
+    fn link(&mut self, child: u64, parent: u64, method: &'static str, confidence: f64) {
+        if let Some(span) = self.spans.get_mut(&child) {
+            span.parent = Parent::Local(parent);
+            span.decided = true;
+            span.link_method = method;
+            span.confidence = confidence;
+        }
+    }
+
+    fn on_response(&mut self, meta: &ConnMeta, resp: Response) {
+        let Some(handle) = self.open.get_mut(&meta.conn_id).and_then(|m| m.remove(&resp.key)) else {
+            inc(&self.metrics.spans_unpaired);
+            return;
+        };
+        let Some(span) = self.spans.get_mut(&handle) else { return };
+        span.end_ns = Some(resp.last.exit_ns.max(span.start_ns));
+        span.attributes.extend(resp.attributes);
+        span.status = status_of(span.kind, resp.http_status, resp.error);
+        let key = (span.pid, span.tid);
+        self.stop_serving(key, handle);
+    }
+
+    fn stop_serving(&mut self, key: (u32, u32), handle: u64) {
+        if let Some(list) = self.serving.get_mut(&key) {
+            list.retain(|h| *h != handle);
+            if list.is_empty() {
+                self.serving.remove(&key);
+            }
+        }
+    }
+
+    fn on_closed(&mut self, meta: &ConnMeta, at_ns: u64) {
+        let Some(open) = self.open.remove(&meta.conn_id) else { return };
+        for (_, handle) in open {
+            self.finish_unanswered(handle, at_ns, "connection closed before the response");
+        }
+    }
+
+    fn finish_unanswered(&mut self, handle: u64, at_ns: u64, why: &str) {
+        inc(&self.metrics.spans_unpaired);
+        let Some(span) = self.spans.get_mut(&handle) else { return };
+        if span.end_ns.is_none() {
+            span.end_ns = Some(at_ns.max(span.start_ns));
+            span.status = SpanStatus::Error(Some(why.to_string()));
+        }
+        let key = (span.pid, span.tid);
+        self.stop_serving(key, handle);
+    }
+
+    /// Settles decisions that timed out and returns the spans ready for export
+    /// (`now_ns` on the kernel's monotonic clock).
+    pub fn tick(&mut self, now_ns: u64) -> Vec<SpanRecord> {
+        let settle = self.config.settle_ns;
+        // SERVER spans that waited long enough for a same-host CLIENT span become roots.
+        for span in self.spans.values_mut() {
+            if !span.decided && now_ns.saturating_sub(span.start_ns) > settle {
+                span.decided = true;
+            }
+        }
+        let spans = &self.spans;
+        let keep = |h: &u64| spans.get(h).is_some_and(|s| !s.decided || now_ns.saturating_sub(s.start_ns) <= settle);
+        self.unmatched_servers.retain(|_, q| {
+            q.retain(&keep);
+            !q.is_empty()
+        });
+        self.unmatched_clients.retain(|_, q| {
+            q.retain(|h| spans.get(h).is_some_and(|s| now_ns.saturating_sub(s.start_ns) <= settle));
+            !q.is_empty()
+        });
+        // Requests that never got an answer.
+        let timeout = self.config.request_timeout_ns;
+        let stale: Vec<u64> = self
+            .spans
+            .iter()
+            .filter(|(_, s)| s.end_ns.is_none() && now_ns.saturating_sub(s.start_ns) > timeout)
+            .map(|(h, _)| *h)
+            .collect();
+        for handle in stale {
+            for requests in self.open.values_mut() {
+                requests.retain(|_, h| *h != handle);
+            }
+            self.finish_unanswered(handle, now_ns, "no response before the request timeout");
+        }
+        self.open.retain(|_, m| !m.is_empty());
+
+        let ready: Vec<u64> = self
+            .spans
+            .iter()
+            .filter(|(_, s)| s.end_ns.is_some_and(|end| now_ns.saturating_sub(end) >= settle))
+            .map(|(h, _)| *h)
+            .filter(|h| self.ancestors_decided(*h))
+            .collect();
+        let mut out = Vec::with_capacity(ready.len());
+        for handle in ready {
+            if let Some(record) = self.build(handle, now_ns) {
+                out.push(record);
+            }
+            // Children exported later find this span's identity in `exported`.
+            self.spans.remove(&handle);
+        }
+        self.exported.retain(|_, e| now_ns.saturating_sub(e.at_ns) <= settle.saturating_mul(4).max(10_000_000_000));
+        out
+    }
+
+    /// Releases every span now, deciding what is undecided (agent shutdown).
+    pub fn flush(&mut self, now_ns: u64) -> Vec<SpanRecord> {
+        for span in self.spans.values_mut() {
+            span.decided = true;
+            if span.end_ns.is_none() {
+                span.end_ns = Some(now_ns.max(span.start_ns));
+                span.status = SpanStatus::Error(Some("agent stopped before the response".into()));
+            }
+        }
+        self.open.clear();
+        self.serving.clear();
+        let far_future = now_ns.saturating_add(self.config.settle_ns).saturating_add(1);
+        let mut out = Vec::new();
+        // Parents before children is not required; a few rounds release every chain.
+        for _ in 0..MAX_DEPTH {
+            let batch = self.tick(far_future);
+            if batch.is_empty() {
+                break;
+            }
+            out.extend(batch);
+        }
+        out
+    }
+
+    fn ancestors_decided(&self, handle: u64) -> bool {
+        let mut current = handle;
+        for _ in 0..MAX_DEPTH {
+            let Some(span) = self.spans.get(&current) else { return true };
+            if !span.decided {
+                return false;
+            }
+            match span.parent {
+                Parent::Local(parent) => current = parent,
+                _ => return true,
+            }
+        }
+        true
+    }
+
+    /// Trace id, parent span id and flags of a span, following local parents.
+    fn identity(&self, handle: u64) -> ([u8; 16], Option<[u8; 8]>, u8, Option<String>) {
+        let Some(span) = self.spans.get(&handle) else { return (random_trace_id(), None, 1, None) };
+        match &span.parent {
+            Parent::Root => (span.own_trace_id, None, 1, None),
+            Parent::Remote(ctx) => (ctx.trace_id, Some(ctx.span_id), ctx.flags, ctx.tracestate.clone()),
+            Parent::Local(parent) => {
+                let (trace, flags, state) = self.trace_of(*parent, 0);
+                let parent_span = self.spans.get(parent).map(|p| p.span_id).or_else(|| self.exported.get(parent).map(|e| e.span_id));
+                match parent_span {
+                    Some(id) => (trace, Some(id), flags, state),
+                    None => (span.own_trace_id, None, 1, None),
+                }
+            }
+        }
+    }
+
+    fn trace_of(&self, handle: u64, depth: usize) -> ([u8; 16], u8, Option<String>) {
+        if let Some(e) = self.exported.get(&handle) {
+            return (e.trace_id, e.flags, None);
+        }
+        let Some(span) = self.spans.get(&handle) else { return (random_trace_id(), 1, None) };
+        match &span.parent {
+            Parent::Local(parent) if depth < MAX_DEPTH => self.trace_of(*parent, depth + 1),
+            Parent::Remote(ctx) => (ctx.trace_id, ctx.flags, ctx.tracestate.clone()),
+            _ => (span.own_trace_id, 1, None),
+        }
+    }
+
+    fn build(&mut self, handle: u64, now_ns: u64) -> Option<SpanRecord> {
+        let (trace_id, parent_span_id, flags, tracestate) = self.identity(handle);
+        // Clamp to a same-host CLIENT parent: its reader cannot have received the last byte
+        // before it was written, so the write's true time is within the parent's span.
+        let parent_times = match self.spans.get(&handle).map(|s| &s.parent) {
+            Some(Parent::Local(p)) => self.spans.get(p).filter(|p| p.kind == SpanKind::Client).map(|p| (p.start_ns, p.end_ns)),
+            _ => None,
+        };
+        let links: Vec<SpanLink> = {
+            let span = self.spans.get(&handle)?;
+            span.link_candidates
+                .iter()
+                .filter_map(|c| {
+                    let span_id = self.spans.get(c).map(|s| s.span_id).or_else(|| self.exported.get(c).map(|e| e.span_id))?;
+                    let (trace, _, _) = self.trace_of(*c, 0);
+                    Some(SpanLink {
+                        trace_id: trace,
+                        span_id,
+                        attributes: vec![
+                            Attribute::str("tracer.link.method", span.link_method),
+                            Attribute::double("tracer.link.confidence", span.confidence),
+                        ],
+                    })
+                })
+                .collect()
+        };
+        let span = self.spans.get(&handle)?;
+        let mut start = span.start_ns;
+        let mut end = span.end_ns?;
+        if let Some((parent_start, parent_end)) = parent_times {
+            if span.link_method == "same_host" {
+                start = start.max(parent_start);
+                if let Some(parent_end) = parent_end {
+                    end = end.min(parent_end);
+                }
+                end = end.max(start);
+            }
+        }
+        let mut attributes = span.attributes.clone();
+        if span.link_method != "root" || !span.link_candidates.is_empty() {
+            attributes.push(Attribute::str("tracer.link.method", span.link_method));
+            attributes.push(Attribute::double("tracer.link.confidence", span.confidence));
+        }
+        let record = SpanRecord {
+            trace_id,
+            span_id: span.span_id,
+            parent_span_id,
+            tracestate,
+            flags,
+            name: span.name.clone(),
+            kind: span.kind,
+            start_unix_ns: to_unix(start, self.config.realtime_offset_ns),
+            end_unix_ns: to_unix(end, self.config.realtime_offset_ns),
+            attributes,
+            status: span.status.clone(),
+            links,
+            resource: span.resource.clone(),
+        };
+        self.exported.insert(handle, Exported { trace_id, span_id: span.span_id, flags, at_ns: now_ns });
+        Some(record)
+    }
+}
+
+/// Takes the span in `queues[tuple]` that pairs with (`key`, `protocol`): the same sequence
+/// id for Thrift, the oldest acceptable one for HTTP (requests on a connection are ordered).
+fn take_match(
+    queues: &mut HashMap<Tuple, VecDeque<u64>>,
+    spans: &HashMap<u64, PendingSpan>,
+    tuple: Tuple,
+    key: u64,
+    protocol: Protocol,
+    acceptable: impl Fn(&PendingSpan) -> bool,
+) -> Option<u64> {
+    let queue = queues.get_mut(&tuple)?;
+    let position = queue.iter().position(|h| {
+        spans.get(h).is_some_and(|s| s.protocol == protocol && (protocol != Protocol::Thrift || s.key == key) && acceptable(s))
+    })?;
+    let handle = queue.remove(position);
+    if queue.is_empty() {
+        queues.remove(&tuple);
+    }
+    handle
+}
+
+fn status_of(kind: SpanKind, http_status: Option<u16>, error: Option<String>) -> SpanStatus {
+    if let Some(error) = error {
+        return SpanStatus::Error(Some(error));
+    }
+    match (kind, http_status) {
+        (SpanKind::Server, Some(code)) if code >= 500 => SpanStatus::Error(None),
+        (SpanKind::Client, Some(code)) if code >= 400 => SpanStatus::Error(None),
+        _ => SpanStatus::Unset,
+    }
+}
+
+fn add_network_attributes(attributes: &mut Vec<Attribute>, kind: SpanKind, local: SocketAddr, remote: SocketAddr) {
+    let has = |attributes: &[Attribute], key: &str| attributes.iter().any(|a| a.key == key);
+    attributes.push(Attribute::str("network.transport", "tcp"));
+    attributes.push(Attribute::str("network.type", if remote.is_ipv4() { "ipv4" } else { "ipv6" }));
+    attributes.push(Attribute::str("network.peer.address", remote.ip().to_string()));
+    attributes.push(Attribute::int("network.peer.port", i64::from(remote.port())));
+    match kind {
+        SpanKind::Server => {
+            attributes.push(Attribute::str("client.address", remote.ip().to_string()));
+            attributes.push(Attribute::int("client.port", i64::from(remote.port())));
+            if !has(attributes, "server.address") {
+                attributes.push(Attribute::str("server.address", local.ip().to_string()));
+            }
+            if !has(attributes, "server.port") {
+                attributes.push(Attribute::int("server.port", i64::from(local.port())));
+            }
+        }
+        SpanKind::Client => {
+            if !has(attributes, "server.address") {
+                attributes.push(Attribute::str("server.address", remote.ip().to_string()));
+            }
+            if !has(attributes, "server.port") {
+                attributes.push(Attribute::int("server.port", i64::from(remote.port())));
+            }
+        }
+    }
+}
+
+fn to_unix(mono_ns: u64, offset: i128) -> u64 {
+    (mono_ns as i128 + offset).clamp(0, u64::MAX as i128) as u64
+}
+
+fn random_span_id() -> [u8; 8] {
+    loop {
+        let id: [u8; 8] = rand::random();
+        if id != [0; 8] {
+            return id;
+        }
+    }
+}
+
+fn random_trace_id() -> [u8; 16] {
+    loop {
+        let id: [u8; 16] = rand::random();
+        if id != [0; 16] {
+            return id;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

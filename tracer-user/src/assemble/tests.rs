@@ -1,0 +1,183 @@
+//! Pairing and parent decisions on hand-made message sequences.
+
+use super::*;
+use crate::{
+    context::{ContextFormat, TraceContext},
+    event::Endpoints,
+    protocol::Timing,
+};
+
+const MS: u64 = 1_000_000;
+
+struct Fixed;
+impl ResourceSource for Fixed {
+    fn resource(&mut self, pid: u32) -> Arc<ProcessResource> {
+        Arc::new(ProcessResource { pid, service_name: format!("svc{pid}"), attributes: vec![] })
+    }
+}
+
+fn assembler() -> Assembler {
+    Assembler::new(
+        AssemblerConfig { settle_ns: 100 * MS, request_timeout_ns: 10_000 * MS, max_pending: 1000, realtime_offset_ns: 0 },
+        Arc::new(Metrics::default()),
+    )
+}
+
+fn meta(conn_id: u64, pid: u32, local: &str, remote: &str) -> ConnMeta {
+    ConnMeta {
+        conn_id,
+        pid,
+        fd: 3,
+        endpoints: Endpoints { local: local.parse().unwrap(), remote: remote.parse().unwrap() },
+        protocol: Protocol::Http1,
+    }
+}
+
+fn at(ns: u64, tid: u32) -> Timing {
+    Timing { enter_ns: ns, exit_ns: ns + 10, tid }
+}
+
+fn request(key: u64, path: &str, t: Timing, context: Option<TraceContext>) -> Message {
+    Message::Request(Request {
+        key,
+        name: format!("GET {path}"),
+        attributes: vec![Attribute::str("url.path", path)],
+        context,
+        first: t,
+        last: t,
+        expects_response: true,
+    })
+}
+
+fn response(key: u64, status: u16, t: Timing) -> Message {
+    Message::Response(Response { key, first: t, last: t, http_status: Some(status), error: None, attributes: vec![] })
+}
+
+fn feed(a: &mut Assembler, meta: ConnMeta, direction: Direction, message: Message) {
+    a.on_output(ConnOutput::Message { meta, direction, message }, &mut Fixed);
+}
+
+fn by_name<'a>(spans: &'a [SpanRecord], name: &str, kind: SpanKind) -> &'a SpanRecord {
+    spans.iter().find(|s| s.name == name && s.kind == kind).unwrap_or_else(|| panic!("no {kind:?} {name} in {spans:#?}"))
+}
+
+/// caller pid 1 (client 10.0.0.1:4000) -> callee pid 2 (server 10.0.0.2:80)
+fn same_host_pair(server_first: bool) -> Vec<SpanRecord> {
+    let mut a = assembler();
+    let client = meta(1, 1, "10.0.0.1:4000", "10.0.0.2:80");
+    let server = meta(2, 2, "10.0.0.2:80", "10.0.0.1:4000");
+    let sends = || (client, Direction::Egress, request(0, "/x", at(1 * MS, 11), None));
+    let reads = || (server, Direction::Ingress, request(0, "/x", at(2 * MS, 22), None));
+    let order = if server_first { [reads(), sends()] } else { [sends(), reads()] };
+    for (m, d, msg) in order {
+        feed(&mut a, m, d, msg);
+    }
+    feed(&mut a, server, Direction::Egress, response(0, 200, at(5 * MS, 22)));
+    feed(&mut a, client, Direction::Ingress, response(0, 200, at(6 * MS, 11)));
+    assert!(a.tick(50 * MS).is_empty(), "held until settled");
+    a.tick(200 * MS)
+}
+
+#[test]
+fn links_both_ends_of_a_local_connection_in_either_order() {
+    for server_first in [false, true] {
+        let spans = same_host_pair(server_first);
+        assert_eq!(spans.len(), 2);
+        let c = by_name(&spans, "GET /x", SpanKind::Client);
+        let s = by_name(&spans, "GET /x", SpanKind::Server);
+        assert_eq!(s.trace_id, c.trace_id);
+        assert_eq!(s.parent_span_id, Some(c.span_id));
+        assert_eq!(c.parent_span_id, None);
+        assert!(c.start_unix_ns <= s.start_unix_ns && s.end_unix_ns <= c.end_unix_ns);
+        assert!(crate::span::find(&s.attributes, "tracer.link.method") == Some(&crate::span::AttrValue::Str("same_host".into())));
+    }
+}
+
+#[test]
+fn client_call_from_a_serving_thread_is_a_child() {
+    let mut a = assembler();
+    let inbound = meta(1, 7, "127.0.0.1:8000", "127.0.0.1:5000");
+    let outbound = meta(2, 7, "127.0.0.1:6000", "93.184.216.34:80");
+    feed(&mut a, inbound, Direction::Ingress, request(0, "/in", at(1 * MS, 70), None));
+    feed(&mut a, outbound, Direction::Egress, request(0, "/out", at(2 * MS, 70), None));
+    feed(&mut a, outbound, Direction::Ingress, response(0, 404, at(3 * MS, 70)));
+    feed(&mut a, inbound, Direction::Egress, response(0, 200, at(4 * MS, 70)));
+    let spans = a.tick(500 * MS);
+    let server = by_name(&spans, "GET /in", SpanKind::Server);
+    let client = by_name(&spans, "GET /out", SpanKind::Client);
+    assert_eq!(client.parent_span_id, Some(server.span_id));
+    assert_eq!(client.trace_id, server.trace_id);
+    assert_eq!(client.status, SpanStatus::Error(None), "4xx is an error on a CLIENT span");
+    assert_eq!(server.status, SpanStatus::Unset);
+    // A SERVER span with no local caller waited and became a root.
+    assert_eq!(server.parent_span_id, None);
+}
+
+#[test]
+fn propagated_context_wins() {
+    let mut a = assembler();
+    let ctx = TraceContext { trace_id: [7; 16], span_id: [8; 8], flags: 3, tracestate: Some("a=b".into()), format: ContextFormat::W3c };
+    let server = meta(1, 2, "10.0.0.2:80", "10.0.0.1:4000");
+    feed(&mut a, server, Direction::Ingress, request(0, "/c", at(MS, 1), Some(ctx)));
+    feed(&mut a, server, Direction::Egress, response(0, 503, at(2 * MS, 1)));
+    let spans = a.tick(500 * MS);
+    assert_eq!(spans[0].trace_id, [7; 16]);
+    assert_eq!(spans[0].parent_span_id, Some([8; 8]));
+    assert_eq!(spans[0].flags, 3);
+    assert_eq!(spans[0].tracestate.as_deref(), Some("a=b"));
+    assert_eq!(spans[0].status, SpanStatus::Error(None));
+}
+
+#[test]
+fn a_thread_serving_two_requests_does_not_guess() {
+    let mut a = assembler();
+    let in1 = meta(1, 7, "127.0.0.1:8000", "127.0.0.1:5001");
+    let in2 = meta(2, 7, "127.0.0.1:8000", "127.0.0.1:5002");
+    let out = meta(3, 7, "127.0.0.1:6000", "127.0.0.1:9000");
+    feed(&mut a, in1, Direction::Ingress, request(0, "/a", at(MS, 70), None));
+    feed(&mut a, in2, Direction::Ingress, request(0, "/b", at(2 * MS, 70), None));
+    feed(&mut a, out, Direction::Egress, request(0, "/down", at(3 * MS, 70), None));
+    feed(&mut a, out, Direction::Ingress, response(0, 200, at(4 * MS, 70)));
+    feed(&mut a, in1, Direction::Egress, response(0, 200, at(5 * MS, 70)));
+    feed(&mut a, in2, Direction::Egress, response(0, 200, at(6 * MS, 70)));
+    let spans = a.tick(500 * MS);
+    let down = by_name(&spans, "GET /down", SpanKind::Client);
+    let b = by_name(&spans, "GET /b", SpanKind::Server);
+    assert_eq!(down.parent_span_id, None, "ambiguous: root");
+    assert_eq!(down.links.len(), 1);
+    assert_eq!(down.links[0].span_id, b.span_id);
+}
+
+#[test]
+fn pipelined_requests_pair_in_order_and_unanswered_ones_close_as_errors() {
+    let mut a = assembler();
+    let server = meta(1, 2, "127.0.0.1:80", "127.0.0.1:4000");
+    for (k, p) in ["/1", "/2", "/3"].iter().enumerate() {
+        feed(&mut a, server, Direction::Ingress, request(k as u64, p, at(MS, 1), None));
+    }
+    feed(&mut a, server, Direction::Egress, response(0, 200, at(2 * MS, 1)));
+    feed(&mut a, server, Direction::Egress, response(1, 500, at(3 * MS, 1)));
+    a.on_output(ConnOutput::Closed { meta: server, at_ns: 4 * MS }, &mut Fixed);
+    let spans = a.tick(500 * MS);
+    assert_eq!(spans.len(), 3);
+    assert_eq!(by_name(&spans, "GET /1", SpanKind::Server).status, SpanStatus::Unset);
+    assert_eq!(by_name(&spans, "GET /2", SpanKind::Server).status, SpanStatus::Error(None));
+    assert!(matches!(by_name(&spans, "GET /3", SpanKind::Server).status, SpanStatus::Error(Some(_))));
+}
+
+#[test]
+fn pending_spans_are_bounded_and_flush_releases_everything() {
+    let mut a = Assembler::new(
+        AssemblerConfig { settle_ns: 100 * MS, request_timeout_ns: 10_000 * MS, max_pending: 2, realtime_offset_ns: 0 },
+        Arc::new(Metrics::default()),
+    );
+    let server = meta(1, 2, "127.0.0.1:80", "127.0.0.1:4000");
+    for k in 0..5 {
+        feed(&mut a, server, Direction::Ingress, request(k, "/p", at(MS, 1), None));
+    }
+    assert_eq!(a.pending(), 2);
+    assert_eq!(a.metrics.spans_dropped_pending.load(std::sync::atomic::Ordering::Relaxed), 3);
+    let spans = a.flush(2 * MS);
+    assert_eq!(spans.len(), 2);
+    assert_eq!(a.pending(), 0);
+}
