@@ -41,6 +41,9 @@ pub fn agent_binary() -> PathBuf {
 pub struct AgentArgs {
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Replaces the agent binary (program and leading arguments); only for
+    /// the harness's own self-tests with a stand-in agent.
+    program: Option<(PathBuf, Vec<String>)>,
 }
 
 impl AgentArgs {
@@ -51,17 +54,32 @@ impl AgentArgs {
     /// Export to the receiver's gRPC endpoint, `--settle-ms 300`, `--log-level debug`.
     pub fn grpc(receiver: &Receiver) -> Self {
         Self::empty()
-            .args(["--otlp-endpoint", &receiver.grpc_endpoint(), "--otlp-protocol", "grpc"])
+            .args([
+                "--otlp-endpoint",
+                &receiver.grpc_endpoint(),
+                "--otlp-protocol",
+                "grpc",
+            ])
             .defaults()
     }
     /// Export to the receiver's HTTP/protobuf endpoint.
     pub fn http(receiver: &Receiver) -> Self {
         Self::empty()
-            .args(["--otlp-endpoint", &receiver.http_endpoint(), "--otlp-protocol", "http/protobuf"])
+            .args([
+                "--otlp-endpoint",
+                &receiver.http_endpoint(),
+                "--otlp-protocol",
+                "http/protobuf",
+            ])
             .defaults()
     }
     fn defaults(self) -> Self {
-        self.args(["--settle-ms", &TEST_SETTLE_MS.to_string(), "--log-level", "debug"])
+        self.args([
+            "--settle-ms",
+            &TEST_SETTLE_MS.to_string(),
+            "--log-level",
+            "debug",
+        ])
     }
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
@@ -77,6 +95,14 @@ impl AgentArgs {
             self.args.push("--port".into());
             self.args.push(p.to_string());
         }
+        self
+    }
+    /// Runs `program leading...` instead of the real agent (harness self-tests).
+    pub fn stand_in(mut self, program: impl Into<PathBuf>, leading: &[&str]) -> Self {
+        self.program = Some((
+            program.into(),
+            leading.iter().map(|s| s.to_string()).collect(),
+        ));
         self
     }
     pub fn env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
@@ -98,17 +124,25 @@ impl Agent {
     /// Spawns the agent without waiting for readiness.
     pub fn spawn(args: &AgentArgs) -> Agent {
         crate::require_root();
-        let bin = agent_binary();
+        let (bin, leading) = match &args.program {
+            Some((p, l)) => (p.clone(), l.clone()),
+            None => (agent_binary(), Vec::new()),
+        };
         let mut cmd = Command::new(&bin);
-        cmd.args(&args.args)
+        cmd.args(&leading)
+            .args(&args.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // Unrelated OTEL_* settings of the caller must not leak in.
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
-            .env_remove("OTEL_SERVICE_NAME")
             .env("RUST_BACKTRACE", "1");
+        // The agent reads OTEL_* and TRACER_* variables as flag fallbacks; the
+        // caller's own settings must not leak into a test.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("OTEL_") || k.starts_with("TRACER_") {
+                cmd.env_remove(&*k);
+            }
+        }
         for (k, v) in &args.env {
             cmd.env(k, v);
         }
@@ -123,8 +157,19 @@ impl Agent {
         if let Some(out) = child.stdout.take() {
             readers.push(pump(out, "stdout", log.clone()));
         }
-        eprintln!("[agent] started pid {} : {} {}", child.id(), bin.display(), args.args.join(" "));
-        Agent { pid: child.id(), child: Some(child), log, readers, exit: None }
+        eprintln!(
+            "[agent] started pid {} : {} {}",
+            child.id(),
+            bin.display(),
+            args.args.join(" ")
+        );
+        Agent {
+            pid: child.id(),
+            child: Some(child),
+            log,
+            readers,
+            exit: None,
+        }
     }
 
     /// Spawns the agent and waits for `tracer ready` (fails the test if it
@@ -169,10 +214,10 @@ impl Agent {
     }
 
     fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            if let Some(child) = self.child.as_mut() {
-                self.exit = child.try_wait().expect("try_wait on agent");
-            }
+        if self.exit.is_none()
+            && let Some(child) = self.child.as_mut()
+        {
+            self.exit = child.try_wait().expect("try_wait on agent");
         }
         self.exit
     }
@@ -226,7 +271,11 @@ impl Agent {
     }
 }
 
-fn pump(stream: impl Read + Send + 'static, tag: &'static str, log: Arc<Mutex<String>>) -> std::thread::JoinHandle<()> {
+fn pump(
+    stream: impl Read + Send + 'static,
+    tag: &'static str,
+    log: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut line = Vec::new();
@@ -250,11 +299,11 @@ fn pump(stream: impl Read + Send + 'static, tag: &'static str, log: Arc<Mutex<St
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if self.exit.is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        if let Some(mut child) = self.child.take()
+            && self.exit.is_none()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         self.join_readers();
         if std::thread::panicking() {
@@ -269,7 +318,10 @@ impl Drop for Agent {
             } else {
                 &log[..]
             };
-            eprintln!("----- agent (pid {}) output -----\n{tail}----- end of agent output -----", self.pid);
+            eprintln!(
+                "----- agent (pid {}) output -----\n{tail}----- end of agent output -----",
+                self.pid
+            );
         }
     }
 }

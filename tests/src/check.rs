@@ -3,7 +3,11 @@
 use crate::receiver::{ReceivedSpan, dump};
 
 /// The single span in `spans` matching `pred`; fails with a dump otherwise.
-pub fn one<'a>(spans: &'a [ReceivedSpan], what: &str, pred: impl Fn(&ReceivedSpan) -> bool) -> &'a ReceivedSpan {
+pub fn one<'a>(
+    spans: &'a [ReceivedSpan],
+    what: &str,
+    pred: impl Fn(&ReceivedSpan) -> bool,
+) -> &'a ReceivedSpan {
     let found: Vec<&ReceivedSpan> = spans.iter().filter(|s| pred(s)).collect();
     assert_eq!(
         found.len(),
@@ -17,12 +21,20 @@ pub fn one<'a>(spans: &'a [ReceivedSpan], what: &str, pred: impl Fn(&ReceivedSpa
 
 /// Asserts a string attribute.
 pub fn attr_str(span: &ReceivedSpan, key: &str, expected: &str) {
-    assert_eq!(span.attr_str(key), Some(expected), "attribute {key} of span\n    {span}");
+    assert_eq!(
+        span.attr_str(key),
+        Some(expected),
+        "attribute {key} of span\n    {span}"
+    );
 }
 
 /// Asserts an integer attribute.
 pub fn attr_int(span: &ReceivedSpan, key: &str, expected: i64) {
-    assert_eq!(span.attr_int(key), Some(expected), "attribute {key} (int) of span\n    {span}");
+    assert_eq!(
+        span.attr_int(key),
+        Some(expected),
+        "attribute {key} (int) of span\n    {span}"
+    );
 }
 
 /// Asserts `child` is a direct child of `parent` in the same trace.
@@ -42,7 +54,10 @@ pub fn child_of(child: &ReceivedSpan, parent: &ReceivedSpan) {
 /// both have sane timestamps (start <= end, non-zero).
 pub fn within(inner: &ReceivedSpan, outer: &ReceivedSpan) {
     for s in [inner, outer] {
-        assert!(s.start_ns > 0 && s.start_ns <= s.end_ns, "bad timestamps on span\n    {s}");
+        assert!(
+            s.start_ns > 0 && s.start_ns <= s.end_ns,
+            "bad timestamps on span\n    {s}"
+        );
     }
     assert!(
         outer.start_ns <= inner.start_ns && inner.end_ns <= outer.end_ns,
@@ -56,11 +71,17 @@ pub fn within(inner: &ReceivedSpan, outer: &ReceivedSpan) {
 
 /// Asserts the span has no parent (a trace root).
 pub fn root(span: &ReceivedSpan) {
-    assert_eq!(span.parent_span_id, None, "expected a root span (no parent)\n    {span}");
+    assert_eq!(
+        span.parent_span_id, None,
+        "expected a root span (no parent)\n    {span}"
+    );
 }
 
 /// Asserts the trace and span ids are well-formed and non-zero.
 pub fn ids_valid(span: &ReceivedSpan) {
     let ok = |id: &str, len: usize| id.len() == len && id.chars().any(|c| c != '0');
-    assert!(ok(&span.trace_id, 32) && ok(&span.span_id, 16), "malformed ids on span\n    {span}");
+    assert!(
+        ok(&span.trace_id, 32) && ok(&span.span_id, 16),
+        "malformed ids on span\n    {span}"
+    );
 }

@@ -86,7 +86,9 @@ pub const QUIET: Duration = Duration::from_millis(1500);
 
 /// A per-test scratch directory under the cargo target tmp dir (or /tmp).
 pub fn scratch_dir(name: &str) -> PathBuf {
-    let base = std::env::var_os("CARGO_TARGET_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     let dir = base.join(format!("tracer-e2e-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     dir
@@ -94,5 +96,8 @@ pub fn scratch_dir(name: &str) -> PathBuf {
 
 /// `http://127.0.0.1:{port}{path}` for each path.
 pub fn urls(port: u16, paths: &[&str]) -> Vec<String> {
-    paths.iter().map(|p| format!("http://127.0.0.1:{port}{p}")).collect()
+    paths
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{port}{p}"))
+        .collect()
 }

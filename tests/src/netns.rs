@@ -20,7 +20,10 @@ pub struct NetnsPair {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run `ip` (iproute2 must be installed)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run `ip` (iproute2 must be installed)");
     assert!(
         out.status.success(),
         "`ip {}` failed: {}",
@@ -30,7 +33,7 @@ fn ip(args: &[&str]) {
 }
 
 impl NetnsPair {
-    pub fn new() -> NetnsPair {
+    pub fn create() -> NetnsPair {
         crate::require_root();
         let pid = std::process::id();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -51,9 +54,28 @@ impl NetnsPair {
             pair.created.push(ns.clone());
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
         }
-        ip(&["-n", &pair.ns_a, "link", "add", &veth_a, "type", "veth", "peer", "name", &veth_b, "netns", &pair.ns_b]);
-        ip(&["-n", &pair.ns_a, "addr", "add", &format!("{}/24", pair.addr_a), "dev", &veth_a]);
-        ip(&["-n", &pair.ns_b, "addr", "add", &format!("{}/24", pair.addr_b), "dev", &veth_b]);
+        ip(&[
+            "-n", &pair.ns_a, "link", "add", &veth_a, "type", "veth", "peer", "name", &veth_b,
+            "netns", &pair.ns_b,
+        ]);
+        ip(&[
+            "-n",
+            &pair.ns_a,
+            "addr",
+            "add",
+            &format!("{}/24", pair.addr_a),
+            "dev",
+            &veth_a,
+        ]);
+        ip(&[
+            "-n",
+            &pair.ns_b,
+            "addr",
+            "add",
+            &format!("{}/24", pair.addr_b),
+            "dev",
+            &veth_b,
+        ]);
         ip(&["-n", &pair.ns_a, "link", "set", &veth_a, "up"]);
         ip(&["-n", &pair.ns_b, "link", "set", &veth_b, "up"]);
         pair

@@ -27,7 +27,11 @@ pub fn python() -> PathBuf {
             .args(["-c", "import sys; print(sys.executable)"])
             .output()
             .expect("python3 must be installed for the end-to-end suite");
-        assert!(out.status.success(), "python3 -c failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "python3 -c failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string())
     })
     .clone()
@@ -50,15 +54,26 @@ pub fn rust_server_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target profile dir");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile dir");
     let bin = dir.join("rust_http_server");
-    assert!(bin.is_file(), "helper binary missing at {}; build with `cargo test -p tracer-tests --no-run`", bin.display());
+    assert!(
+        bin.is_file(),
+        "helper binary missing at {}; build with `cargo test -p tracer-tests --no-run`",
+        bin.display()
+    );
     bin
 }
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A long-running peer; its process group is SIGKILLed on drop.
@@ -71,12 +86,23 @@ pub struct Peer {
 impl Peer {
     /// Spawns `cmd` in its own process group, capturing its output.
     pub fn spawn(name: &str, mut cmd: Command) -> Peer {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
         let output = Arc::new(Mutex::new(String::new()));
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -97,21 +123,32 @@ impl Peer {
             });
         }
         eprintln!("[peer] {name} pid {}: {cmd:?}", child.id());
-        Peer { name: name.to_string(), child, output }
+        Peer {
+            name: name.to_string(),
+            child,
+            output,
+        }
     }
 
     /// Spawns a server and waits until `addr` (on the host's loopback) accepts.
     pub fn server(name: &str, cmd: Command, addr: SocketAddr) -> Peer {
         let mut peer = Peer::spawn(name, cmd);
-        peer.wait_until(SERVER_READY_TIMEOUT, &format!("{addr} accepts connections"), |_| {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        });
+        peer.wait_until(
+            SERVER_READY_TIMEOUT,
+            &format!("{addr} accepts connections"),
+            |_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+        );
         peer
     }
 
     /// Polls `ready` until true; fails the test with the peer's output if the
     /// peer exits first or `timeout` passes.
-    pub fn wait_until(&mut self, timeout: Duration, what: &str, mut ready: impl FnMut(&Peer) -> bool) {
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut ready: impl FnMut(&Peer) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         loop {
             if ready(self) {
@@ -119,10 +156,18 @@ impl Peer {
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("{} exited with {status} before {what}. Output:\n{}", self.name, self.output());
+                panic!(
+                    "{} exited with {status} before {what}. Output:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             if Instant::now() >= deadline {
-                panic!("{} not ready ({what}) within {timeout:?}. Output:\n{}", self.name, self.output());
+                panic!(
+                    "{} not ready ({what}) within {timeout:?}. Output:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -145,7 +190,12 @@ impl Drop for Peer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("----- {} (pid {}) output -----\n{}\n-----", self.name, self.child.id(), self.output());
+            eprintln!(
+                "----- {} (pid {}) output -----\n{}\n-----",
+                self.name,
+                self.child.id(),
+                self.output()
+            );
         }
     }
 }
@@ -171,21 +221,34 @@ pub fn run(cmd: Command, timeout: Duration) -> ClientOutput {
             break s;
         }
         if Instant::now() >= deadline {
-            panic!("client {name} did not finish within {timeout:?}. Output so far:\n{}", peer.output());
+            panic!(
+                "client {name} did not finish within {timeout:?}. Output so far:\n{}",
+                peer.output()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     // Let the reader threads drain the pipes.
     std::thread::sleep(Duration::from_millis(50));
     let out = peer.output();
-    ClientOutput { status, pid: peer.pid(), stdout: out.clone(), stderr: out }
+    ClientOutput {
+        status,
+        pid: peer.pid(),
+        stdout: out.clone(),
+        stderr: out,
+    }
 }
 
 /// Runs a client to completion and fails the test unless it exits 0.
 pub fn run_client(cmd: Command) -> ClientOutput {
     let desc = format!("{cmd:?}");
     let out = run(cmd, CLIENT_TIMEOUT);
-    assert!(out.status.success(), "client {desc} failed with {}:\n{}", out.status, out.stdout);
+    assert!(
+        out.status.success(),
+        "client {desc} failed with {}:\n{}",
+        out.status,
+        out.stdout
+    );
     out
 }
 
@@ -210,5 +273,9 @@ pub fn flask_server(port: u16, extra: &[&str], env: &[(&str, &str)]) -> Peer {
 pub fn rust_server(port: u16) -> Peer {
     let mut cmd = Command::new(rust_server_bin());
     cmd.args(["--bind", &format!("127.0.0.1:{port}")]);
-    Peer::server("rust_http_server", cmd, SocketAddr::from(([127, 0, 0, 1], port)))
+    Peer::server(
+        "rust_http_server",
+        cmd,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    )
 }

@@ -112,7 +112,9 @@ impl ReceivedSpan {
         self.attr(key).and_then(AttrValue::as_int)
     }
     pub fn service_name(&self) -> Option<&str> {
-        self.resource.get("service.name").and_then(AttrValue::as_str)
+        self.resource
+            .get("service.name")
+            .and_then(AttrValue::as_str)
     }
     /// `process.pid` of the resource (accepts an int or a numeric string).
     pub fn pid(&self) -> Option<i64> {
@@ -136,9 +138,14 @@ impl ReceivedSpan {
     }
     /// True if any port-valued attribute equals `port`.
     pub fn mentions_port(&self, port: u16) -> bool {
-        ["server.port", "network.peer.port", "client.port", "network.local.port"]
-            .iter()
-            .any(|k| self.attr_int(k) == Some(i64::from(port)))
+        [
+            "server.port",
+            "network.peer.port",
+            "client.port",
+            "network.local.port",
+        ]
+        .iter()
+        .any(|k| self.attr_int(k) == Some(i64::from(port)))
     }
 }
 
@@ -153,12 +160,22 @@ impl fmt::Display for ReceivedSpan {
             self.span_id,
             self.parent_span_id.as_deref().unwrap_or("-"),
             self.status,
-            if self.status_message.is_empty() { String::new() } else { format!("({})", self.status_message) },
+            if self.status_message.is_empty() {
+                String::new()
+            } else {
+                format!("({})", self.status_message)
+            },
             self.end_ns.saturating_sub(self.start_ns),
             self.service_name().unwrap_or("?"),
-            self.pid().map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+            self.pid()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "?".into()),
         )?;
-        let attrs: Vec<String> = self.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let attrs: Vec<String> = self
+            .attributes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         write!(f, "\n      attrs: {}", attrs.join(" "))
     }
 }
@@ -168,7 +185,11 @@ pub fn dump(spans: &[ReceivedSpan]) -> String {
     if spans.is_empty() {
         return "    (no spans)".to_string();
     }
-    spans.iter().map(|s| format!("    {s}")).collect::<Vec<_>>().join("\n")
+    spans
+        .iter()
+        .map(|s| format!("    {s}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[derive(Default)]
@@ -187,7 +208,10 @@ impl Shared {
     fn ingest(&self, req: ExportTraceServiceRequest, via: &'static str) {
         let mut flat = Vec::new();
         for rs in req.resource_spans {
-            let resource = rs.resource.map(|r| attr_map(&r.attributes)).unwrap_or_default();
+            let resource = rs
+                .resource
+                .map(|r| attr_map(&r.attributes))
+                .unwrap_or_default();
             for ss in rs.scope_spans {
                 for s in ss.spans {
                     flat.push(ReceivedSpan {
@@ -216,8 +240,16 @@ impl Shared {
                             Some(2) => Status::Error,
                             _ => Status::Unset,
                         },
-                        status_message: s.status.as_ref().map(|st| st.message.clone()).unwrap_or_default(),
-                        links: s.links.iter().map(|l| (hex(&l.trace_id), hex(&l.span_id))).collect(),
+                        status_message: s
+                            .status
+                            .as_ref()
+                            .map(|st| st.message.clone())
+                            .unwrap_or_default(),
+                        links: s
+                            .links
+                            .iter()
+                            .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+                            .collect(),
                         resource: resource.clone(),
                         via,
                     });
@@ -236,7 +268,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn attr_map(kvs: &[KeyValue]) -> BTreeMap<String, AttrValue> {
-    kvs.iter().map(|kv| (kv.key.clone(), value(kv.value.as_ref()))).collect()
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), value(kv.value.as_ref())))
+        .collect()
 }
 
 fn value(v: Option<&AnyValue>) -> AttrValue {
@@ -259,7 +293,9 @@ impl TraceService for GrpcService {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.0.ingest(request.into_inner(), "grpc");
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
     }
 }
 
@@ -290,15 +326,26 @@ async fn handle_http(
         Err(e) => return Ok(reply(400, format!("body: {e}").into_bytes(), "text/plain")),
     };
     if !ctype.starts_with("application/x-protobuf") {
-        return Ok(reply(415, format!("unsupported content-type {ctype:?}").into_bytes(), "text/plain"));
+        return Ok(reply(
+            415,
+            format!("unsupported content-type {ctype:?}").into_bytes(),
+            "text/plain",
+        ));
     }
     match ExportTraceServiceRequest::decode(body) {
         Ok(decoded) => {
             shared.ingest(decoded, "http");
-            let resp = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+            let resp = ExportTraceServiceResponse {
+                partial_success: None,
+            }
+            .encode_to_vec();
             Ok(reply(200, resp, "application/x-protobuf"))
         }
-        Err(e) => Ok(reply(400, format!("decode: {e}").into_bytes(), "text/plain")),
+        Err(e) => Ok(reply(
+            400,
+            format!("decode: {e}").into_bytes(),
+            "text/plain",
+        )),
     }
 }
 
@@ -322,8 +369,12 @@ impl Receiver {
             .expect("build receiver runtime");
         let shared = Arc::new(Shared::default());
         let (grpc_addr, http_addr) = runtime.block_on(async {
-            let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind grpc receiver");
-            let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind http receiver");
+            let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind grpc receiver");
+            let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind http receiver");
             let addrs = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
 
             let svc = TraceServiceServer::new(GrpcService(shared.clone()))
@@ -351,7 +402,8 @@ impl Receiver {
                     };
                     let shared = shared_http.clone();
                     tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(move |req| handle_http(shared.clone(), req));
+                        let svc =
+                            hyper::service::service_fn(move |req| handle_http(shared.clone(), req));
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                             .await;
@@ -360,7 +412,12 @@ impl Receiver {
             });
             addrs
         });
-        Receiver { shared, grpc_addr, http_addr, runtime: Some(runtime) }
+        Receiver {
+            shared,
+            grpc_addr,
+            http_addr,
+            runtime: Some(runtime),
+        }
     }
 
     /// `http://127.0.0.1:PORT` of the gRPC endpoint.
@@ -419,7 +476,8 @@ impl Receiver {
         let deadline = Instant::now() + timeout;
         let mut store = self.shared.store.lock().unwrap();
         loop {
-            let found: Vec<ReceivedSpan> = store.spans.iter().filter(|s| pred(s)).cloned().collect();
+            let found: Vec<ReceivedSpan> =
+                store.spans.iter().filter(|s| pred(s)).cloned().collect();
             if found.len() >= count {
                 return Ok(found);
             }
@@ -427,7 +485,12 @@ impl Receiver {
             if now >= deadline {
                 return Err(found);
             }
-            store = self.shared.changed.wait_timeout(store, deadline - now).unwrap().0;
+            store = self
+                .shared
+                .changed
+                .wait_timeout(store, deadline - now)
+                .unwrap()
+                .0;
         }
     }
 

@@ -32,29 +32,49 @@ fn cases() -> Vec<Case> {
     let (t, s) = fresh_ids();
     out.push(Case {
         label: "w3c-sampled",
-        headers: vec![format!("traceparent: 00-{t}-{s}-01"), "tracestate: congo=t61rcWkgMzE,rojo=00f067aa0ba902b7".into()],
+        headers: vec![
+            format!("traceparent: 00-{t}-{s}-01"),
+            "tracestate: congo=t61rcWkgMzE,rojo=00f067aa0ba902b7".into(),
+        ],
         trace_id: t,
         parent: s,
     });
     let (t, s) = fresh_ids();
     out.push(Case {
         label: "w3c-flags03",
-        headers: vec![format!("traceparent: 00-{t}-{s}-03"), "tracestate: vendor=value".into()],
+        headers: vec![
+            format!("traceparent: 00-{t}-{s}-03"),
+            "tracestate: vendor=value".into(),
+        ],
         trace_id: t,
         parent: s,
     });
     let (t, s) = fresh_ids();
-    out.push(Case { label: "b3-single", headers: vec![format!("b3: {t}-{s}-1")], trace_id: t, parent: s });
+    out.push(Case {
+        label: "b3-single",
+        headers: vec![format!("b3: {t}-{s}-1")],
+        trace_id: t,
+        parent: s,
+    });
     let (t, s) = fresh_ids();
     let t64 = t[16..].to_string();
     out.push(Case {
         label: "b3-multi-64bit",
-        headers: vec![format!("X-B3-TraceId: {t64}"), format!("X-B3-SpanId: {s}"), "X-B3-Sampled: 1".into()],
+        headers: vec![
+            format!("X-B3-TraceId: {t64}"),
+            format!("X-B3-SpanId: {s}"),
+            "X-B3-Sampled: 1".into(),
+        ],
         trace_id: format!("0000000000000000{t64}"),
         parent: s,
     });
     let (t, s) = fresh_ids();
-    out.push(Case { label: "uber", headers: vec![format!("uber-trace-id: {t}:{s}:0:1")], trace_id: t, parent: s });
+    out.push(Case {
+        label: "uber",
+        headers: vec![format!("uber-trace-id: {t}:{s}:0:1")],
+        trace_id: t,
+        parent: s,
+    });
     out
 }
 
@@ -78,7 +98,8 @@ fn server_joins_trace_from_each_header_format() {
     let receiver = Receiver::start();
     let port = peers::free_port();
     let flask = peers::flask_server(port, &[], &[]);
-    let mut agent = Agent::start(&AgentArgs::grpc(&receiver).args(["--pid", &flask.pid().to_string()]));
+    let mut agent =
+        Agent::start(&AgentArgs::grpc(&receiver).args(["--pid", &flask.pid().to_string()]));
 
     let cases = cases();
     send(port, &cases);
@@ -89,7 +110,11 @@ fn server_joins_trace_from_each_header_format() {
             s.is_server() && s.url_path() == Some(path.as_str())
         });
         let srv = &spans[0];
-        assert_eq!(srv.trace_id, case.trace_id, "[{}] trace id from headers {:?}\n    {srv}", case.label, case.headers);
+        assert_eq!(
+            srv.trace_id, case.trace_id,
+            "[{}] trace id from headers {:?}\n    {srv}",
+            case.label, case.headers
+        );
         assert_eq!(
             srv.parent_span_id.as_deref(),
             Some(case.parent.as_str()),
@@ -97,11 +122,23 @@ fn server_joins_trace_from_each_header_format() {
             case.label,
             case.headers
         );
-        assert_ne!(srv.span_id, case.parent, "[{}] the SERVER span needs its own span id\n    {srv}", case.label);
+        assert_ne!(
+            srv.span_id, case.parent,
+            "[{}] the SERVER span needs its own span id\n    {srv}",
+            case.label
+        );
         check::ids_valid(srv);
     }
-    let strays: Vec<_> = receiver.spans().into_iter().filter(|s| s.is_client()).collect();
-    assert!(strays.is_empty(), "--pid limits tracing to the server, yet CLIENT spans arrived:\n{}", tracer_tests::receiver::dump(&strays));
+    let strays: Vec<_> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s.is_client())
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "--pid limits tracing to the server, yet CLIENT spans arrived:\n{}",
+        tracer_tests::receiver::dump(&strays)
+    );
 
     agent.stop();
 }
@@ -128,7 +165,11 @@ fn client_and_server_continue_trace_from_each_header_format() {
             s.is_server() && s.url_path() == Some(path.as_str())
         });
         let (cli, srv) = (&cli[0], &srv[0]);
-        assert_eq!(cli.trace_id, case.trace_id, "[{}] CLIENT trace id from headers {:?}\n    {cli}", case.label, case.headers);
+        assert_eq!(
+            cli.trace_id, case.trace_id,
+            "[{}] CLIENT trace id from headers {:?}\n    {cli}",
+            case.label, case.headers
+        );
         assert_eq!(
             cli.parent_span_id.as_deref(),
             Some(case.parent.as_str()),

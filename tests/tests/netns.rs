@@ -9,13 +9,13 @@ use tracer_tests::peers::{self, Peer, SERVER_READY_TIMEOUT};
 use tracer_tests::receiver::Receiver;
 use tracer_tests::{QUIET, SPAN_TIMEOUT, require_root};
 
-/// 10. Peer addresses are the namespace addresses, and the SERVER span is
+/// (Test 10) Peer addresses are the namespace addresses, and the SERVER span is
 /// the child of the CLIENT span across namespaces.
 #[test]
 fn server_and_client_in_separate_namespaces() {
     require_root();
     let receiver = Receiver::start();
-    let pair = NetnsPair::new();
+    let pair = NetnsPair::create();
     let port = peers::free_port();
 
     let mut cmd = NetnsPair::command(&pair.ns_a, peers::rust_server_bin());
@@ -31,12 +31,24 @@ fn server_and_client_in_separate_namespaces() {
         .arg(format!("http://{}:{port}/ns/hello", pair.addr_a));
     let out = peers::run_client(client);
 
-    let srv = receiver.wait_exactly("SERVER /ns/hello", 1, SPAN_TIMEOUT, QUIET, |s| s.is_server() && s.url_path() == Some("/ns/hello"));
-    let cli = receiver.wait_exactly("CLIENT /ns/hello", 1, SPAN_TIMEOUT, QUIET, |s| s.is_client() && s.url_path() == Some("/ns/hello"));
+    let srv = receiver.wait_exactly("SERVER /ns/hello", 1, SPAN_TIMEOUT, QUIET, |s| {
+        s.is_server() && s.url_path() == Some("/ns/hello")
+    });
+    let cli = receiver.wait_exactly("CLIENT /ns/hello", 1, SPAN_TIMEOUT, QUIET, |s| {
+        s.is_client() && s.url_path() == Some("/ns/hello")
+    });
     let (srv, cli) = (&srv[0], &cli[0]);
 
-    assert_eq!(srv.pid(), Some(server.pid() as i64), "SERVER span from the server process\n    {srv}");
-    assert_eq!(cli.pid(), Some(out.pid as i64), "CLIENT span from the client process\n    {cli}");
+    assert_eq!(
+        srv.pid(),
+        Some(server.pid() as i64),
+        "SERVER span from the server process\n    {srv}"
+    );
+    assert_eq!(
+        cli.pid(),
+        Some(out.pid as i64),
+        "CLIENT span from the client process\n    {cli}"
+    );
     check::attr_str(srv, "network.peer.address", &pair.addr_b);
     check::attr_str(srv, "client.address", &pair.addr_b);
     check::attr_int(srv, "server.port", port as i64);

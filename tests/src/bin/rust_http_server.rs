@@ -67,7 +67,9 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
         let (method, target, version) = match (parts.next(), parts.next(), parts.next()) {
             (Some(m), Some(t), Some(v)) => (m.to_string(), t.to_string(), v.to_string()),
             _ => {
-                writer.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+                writer.write_all(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )?;
                 return Ok(());
             }
         };
