@@ -51,7 +51,7 @@ impl AgentArgs {
     pub fn empty() -> Self {
         Self::default()
     }
-    /// Export to the receiver's gRPC endpoint, `--settle-ms 300`, `--log-level debug`.
+    /// Export to the receiver's gRPC endpoint, `--settle-ms 300`, `--log-level info`.
     pub fn grpc(receiver: &Receiver) -> Self {
         Self::empty()
             .args([
@@ -73,12 +73,15 @@ impl AgentArgs {
             ])
             .defaults()
     }
+    /// `--settle-ms 300` and `--log-level` from `E2E_AGENT_LOG_LEVEL` (default
+    /// `info`; `debug` makes every crate chatty, so it is opt-in).
     fn defaults(self) -> Self {
+        let level = std::env::var("E2E_AGENT_LOG_LEVEL").unwrap_or_else(|_| "info".into());
         self.args([
             "--settle-ms",
             &TEST_SETTLE_MS.to_string(),
             "--log-level",
-            "debug",
+            &level,
         ])
     }
     pub fn arg(mut self, a: impl Into<String>) -> Self {
