@@ -11,3 +11,5 @@ pub mod conntable;
 pub mod event;
 pub mod loader;
 pub mod reader;
+pub mod agent;
+pub mod config;

@@ -1,9 +1,27 @@
-fn main() {
-    let obj = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
-    let mut ebpf = aya::EbpfLoader::new().load(obj).expect("load");
-    for (name, prog) in ebpf.programs_mut() {
-        let tp: &mut aya::programs::TracePoint = prog.try_into().unwrap();
-        if let Err(e) = tp.load() { println!("{name}: {e:?}"); std::process::exit(1); }
-        println!("loaded {name}");
+//! `tracer`: parses the configuration, sets up logging to stderr (stdout carries the span
+//! trees when no OTLP endpoint is set) and runs the agent. Start-up failures print one line
+//! and exit non-zero.
+
+use clap::Parser;
+use tracer::{agent, config::Config};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tracer: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(agent::run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tracer: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

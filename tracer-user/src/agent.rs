@@ -1,0 +1,211 @@
+//! The agent's life: start-up checks, loading the probes, wiring the pipeline stages
+//! (reader -> connection table -> span assembly -> exporter), periodic housekeeping and
+//! self-telemetry, and an orderly stop on SIGINT/SIGTERM (detach, flush, exit 0).
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    time::{MissedTickBehavior, interval},
+};
+use tracing::{info, warn};
+
+use crate::{
+    assemble::{Assembler, AssemblerConfig, ResourceSource},
+    btf,
+    config::Config,
+    conntable::{ConnOutput, ConnTable, Filter},
+    event::Event,
+    export::{ExportConfig, Exporter, OtlpProtocol},
+    loader::{self, LoadOptions, Probes},
+    metrics::Metrics,
+    process::{self, ProcessCache},
+    protocol::ParserOptions,
+    reader,
+    span::ProcessResource,
+};
+
+impl ResourceSource for ProcessCache {
+    fn resource(&mut self, pid: u32) -> Arc<ProcessResource> {
+        ProcessCache::resource(self, pid)
+    }
+}
+
+/// How often span assembly and the connection table do their housekeeping.
+const TICK: Duration = Duration::from_millis(100);
+/// How long the exporter may take to flush at exit.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Runs the agent until a stop signal. Errors are start-up failures, one clear line each.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let sock_offsets = match btf::sock_offsets() {
+        Ok(offsets) => offsets,
+        Err(e) => {
+            warn!("{e}; using the usual x86_64 sock_common offsets, addresses may be wrong");
+            tracer_common::SockOffsets { daddr: 0, rcv_saddr: 4, dport: 12, num: 14, family: 16, v6_daddr: 56, v6_rcv_saddr: 72, _pad: 0 }
+        }
+    };
+    let mut probes = loader::load(&LoadOptions {
+        agent_pid: std::process::id(),
+        capture_bytes: config.capture_bytes,
+        ringbuf_bytes: config.ringbuf_bytes,
+        pids: config.pids.clone(),
+        sock_offsets,
+    })?;
+    let ring = probes.take_ring_buffer()?;
+
+    let exporter = Exporter::start(export_config(&config)?, metrics.clone()).context("starting the exporter")?;
+    let (tx, mut rx) = mpsc::channel::<Event>(config.event_queue.max(1));
+    let reader = tokio::spawn(reader::run(ring, tx, metrics.clone()));
+
+    let mut table = ConnTable::new(
+        Filter {
+            ports: config.ports.iter().copied().collect::<HashSet<_>>(),
+            process_names: config.processes.iter().cloned().collect(),
+        },
+        ParserOptions { record_query: config.record_query },
+        config.max_connections,
+        config.connection_idle_secs.saturating_mul(1_000_000_000),
+        metrics.clone(),
+    );
+    let mut assembler = Assembler::new(
+        AssemblerConfig {
+            settle_ns: config.settle().as_nanos() as u64,
+            request_timeout_ns: config.request_timeout_secs.saturating_mul(1_000_000_000),
+            max_pending: config.max_pending_spans,
+            realtime_offset_ns: realtime_offset_ns(),
+        },
+        metrics.clone(),
+    );
+    let mut processes = ProcessCache::new(process::host_name(), 4096);
+
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut tick = interval(TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let stats_every = Duration::from_secs(config.stats_interval_secs.max(1));
+    let mut stats = interval(stats_every);
+    stats.tick().await;
+    let mut outputs: Vec<ConnOutput> = Vec::new();
+
+    info!(
+        "tracer ready: {} tracepoints attached, exporting to {}",
+        probes.attached,
+        config.otlp_traces_endpoint.as_deref().or(config.otlp_endpoint.as_deref()).unwrap_or("stdout")
+    );
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else { break };
+                table.on_event(&event, &mut outputs);
+                for output in outputs.drain(..) {
+                    assembler.on_output(output, &mut processes);
+                }
+            }
+            _ = tick.tick() => {
+                let now = monotonic_ns();
+                table.evict_idle(now, &mut outputs);
+                for output in outputs.drain(..) {
+                    assembler.on_output(output, &mut processes);
+                }
+                for span in assembler.tick(now) {
+                    exporter.submit(span);
+                }
+            }
+            _ = stats.tick(), if config.stats_interval_secs > 0 => log_stats(&probes, &metrics, &table, &assembler),
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+
+    info!("stopping: detaching probes and flushing spans");
+    reader.abort();
+    let _ = reader.await;
+    log_kernel_counters(&probes, &metrics);
+    drop(probes);
+    while let Ok(event) = rx.try_recv() {
+        table.on_event(&event, &mut outputs);
+    }
+    table.close_all(&mut outputs);
+    for output in outputs.drain(..) {
+        assembler.on_output(output, &mut processes);
+    }
+    for span in assembler.flush(monotonic_ns()) {
+        exporter.submit(span);
+    }
+    exporter.shutdown(FLUSH_DEADLINE).await;
+    log_totals(&metrics);
+    Ok(())
+}
+
+fn export_config(config: &Config) -> anyhow::Result<ExportConfig> {
+    let (endpoint, signal_specific) = match (&config.otlp_traces_endpoint, &config.otlp_endpoint) {
+        (Some(traces), _) => (Some(traces.clone()), true),
+        (None, Some(base)) => (Some(base.clone()), false),
+        (None, None) => (None, false),
+    };
+    let _ = signal_specific;
+    Ok(ExportConfig {
+        endpoint,
+        protocol: if config.otlp_protocol == "http/protobuf" { OtlpProtocol::HttpProtobuf } else { OtlpProtocol::Grpc },
+        headers: Vec::new(),
+        timeout: Duration::from_millis(config.otlp_timeout_ms),
+        max_batch: config.export_batch.max(1),
+        batch_delay: Duration::from_millis(200),
+        queue_capacity: config.export_queue.max(1),
+    })
+}
+
+/// Copies the kernel side's counters into the shared metrics.
+fn log_kernel_counters(probes: &Probes, metrics: &Metrics) {
+    use std::sync::atomic::Ordering::Relaxed;
+    match probes.kernel_counters() {
+        Ok(k) => {
+            metrics.kernel_events_sent.store(k.events_sent, Relaxed);
+            metrics.kernel_ringbuf_full.store(k.ringbuf_full, Relaxed);
+            metrics.kernel_read_user_failed.store(k.read_user_failed, Relaxed);
+            metrics.kernel_inflight_full.store(k.inflight_full, Relaxed);
+            metrics.kernel_sendfile_uncaptured.store(k.sendfile_uncaptured, Relaxed);
+        }
+        Err(e) => warn!("cannot read kernel counters: {e}"),
+    }
+}
+
+fn log_stats(probes: &Probes, metrics: &Metrics, table: &ConnTable, assembler: &Assembler) {
+    log_kernel_counters(probes, metrics);
+    info!(connections = table.len(), pending_spans = assembler.pending(), "{}", summary(metrics));
+}
+
+fn log_totals(metrics: &Metrics) {
+    info!("totals: {}", summary(metrics));
+}
+
+/// Non-zero counters as `name{stage}=value`, one line.
+fn summary(metrics: &Metrics) -> String {
+    metrics
+        .snapshot()
+        .into_iter()
+        .filter(|(_, _, v)| *v > 0)
+        .map(|(name, stage, v)| format!("{name}{{{stage}}}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer; both clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// Now on the kernel's `bpf_ktime_get_ns` clock (`CLOCK_MONOTONIC`).
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
+}
+
+fn realtime_offset_ns() -> i128 {
+    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
+}
