@@ -1,6 +1,7 @@
 //! The tracer agent as a library: one module per pipeline stage (see ARCHITECTURE.md).
 pub mod btf;
 pub mod context;
+pub mod health;
 pub mod metrics;
 pub mod process;
 pub mod protocol;
