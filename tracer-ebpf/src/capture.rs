@@ -13,7 +13,7 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    CAPTURE_BYTES, CONNS, ConnState, EVENTS, Inflight, SCRATCH, SOCK_OFFSETS, bump, conn_key,
+    AGENT_PORTS, CAPTURE_BYTES, CONNS, ConnState, EVENTS, Inflight, SCRATCH, SOCK_OFFSETS, bump, conn_key,
 };
 
 /// Where the syscall's bytes live in user memory.
@@ -28,26 +28,35 @@ pub enum Payload {
 }
 
 /// Finds the connection this fd refers to, or starts a new one when the fd is new or now
-/// refers to another socket (fd reuse).
+/// refers to another socket (fd reuse). Returns a pointer into the map (keeps the stack small).
 #[inline(always)]
-pub fn connection(tgid: u32, fd: i32, sock: u64) -> Option<ConnState> {
+pub fn connection(tgid: u32, fd: i32, sock: u64) -> Option<*const ConnState> {
     let key = conn_key(tgid, fd);
-    // SAFETY: read-only copy out of the map value.
-    if let Some(state) = unsafe { CONNS.get(&key) } {
-        if state.sock == sock {
-            return Some(*state);
+    if let Some(state) = CONNS.get_ptr(&key) {
+        // SAFETY: pointer from the lookup, valid during this program run.
+        if unsafe { (*state).sock } == sock {
+            return Some(state);
         }
     }
     // Unique enough: two sockets first seen in the same nanosecond on the same CPU cannot be.
     // SAFETY: plain helper calls without arguments.
     let conn_id = unsafe { (bpf_ktime_get_ns() << 8) | (bpf_get_smp_processor_id() as u64 & 0xff) };
-    let state = ConnState {
-        sock,
-        conn_id,
-        addrs: read_addrs(sock),
-    };
+    let addrs = read_addrs(sock);
+    let state = ConnState { sock, conn_id, addrs, ignore: u64::from(talks_to_agent(&addrs)) };
     CONNS.insert(&key, &state, 0).ok()?;
-    Some(state)
+    CONNS.get_ptr(&key)
+}
+
+/// Whether a socket's peer is one of the agent's own local sockets.
+#[inline(always)]
+fn talks_to_agent(addrs: &SockAddrs) -> bool {
+    // SAFETY: read-only lookup.
+    if unsafe { AGENT_PORTS.get(&addrs.remote_port) }.is_none() {
+        return false;
+    }
+    let loopback = (addrs.family == AF_INET && addrs.remote_addr[0] == 127)
+        || (addrs.family == AF_INET6 && addrs.remote_addr == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    loopback || addrs.remote_addr == addrs.local_addr
 }
 
 /// Reads the endpoints of a TCP socket from `struct sock_common` at BTF-derived offsets.
@@ -107,6 +116,10 @@ pub fn emit_data(
     let Some(conn) = connection(tgid, inflight.fd, inflight.sock) else {
         return;
     };
+    // SAFETY: map value pointer, valid during this program run.
+    if unsafe { (*conn).ignore } != 0 {
+        return;
+    }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -153,26 +166,26 @@ pub fn emit_data(
     if captured > MAX_CAPTURE {
         captured = MAX_CAPTURE;
     }
-    // SAFETY: as above.
+    // SAFETY: scratch as above; `conn` is a map value pointer valid during this run. Fields
+    // are written in place: a DataEvent built on the stack would exceed the 512-byte limit.
     unsafe {
-        (*scratch).event = DataEvent {
-            header: EventHeader {
-                kind: kind::DATA,
-                pid: tgid,
-                tid: pid_tgid as u32,
-                fd: inflight.fd,
-                conn_id: conn.conn_id,
-            },
-            enter_ns: inflight.enter_ns,
-            exit_ns,
-            bytes,
-            captured: captured as u32,
-            direction,
-            syscall: inflight.syscall,
-            flags,
-            _pad: 0,
-            addrs: conn.addrs,
+        let ev = &mut (*scratch).event;
+        ev.header = EventHeader {
+            kind: kind::DATA,
+            pid: tgid,
+            tid: pid_tgid as u32,
+            fd: inflight.fd,
+            conn_id: (*conn).conn_id,
         };
+        ev.enter_ns = inflight.enter_ns;
+        ev.exit_ns = exit_ns;
+        ev.bytes = bytes;
+        ev.captured = captured as u32;
+        ev.direction = direction;
+        ev.syscall = inflight.syscall;
+        ev.flags = flags;
+        ev._pad = 0;
+        ev.addrs = (*conn).addrs;
     }
     let size = core::mem::size_of::<DataEvent>() + captured;
     // SAFETY: `size` is at most the header plus MAX_CAPTURE, inside the scratch value.

@@ -61,10 +61,18 @@ pub struct ConnState {
     pub sock: u64,
     pub conn_id: u64,
     pub addrs: SockAddrs,
+    /// 1 when the peer is the agent itself (its exporter or health endpoint): never emitted.
+    pub ignore: u64,
 }
 
 #[map]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Local ports of the agent's own sockets, noted as the agent does socket I/O. A local
+/// connection whose remote port is listed talks to the agent and is not traced, or the
+/// exporter's traffic would be traced in the receiver and feed itself.
+#[map]
+pub static AGENT_PORTS: LruHashMap<u16, u8> = LruHashMap::with_max_entries(4096, 0);
 
 /// Processes to trace when `FILTER_PIDS` is 1.
 #[map]

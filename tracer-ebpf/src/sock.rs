@@ -6,10 +6,14 @@
 //! Format (from `events/sock/sock_send_length/format`): `sk` at 8 (ptr), `family` at 16 (u16),
 //! `protocol` at 18 (u16), `ret` at 20 (i32), `flags` at 24 (i32).
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 use tracer_common::{AF_INET, AF_INET6};
 
-use crate::maps::INFLIGHT;
+use crate::maps::{AGENT_PORTS, AGENT_TGID, INFLIGHT, SOCK_OFFSETS};
 
 const IPPROTO_TCP: u16 = 6;
 const MSG_PEEK: i32 = 2;
@@ -30,6 +34,9 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
 fn note_socket(ctx: &TracePointContext) {
     let id = bpf_get_current_pid_tgid();
     let Some(inflight) = INFLIGHT.get_ptr_mut(&id) else {
+        if (id >> 32) as u32 == AGENT_TGID.load() {
+            note_agent_port(ctx);
+        }
         return;
     };
     // SAFETY: offsets from the tracepoint's format file; reads are checked by the helper.
@@ -52,5 +59,22 @@ fn note_socket(ctx: &TracePointContext) {
         if flags & MSG_PEEK != 0 {
             (*inflight).peek = 1;
         }
+    }
+}
+
+/// Remembers the local port of one of the agent's own TCP sockets.
+#[inline(always)]
+fn note_agent_port(ctx: &TracePointContext) {
+    // SAFETY: offsets from the tracepoint format; kernel reads through the checked helper.
+    unsafe {
+        let sk = ctx.read_at::<u64>(8).unwrap_or(0);
+        if sk == 0 {
+            return;
+        }
+        let off = SOCK_OFFSETS.load();
+        let Ok(port) = bpf_probe_read_kernel((sk as *const u8).add(off.num as usize) as *const u16) else {
+            return;
+        };
+        let _ = AGENT_PORTS.insert(&port, &1, 0);
     }
 }

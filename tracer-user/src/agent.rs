@@ -2,7 +2,14 @@
 //! (reader -> connection table -> span assembly -> exporter), periodic housekeeping and
 //! self-telemetry, and an orderly stop on SIGINT/SIGTERM (detach, flush, exit 0).
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::{
@@ -18,7 +25,8 @@ use crate::{
     config::Config,
     conntable::{ConnOutput, ConnTable, Filter},
     event::Event,
-    export::{ExportConfig, Exporter, OtlpProtocol},
+    health,
+    export::{ExportConfig, Exporter, parse_headers, parse_protocol},
     loader::{self, LoadOptions, Probes},
     metrics::Metrics,
     process::{self, ProcessCache},
@@ -41,6 +49,11 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 /// Runs the agent until a stop signal. Errors are start-up failures, one clear line each.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = config.health_addr {
+        let bound = health::spawn(addr, metrics.clone(), ready.clone()).await?;
+        info!("health and metrics endpoint on http://{bound}");
+    }
     let sock_offsets = match btf::sock_offsets() {
         Ok(offsets) => offsets,
         Err(e) => {
@@ -91,6 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     stats.tick().await;
     let mut outputs: Vec<ConnOutput> = Vec::new();
 
+    ready.store(true, Ordering::Relaxed);
     info!(
         "tracer ready: {} tracepoints attached, exporting to {}",
         probes.attached,
@@ -147,15 +161,20 @@ fn export_config(config: &Config) -> anyhow::Result<ExportConfig> {
         (None, Some(base)) => (Some(base.clone()), false),
         (None, None) => (None, false),
     };
-    let _ = signal_specific;
+    let headers = match &config.otlp_headers {
+        Some(h) => parse_headers(h).context("--otlp-headers / OTEL_EXPORTER_OTLP_HEADERS")?,
+        None => Vec::new(),
+    };
     Ok(ExportConfig {
         endpoint,
-        protocol: if config.otlp_protocol == "http/protobuf" { OtlpProtocol::HttpProtobuf } else { OtlpProtocol::Grpc },
-        headers: Vec::new(),
+        endpoint_is_signal_specific: signal_specific,
+        protocol: parse_protocol(&config.otlp_protocol).context("--otlp-protocol / OTEL_EXPORTER_OTLP_PROTOCOL")?,
+        headers,
         timeout: Duration::from_millis(config.otlp_timeout_ms),
         max_batch: config.export_batch.max(1),
         batch_delay: Duration::from_millis(200),
         queue_capacity: config.export_queue.max(1),
+        ..ExportConfig::default()
     })
 }
 

@@ -95,6 +95,11 @@ pub struct Config {
     #[arg(long, env = "TRACER_STATS_INTERVAL_SECS", default_value_t = 60)]
     pub stats_interval_secs: u64,
 
+    /// Address of the health and metrics endpoint (`/healthz`, `/readyz`, `/metrics`), e.g.
+    /// 0.0.0.0:9464. Off when not set.
+    #[arg(long, env = "TRACER_HEALTH_ADDR")]
+    pub health_addr: Option<std::net::SocketAddr>,
+
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing EnvFilter directive).
     #[arg(long, env = "TRACER_LOG", default_value = "info")]
     pub log_level: String,
