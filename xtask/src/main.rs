@@ -202,26 +202,21 @@ fn run_e2e_tests(bin: &Path) -> Result<bool> {
     if !proc::status("test: compile end-to-end tests", &mut compile)?.success() {
         return Ok(false);
     }
+    let tracer_bin = format!("TRACER_BIN={}", bin.display());
     let mut cmd = if proc::is_root() {
-        proc::cargo()
+        let mut cmd = proc::cargo();
+        cmd.env("TRACER_BIN", bin);
+        cmd
     } else {
+        // Passed as `env` arguments: sudo's env policy may drop variables even with -E.
         let mut cmd = Command::new("sudo");
-        cmd.args(["-E", "env"])
-            .arg(format!(
-                "PATH={}",
-                std::env::var("PATH").unwrap_or_default()
-            ))
+        let path = format!("PATH={}", std::env::var("PATH").unwrap_or_default());
+        cmd.args(["-E", "env", &path, &tracer_bin])
             .arg(proc::cargo_program())
             .current_dir(workspace_root());
         cmd
     };
-    cmd.env("TRACER_BIN", bin)
-        .args(test_args)
-        .args(["--", "--test-threads=1"]);
-    println!(
-        "test: TRACER_BIN={} {}",
-        bin.display(),
-        proc::describe(&cmd)
-    );
+    cmd.args(test_args).args(["--", "--test-threads=1"]);
+    println!("test: {tracer_bin} {}", proc::describe(&cmd));
     Ok(proc::status("test: end-to-end tests", &mut cmd)?.success())
 }

@@ -63,7 +63,7 @@ fn ok(item: &str) {
 }
 
 fn missing(item: &str) {
-    println!("setup: missing  {item} (will install)");
+    println!("setup: missing  {item}; installing");
 }
 
 fn warn(msg: &str) {
@@ -259,8 +259,8 @@ fn ensure_bpf_linker() -> Result<()> {
     match bpf_linker_version() {
         Some(v) if v.starts_with(&format!("{wanted}.")) => Ok(()),
         other => bail!(
-            "setup: bpf-linker was installed but `bpf-linker --version` reports {:?}; is {} in PATH?",
-            other,
+            "setup: bpf-linker was installed but `bpf-linker --version` reports {}; is {} in PATH?",
+            other.map_or_else(|| "nothing".to_owned(), |v| format!("version {v}")),
             proc::cargo_bin_dir()
                 .map_or_else(|| "~/.cargo/bin".into(), |d| d.display().to_string())
         ),
