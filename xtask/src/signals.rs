@@ -47,3 +47,24 @@ fn install(sig: libc::c_int) {
         libc::sigaction(sig, &action, std::ptr::null_mut());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SIGINT sent to xtask by another process (here: itself, via kill) reaches the child,
+    /// xtask survives it, and the child's own exit status comes back.
+    #[test]
+    fn sigint_sent_to_xtask_reaches_the_child() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "trap 'exit 7' INT; while :; do sleep 0.05; done"]);
+        let killer = std::thread::spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            // SAFETY: plain kill of our own pid; run_forwarding has installed its handler.
+            unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
+        });
+        let status = run_forwarding(&mut cmd).expect("spawn sh");
+        killer.join().unwrap();
+        assert_eq!(status.code(), Some(7));
+    }
+}
