@@ -11,6 +11,7 @@
 //!   replay tests and the end-to-end tests (`tracer-tests`, one at a time, as root, with
 //!   `TRACER_BIN` set). Ends with one summary line; exits non-zero if any step failed.
 //!
+//! Progress lines go to stderr, so that with `run` stdout carries only what the agent prints.
 //! `.ci/run` calls `cargo xtask test`, so CI and developers run the same thing.
 
 mod proc;
@@ -127,7 +128,7 @@ fn run_agent(args: &[String]) -> Result<ExitCode> {
     let bin = build()?;
     let mut cmd = proc::as_root(&bin);
     cmd.args(args);
-    println!("run: {}", proc::describe(&cmd));
+    eprintln!("run: {}", proc::describe(&cmd));
     let status = signals::run_forwarding(&mut cmd)
         .with_context(|| format!("run: could not start {}", bin.display()))?;
     Ok(exit_code(status))
@@ -166,10 +167,10 @@ fn test() -> Result<ExitCode> {
 /// The tracepoints the agent attaches to live in tracefs; some minimal systems do not mount it.
 fn mount_tracefs() -> Result<()> {
     if Path::new("/sys/kernel/tracing/events").exists() {
-        println!("setup: ok       tracefs (/sys/kernel/tracing)");
+        eprintln!("setup: ok       tracefs (/sys/kernel/tracing)");
         return Ok(());
     }
-    println!("setup: mounting tracefs at /sys/kernel/tracing");
+    eprintln!("setup: mounting tracefs at /sys/kernel/tracing");
     proc::run(
         "test: mount tracefs",
         proc::as_root("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]),
@@ -189,7 +190,7 @@ fn run_unit_tests() -> Result<bool> {
         "--exclude",
         E2E_PACKAGE,
     ]);
-    println!("test: {}", proc::describe(&cmd));
+    eprintln!("test: {}", proc::describe(&cmd));
     Ok(proc::status("test: unit and replay tests", &mut cmd)?.success())
 }
 
@@ -217,6 +218,6 @@ fn run_e2e_tests(bin: &Path) -> Result<bool> {
         cmd
     };
     cmd.args(test_args).args(["--", "--test-threads=1"]);
-    println!("test: {tracer_bin} {}", proc::describe(&cmd));
+    eprintln!("test: {tracer_bin} {}", proc::describe(&cmd));
     Ok(proc::status("test: end-to-end tests", &mut cmd)?.success())
 }

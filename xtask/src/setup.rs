@@ -59,15 +59,15 @@ pub fn setup(test_deps: bool) -> Result<()> {
 }
 
 fn ok(item: &str) {
-    println!("setup: ok       {item}");
+    eprintln!("setup: ok       {item}");
 }
 
 fn missing(item: &str) {
-    println!("setup: missing  {item}; installing");
+    eprintln!("setup: missing  {item}; installing");
 }
 
 fn warn(msg: &str) {
-    println!("setup: warning  {msg}");
+    eprintln!("setup: warning  {msg}");
 }
 
 // ---- Debian packages ----
@@ -129,7 +129,7 @@ fn install_apt_packages(packages: &[&str]) -> Result<()> {
         );
     }
     let step = format!("setup: installing Debian packages ({})", packages.join(" "));
-    println!("{step}");
+    eprintln!("{step}");
     run("setup: apt-get update", apt_get().arg("update"))?;
     run(
         &step,
@@ -252,7 +252,7 @@ fn ensure_bpf_linker() -> Result<()> {
         }
         None => missing(&format!("bpf-linker {wanted}.x")),
     }
-    println!(
+    eprintln!(
         "setup: building bpf-linker {BPF_LINKER_VERSION} against {LLVM_PREFIX} (about 1-2 minutes)"
     );
     run("setup: cargo install bpf-linker", &mut install)?;
@@ -335,7 +335,7 @@ fn missing_python_modules() -> Result<Vec<(&'static str, &'static str)>> {
 /// touch an externally managed (distribution) Python, as Debian 12's is.
 fn pip_install(packages: &[&str]) -> Result<()> {
     let step = format!("setup: pip install {}", packages.join(" "));
-    println!("{step}");
+    eprintln!("{step}");
     let first = pip(packages, false)
         .output()
         .context("setup: could not run `python3 -m pip`")?;
@@ -348,7 +348,7 @@ fn pip_install(packages: &[&str]) -> Result<()> {
         eprint!("{stderr}");
         bail!("{step} failed with {}", first.status);
     }
-    println!("setup: this python3 is externally managed; retrying with --break-system-packages");
+    eprintln!("setup: this python3 is externally managed; retrying with --break-system-packages");
     run(&step, &mut pip(packages, true))
 }
 
