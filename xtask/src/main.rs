@@ -32,7 +32,11 @@ const E2E_PACKAGE: &str = "tracer-tests";
 const EBPF_PACKAGE: &str = "tracer-ebpf";
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Developer and CI commands for tracer")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Developer and CI commands for tracer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
