@@ -13,7 +13,7 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    AGENT_PORTS, CAPTURE_BYTES, CONNS, ConnState, EVENTS, Inflight, SCRATCH, SOCK_OFFSETS, bump, conn_key,
+    AGENT_PORTS, CAPTURE_BYTES, CONNS, ConnState, EVENTS, Inflight, SCRATCH, SOCK_OFFSETS, bump,
 };
 
 /// Where the syscall's bytes live in user memory.
@@ -27,24 +27,20 @@ pub enum Payload {
     NotCaptured,
 }
 
-/// Finds the connection this fd refers to, or starts a new one when the fd is new or now
-/// refers to another socket (fd reuse). Returns a pointer into the map (keeps the stack small).
+/// Finds the connection of this socket, or starts one. Returns a pointer into the map (keeps
+/// the stack small).
 #[inline(always)]
 pub fn connection(tgid: u32, fd: i32, sock: u64) -> Option<*const ConnState> {
-    let key = conn_key(tgid, fd);
-    if let Some(state) = CONNS.get_ptr(&key) {
-        // SAFETY: pointer from the lookup, valid during this program run.
-        if unsafe { (*state).sock } == sock {
-            return Some(state);
-        }
+    if let Some(state) = CONNS.get_ptr(&sock) {
+        return Some(state);
     }
     // Unique enough: two sockets first seen in the same nanosecond on the same CPU cannot be.
     // SAFETY: plain helper calls without arguments.
     let conn_id = unsafe { (bpf_ktime_get_ns() << 8) | (bpf_get_smp_processor_id() as u64 & 0xff) };
     let addrs = read_addrs(sock);
-    let state = ConnState { sock, conn_id, addrs, ignore: u64::from(talks_to_agent(&addrs)) };
-    CONNS.insert(&key, &state, 0).ok()?;
-    CONNS.get_ptr(&key)
+    let state = ConnState { conn_id, pid: tgid, fd, addrs, ignore: u64::from(talks_to_agent(&addrs)) };
+    CONNS.insert(&sock, &state, 0).ok()?;
+    CONNS.get_ptr(&sock)
 }
 
 /// Whether a socket's peer is one of the agent's own local sockets.

@@ -1,7 +1,9 @@
-//! Connection life cycle: `connect` (client side), `accept`/`accept4` (server side) and
-//! `close`, from `syscalls:sys_enter_*`/`sys_exit_*`. Addresses come from the user's sockaddr
-//! (connect's target, accept's peer); only AF_INET/AF_INET6 are reported. Close is reported
-//! only for sockets the data path has seen, and forgets them so a reused fd starts afresh.
+//! Connection life cycle: `connect` (client side) and `accept`/`accept4` (server side) from
+//! `syscalls:sys_enter_*`/`sys_exit_*`, with addresses from the user's sockaddr (connect's
+//! target, accept's peer; only AF_INET/AF_INET6 are reported); and the end of a connection
+//! from `sock:inet_sock_set_state` reaching TCP_CLOSE (Linux 4.16+), which also covers sockets
+//! closed by process exit and dup'ed fds. The close is reported only for sockets the data path
+//! has seen, whose entry it removes.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
@@ -10,9 +12,10 @@ use aya_ebpf::{
 };
 use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventHeader, SockAddrs, conn_op, counter, kind};
 
-use crate::maps::{CONNS, EVENTS, INFLIGHT, Inflight, bump, conn_key, is_traced};
+use crate::maps::{CONNS, EVENTS, INFLIGHT, Inflight, bump, is_traced};
 
 const EINPROGRESS: i64 = 115;
+const TCP_CLOSE: i32 = 7;
 /// `Inflight::syscall` values for the life-cycle calls (data syscalls use 1..=11).
 const CONNECT: u8 = 100;
 const ACCEPT: u8 = 101;
@@ -103,17 +106,14 @@ fn finish(ctx: &TracePointContext, expect: u8) -> u32 {
     }
     // SAFETY: `ret` at 16 in every sys_exit format.
     let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(-1) };
-    let tgid = (id >> 32) as u32;
     match expect {
         CONNECT if ret == 0 || ret == -EINPROGRESS => {
             if let Some(addrs) = read_sockaddr(inflight.ptr) {
-                let _ = CONNS.remove(&conn_key(tgid, inflight.fd));
                 emit_conn(id, inflight.fd, 0, conn_op::CONNECT, addrs);
             }
         }
         ACCEPT if ret >= 0 => {
             let fd = ret as i32;
-            let _ = CONNS.remove(&conn_key(tgid, fd));
             if let Some(addrs) = read_sockaddr(inflight.ptr) {
                 emit_conn(id, fd, 0, conn_op::ACCEPT, addrs);
             }
@@ -153,21 +153,19 @@ pub fn exit_accept4(ctx: TracePointContext) -> u32 {
     finish(&ctx, ACCEPT)
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_close")]
-pub fn enter_close(ctx: TracePointContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
-    if !is_traced(tgid) {
+/// `sock:inet_sock_set_state`: `skaddr` at 8 (ptr), `newstate` at 20 (i32).
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets from the tracepoint's format file.
+    let (sk, newstate) = unsafe { (ctx.read_at::<u64>(8).unwrap_or(0), ctx.read_at::<i32>(20).unwrap_or(0)) };
+    if newstate != TCP_CLOSE {
         return 0;
     }
-    // SAFETY: fd at 16.
-    let fd = unsafe { ctx.read_at::<u64>(16).unwrap_or(u64::MAX) } as i32;
-    let key = conn_key(tgid, fd);
     // SAFETY: read-only copy.
-    let Some(state) = (unsafe { CONNS.get(&key) }).copied() else {
+    let Some(state) = (unsafe { CONNS.get(&sk) }).copied() else {
         return 0;
     };
-    let _ = CONNS.remove(&key);
-    emit_conn(id, fd, state.conn_id, conn_op::CLOSE, state.addrs);
+    let _ = CONNS.remove(&sk);
+    emit_conn(((state.pid as u64) << 32) | state.pid as u64, state.fd, state.conn_id, conn_op::CLOSE, state.addrs);
     0
 }

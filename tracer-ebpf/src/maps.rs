@@ -54,12 +54,16 @@ pub struct Inflight {
 #[map]
 pub static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(16384, 0);
 
-/// What the kernel side knows of a socket it has seen I/O on, keyed by `tgid << 32 | fd`.
+/// What the kernel side knows of a socket it has seen I/O on, keyed by its `struct sock *`
+/// (so dup'ed fds of one socket are one connection, and a reused fd is a new one). Entries
+/// are removed when the socket reaches TCP_CLOSE.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ConnState {
-    pub sock: u64,
     pub conn_id: u64,
+    /// Process and fd that first did I/O on it (reported with the close).
+    pub pid: u32,
+    pub fd: i32,
     pub addrs: SockAddrs,
     /// 1 when the peer is the agent itself (its exporter or health endpoint): never emitted.
     pub ignore: u64,
@@ -111,9 +115,4 @@ pub fn is_traced(tgid: u32) -> bool {
         return unsafe { TARGET_PIDS.get(&tgid) }.is_some();
     }
     true
-}
-
-#[inline(always)]
-pub fn conn_key(tgid: u32, fd: i32) -> u64 {
-    ((tgid as u64) << 32) | (fd as u32 as u64)
 }

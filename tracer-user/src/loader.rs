@@ -80,7 +80,7 @@ const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("exit_accept", "syscalls", "sys_exit_accept", false),
     ("enter_accept4", "syscalls", "sys_enter_accept4", false),
     ("exit_accept4", "syscalls", "sys_exit_accept4", false),
-    ("enter_close", "syscalls", "sys_enter_close", false),
+    ("inet_sock_set_state", "sock", "inet_sock_set_state", false),
 ];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
