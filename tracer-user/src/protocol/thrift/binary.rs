@@ -4,8 +4,8 @@
 //! goes to `message`, which builds the requests and responses for span assembly.
 
 use super::wire::{
-    Field, MessageHead, MessageType, Reader, Value, WireError, WireResult, check_depth, keep_field, keep_int,
-    keep_str, keep_struct, length, read_name, require_elements,
+    Field, MessageHead, MessageType, Reader, Value, WireError, WireResult, check_depth, keep_field, keep_int, keep_str,
+    keep_struct, length, read_name, require_elements,
 };
 
 const STOP: u8 = 0;

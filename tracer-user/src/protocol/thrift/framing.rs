@@ -165,7 +165,7 @@ pub(super) struct Decoded {
     pub protocol: Proto,
     pub transport: Transport,
     /// THeader info headers.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: theader::InfoHeaders,
 }
 
 /// Reads a message header and walks its body. The body summary is kept even when the walk
@@ -248,10 +248,13 @@ pub(super) fn cut_message(format: Format, buf: &[u8]) -> (Option<Decoded>, Optio
     match format.transport {
         Transport::Buffered => {
             let decoded = read_message(format.protocol, Transport::Buffered, &mut Reader::new(buf)).ok();
-            (decoded.map(|(mut d, _)| {
-                d.complete = false;
-                d
-            }), None)
+            (
+                decoded.map(|(mut d, _)| {
+                    d.complete = false;
+                    d
+                }),
+                None,
+            )
         }
         Transport::Framed | Transport::Header => match frame_total(buf) {
             Ok(total) => {

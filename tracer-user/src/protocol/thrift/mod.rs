@@ -15,6 +15,9 @@ mod message;
 mod theader;
 mod wire;
 
+#[cfg(test)]
+mod tests;
+
 pub use framing::looks_like_thrift;
 
 use super::{Chunk, Direction, Message, ParseStats, StreamParser, Timing};
@@ -182,7 +185,14 @@ impl Side {
 
     /// Buffers captured bytes and cuts messages off the buffer. Bytes that do not fit under
     /// the cap are returned as uncaptured, added to `uncaptured`.
-    fn take_in(&mut self, mut data: &[u8], uncaptured: u64, timing: Timing, health: &mut Health, out: &mut Vec<Message>) -> u64 {
+    fn take_in(
+        &mut self,
+        mut data: &[u8],
+        uncaptured: u64,
+        timing: Timing,
+        health: &mut Health,
+        out: &mut Vec<Message>,
+    ) -> u64 {
         while !data.is_empty() && self.mode != Mode::Lost {
             let room = BUFFER_CAP - self.buf.len();
             if room == 0 {

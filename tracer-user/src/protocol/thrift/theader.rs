@@ -17,6 +17,9 @@ const MAX_TRANSFORMS: u64 = 16;
 /// Info headers kept per frame.
 const MAX_INFO_HEADERS: usize = 64;
 
+/// Info headers, key and value, in wire order.
+pub(super) type InfoHeaders = Vec<(String, Vec<u8>)>;
+
 /// What a THeader frame's header says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct HeaderInfo {
@@ -24,8 +27,7 @@ pub(super) struct HeaderInfo {
     pub protocol: Proto,
     /// The payload went through transforms (zlib, snappy, ...) and cannot be read as is.
     pub transformed: bool,
-    /// Info headers, key and value, in wire order.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: InfoHeaders,
     /// Where the payload starts in the frame.
     pub payload: usize,
 }
@@ -46,7 +48,7 @@ pub(super) fn parse_header(frame: &[u8]) -> WireResult<HeaderInfo> {
     Ok(HeaderInfo { protocol, transformed, headers, payload })
 }
 
-fn parse_section(section: &[u8]) -> WireResult<(Proto, bool, Vec<(String, Vec<u8>)>)> {
+fn parse_section(section: &[u8]) -> WireResult<(Proto, bool, InfoHeaders)> {
     let mut r = Reader::new(section);
     let protocol = match r.varint()? {
         PROTOCOL_BINARY => Proto::Binary,
@@ -65,7 +67,7 @@ fn parse_section(section: &[u8]) -> WireResult<(Proto, bool, Vec<(String, Vec<u8
 }
 
 /// Reads info sections until padding, an unknown info type, or the end of the header.
-fn read_info(r: &mut Reader<'_>) -> WireResult<Vec<(String, Vec<u8>)>> {
+fn read_info(r: &mut Reader<'_>) -> WireResult<InfoHeaders> {
     let mut headers = Vec::new();
     while r.remaining() > 0 {
         match r.varint()? {
@@ -77,7 +79,7 @@ fn read_info(r: &mut Reader<'_>) -> WireResult<Vec<(String, Vec<u8>)>> {
     Ok(headers)
 }
 
-fn read_pairs(r: &mut Reader<'_>, headers: &mut Vec<(String, Vec<u8>)>) -> WireResult<()> {
+fn read_pairs(r: &mut Reader<'_>, headers: &mut InfoHeaders) -> WireResult<()> {
     let count = length(i64::from(r.varint32()?))?;
     // Each pair takes at least two bytes (two empty strings).
     r.require((count as u64).saturating_mul(2))?;
