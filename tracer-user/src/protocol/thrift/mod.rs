@@ -107,10 +107,11 @@ impl Health {
 /// Where a direction stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Mode {
-    /// Detecting the format of the message at the front of the buffer. `resync` after a loss:
-    /// then bytes that are not a message start are dropped without counting another error.
+    /// Detecting the format of the message at the front of the buffer.
     #[default]
     Probe,
+    /// Like `Probe`, after a loss: bytes that do not start a message are dropped without
+    /// counting another error.
     Resync,
     Synced(Format),
     /// Lost: waiting for the start of the next chunk.

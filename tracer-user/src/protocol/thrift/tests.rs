@@ -634,10 +634,10 @@ fn frame_larger_than_capture_is_skipped_and_pairing_goes_on() {
 }
 
 #[test]
-fn frame_cut_with_next_frame_in_same_syscall_is_skipped_exactly() {
+fn frame_cut_with_another_frame_after_it_in_the_syscall_loses_the_stream() {
     let mut stream =
         framed(&Enc::message(P::Compact, "a", CALL, 1).field(T::Str, 1).string(&"y".repeat(500)).stop().bytes());
-    let second_at = stream.len();
+    assert!(stream.len() > 40);
     stream.extend(framed(&call(P::Compact, "b", 2)));
     let mut conn = Conn::new();
     // Capture ends inside the first frame; the syscall also carried the whole second frame,
@@ -646,7 +646,6 @@ fn frame_cut_with_next_frame_in_same_syscall_is_skipped_exactly() {
     conn.send(Direction::Egress, &framed(&call(P::Compact, "c", 3)));
     assert_eq!(conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(), [1, 3]);
     assert_eq!(conn.stats(), ParseStats { errors: 1, resyncs: 1 });
-    assert!(second_at > 40);
 }
 
 #[test]
