@@ -1,7 +1,10 @@
-"""Flask app traced by the end-to-end tests (Werkzeug dev server, threaded,
-HTTP/1.1 keep-alive).
+"""Flask app traced by the end-to-end tests (Werkzeug dev server, threaded, one request
+per connection; or waitress with keep-alive).
 
-Usage: flask_app.py --port P [--host H] [--downstream URL]
+Usage: flask_app.py --port P [--host H] [--downstream URL] [--keep-alive]
+
+--keep-alive serves with waitress (HTTP/1.1 keep-alive) instead of Werkzeug's dev server,
+which closes every connection.
 
 Routes:
   /                 JSON hello
@@ -22,6 +25,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--downstream", default=None)
+parser.add_argument("--keep-alive", action="store_true")
 args = parser.parse_args()
 
 app = Flask(__name__)
@@ -62,4 +66,10 @@ def chain():
 
 
 if __name__ == "__main__":
-    app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
+    if args.keep_alive:
+        # Werkzeug's dev server closes every connection; waitress keeps them alive.
+        import waitress
+
+        waitress.serve(app, host=args.host, port=args.port, threads=4)
+    else:
+        app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)

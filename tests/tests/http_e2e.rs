@@ -174,7 +174,7 @@ fn flask_keep_alive_five_requests_pair_up() {
     require_root();
     let receiver = Receiver::start();
     let port = peers::free_port();
-    let flask = peers::flask_server(port, &[], &[]);
+    let flask = peers::flask_server(port, &["--keep-alive"], &[]);
     let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[port]));
 
     let paths = [
@@ -417,7 +417,7 @@ fn large_response_then_keep_alive_request() {
     require_root();
     let receiver = Receiver::start();
     let port = peers::free_port();
-    let _flask = peers::flask_server(port, &[], &[]);
+    let _flask = peers::flask_server(port, &["--keep-alive"], &[]);
     let mut agent = Agent::start(
         &AgentArgs::grpc(&receiver)
             .ports(&[port])

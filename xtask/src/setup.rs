@@ -20,6 +20,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const PYTHON_TEST_PACKAGES: &[(&str, &str)] = &[
     ("flask", "flask"),
     ("requests", "requests"),
+    ("waitress", "waitress"),
+    ("kubernetes-validate", "kubernetes_validate"),
     ("thriftpy2", "thriftpy2"),
     ("thrift", "thrift"),
     ("fastapi", "fastapi"),
