@@ -77,8 +77,14 @@ pub mod counter {
     pub const CONN_EVENTS: u32 = 4;
     /// `sendfile` calls whose body was not captured.
     pub const SENDFILE_UNCAPTURED: u32 = 5;
+    /// Connections first seen and then left untraced by the port filter.
+    pub const PORT_FILTERED: u32 = 6;
+    /// Connections left untraced because their peer is the agent itself.
+    pub const AGENT_PEER: u32 = 7;
+    /// Connections that could not be recorded (connection table insert failed).
+    pub const CONN_INSERT_FAILED: u32 = 8;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 12;
 }
 
 /// Address families as the kernel writes them.

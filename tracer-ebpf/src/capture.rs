@@ -13,7 +13,7 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    AGENT_PORTS, CAPTURE_BYTES, CONNS, ConnState, EVENTS, Inflight, SCRATCH, SOCK_OFFSETS, bump,
+    AGENT_PORTS, CAPTURE_BYTES, CONNS, ConnState, EVENTS, Inflight, SCRATCH, SOCK_OFFSETS, bump, port_allowed,
 };
 
 /// Where the syscall's bytes live in user memory.
@@ -38,8 +38,19 @@ pub fn connection(tgid: u32, fd: i32, sock: u64) -> Option<*const ConnState> {
     // SAFETY: plain helper calls without arguments.
     let conn_id = unsafe { (bpf_ktime_get_ns() << 8) | (bpf_get_smp_processor_id() as u64 & 0xff) };
     let addrs = read_addrs(sock);
-    let state = ConnState { conn_id, pid: tgid, fd, addrs, ignore: u64::from(talks_to_agent(&addrs)) };
-    CONNS.insert(&sock, &state, 0).ok()?;
+    let mut ignore = false;
+    if talks_to_agent(&addrs) {
+        bump(counter::AGENT_PEER);
+        ignore = true;
+    } else if !port_allowed(addrs.local_port, addrs.remote_port) {
+        bump(counter::PORT_FILTERED);
+        ignore = true;
+    }
+    let state = ConnState { conn_id, pid: tgid, fd, addrs, ignore: u64::from(ignore) };
+    if CONNS.insert(&sock, &state, 0).is_err() {
+        bump(counter::CONN_INSERT_FAILED);
+        return None;
+    }
     CONNS.get_ptr(&sock)
 }
 

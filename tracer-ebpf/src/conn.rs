@@ -12,9 +12,10 @@ use aya_ebpf::{
 };
 use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventHeader, SockAddrs, conn_op, counter, kind};
 
-use crate::maps::{CONNS, EVENTS, INFLIGHT, Inflight, bump, is_traced};
+use crate::maps::{AGENT_PORTS, AGENT_TGID, CONNS, EVENTS, INFLIGHT, Inflight, bump, is_traced};
 
 const EINPROGRESS: i64 = 115;
+const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 /// `Inflight::syscall` values for the life-cycle calls (data syscalls use 1..=11).
 const CONNECT: u8 = 100;
@@ -153,11 +154,25 @@ pub fn exit_accept4(ctx: TracePointContext) -> u32 {
     finish(&ctx, ACCEPT)
 }
 
-/// `sock:inet_sock_set_state`: `skaddr` at 8 (ptr), `newstate` at 20 (i32).
+/// `sock:inet_sock_set_state`: `skaddr` at 8 (ptr), `newstate` at 20 (i32), `sport` at 24
+/// (u16, host order).
+///
+/// Also notes the local port of every connection the agent itself opens, at `SYN_SENT`, in
+/// the agent's own context and before any byte moves: noting it at the first send would race
+/// with the peer's first read (the send tracepoint fires after the data is queued).
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from the tracepoint's format file.
     let (sk, newstate) = unsafe { (ctx.read_at::<u64>(8).unwrap_or(0), ctx.read_at::<i32>(20).unwrap_or(0)) };
+    if newstate == TCP_SYN_SENT {
+        if (bpf_get_current_pid_tgid() >> 32) as u32 == AGENT_TGID.load() {
+            // SAFETY: offset from the format file.
+            if let Ok(sport) = unsafe { ctx.read_at::<u16>(24) } {
+                let _ = AGENT_PORTS.insert(&sport, &1, 0);
+            }
+        }
+        return 0;
+    }
     if newstate != TCP_CLOSE {
         return 0;
     }

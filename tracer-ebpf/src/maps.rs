@@ -65,7 +65,8 @@ pub struct ConnState {
     pub pid: u32,
     pub fd: i32,
     pub addrs: SockAddrs,
-    /// 1 when the peer is the agent itself (its exporter or health endpoint): never emitted.
+    /// 1 when the connection is not to be traced: its peer is the agent itself (its exporter or
+    /// health endpoint), or it fails the port filter. Decided once, when first seen.
     pub ignore: u64,
 }
 
@@ -77,6 +78,13 @@ pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(6553
 /// exporter's traffic would be traced in the receiver and feed itself.
 #[map]
 pub static AGENT_PORTS: LruHashMap<u16, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// When 1, only connections with a local or remote port listed in `TARGET_PORTS` are traced.
+#[unsafe(no_mangle)]
+pub static FILTER_PORTS: Global<u32> = Global::new(0);
+
+#[map]
+pub static TARGET_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 
 /// Processes to trace when `FILTER_PIDS` is 1.
 #[map]
@@ -105,6 +113,16 @@ pub fn bump(index: u32) {
 }
 
 /// Whether the current process is one the tracer should look at.
+/// Whether a connection with these endpoints passes the port filter.
+#[inline(always)]
+pub fn port_allowed(local: u16, remote: u16) -> bool {
+    if FILTER_PORTS.load() != 1 {
+        return true;
+    }
+    // SAFETY: read-only lookups of plain u8 values.
+    unsafe { TARGET_PORTS.get(&local).is_some() || TARGET_PORTS.get(&remote).is_some() }
+}
+
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
     if tgid == AGENT_TGID.load() {

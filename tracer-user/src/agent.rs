@@ -50,9 +50,11 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
+    let mut own_listen_ports = Vec::new();
     if let Some(addr) = config.health_addr {
         let bound = health::spawn(addr, metrics.clone(), ready.clone()).await?;
         info!("health and metrics endpoint on http://{bound}");
+        own_listen_ports.push(bound.port());
     }
     let sock_offsets = match btf::sock_offsets() {
         Ok(offsets) => offsets,
@@ -66,6 +68,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         capture_bytes: config.capture_bytes,
         ringbuf_bytes: config.ringbuf_bytes,
         pids: config.pids.clone(),
+        ports: config.ports.clone(),
+        own_listen_ports,
         sock_offsets,
     })?;
     let ring = probes.take_ring_buffer()?;
@@ -188,6 +192,9 @@ fn log_kernel_counters(probes: &Probes, metrics: &Metrics) {
             metrics.kernel_read_user_failed.store(k.read_user_failed, Relaxed);
             metrics.kernel_inflight_full.store(k.inflight_full, Relaxed);
             metrics.kernel_sendfile_uncaptured.store(k.sendfile_uncaptured, Relaxed);
+            metrics.kernel_port_filtered.store(k.port_filtered, Relaxed);
+            metrics.kernel_agent_peer.store(k.agent_peer, Relaxed);
+            metrics.kernel_conn_insert_failed.store(k.conn_insert_failed, Relaxed);
         }
         Err(e) => warn!("cannot read kernel counters: {e}"),
     }

@@ -88,6 +88,9 @@ struct PendingSpan {
     tuple: Tuple,
     protocol: Protocol,
     key: u64,
+    /// What both ends of a connection see alike in the request (name and path), so that a
+    /// request seen on one side only cannot shift the same-host pairing of the next ones.
+    fingerprint: u64,
 }
 
 /// Identity of a span already exported, for children that finish after it.
@@ -170,6 +173,7 @@ impl Assembler {
             SpanKind::Server => req.first.exit_ns,
             SpanKind::Client => req.first.enter_ns,
         };
+        let print = fingerprint(&req.name, &req.attributes);
         let mut attributes = req.attributes;
         add_network_attributes(&mut attributes, kind, local, remote);
         let handle = self.next_handle;
@@ -194,6 +198,7 @@ impl Assembler {
             tuple,
             protocol: meta.protocol,
             key: req.key,
+            fingerprint: print,
         };
         if !req.expects_response {
             span.end_ns = Some(req.last.exit_ns);
@@ -221,10 +226,20 @@ impl Assembler {
     /// Same-host link for a new SERVER span; otherwise it waits for its CLIENT span.
     fn place_server(&mut self, handle: u64) {
         let Some(span) = self.spans.get(&handle) else { return };
-        let (tuple, key, protocol, pid, tid, has_context, start) =
-            (span.tuple, span.key, span.protocol, span.pid, span.tid, matches!(span.parent, Parent::Remote(_)), span.start_ns);
+        let (tuple, key, protocol, pid, tid, has_context, start, print) = (
+            span.tuple,
+            span.key,
+            span.protocol,
+            span.pid,
+            span.tid,
+            matches!(span.parent, Parent::Remote(_)),
+            span.start_ns,
+            span.fingerprint,
+        );
         self.serving.entry((pid, tid)).or_default().push(handle);
-        let matched = take_match(&mut self.unmatched_clients, &self.spans, tuple, key, protocol, |client| client.start_ns <= start);
+        let matched = take_match(&mut self.unmatched_clients, &self.spans, tuple, (key, print), protocol, |client| {
+            client.start_ns <= start
+        });
         if has_context {
             return;
         }
@@ -242,8 +257,16 @@ impl Assembler {
     /// Thread causality for a new CLIENT span, then same-host matching of a waiting SERVER span.
     fn place_client(&mut self, handle: u64) {
         let Some(span) = self.spans.get(&handle) else { return };
-        let (tuple, key, protocol, pid, tid, has_context, start) =
-            (span.tuple, span.key, span.protocol, span.pid, span.tid, matches!(span.parent, Parent::Remote(_)), span.start_ns);
+        let (tuple, key, protocol, pid, tid, has_context, start, print) = (
+            span.tuple,
+            span.key,
+            span.protocol,
+            span.pid,
+            span.tid,
+            matches!(span.parent, Parent::Remote(_)),
+            span.start_ns,
+            span.fingerprint,
+        );
         if !has_context {
             let candidates: Vec<u64> = self
                 .serving
@@ -268,7 +291,9 @@ impl Assembler {
                 }
             }
         }
-        let waiting = take_match(&mut self.unmatched_servers, &self.spans, tuple, key, protocol, |server| server.start_ns >= start);
+        let waiting = take_match(&mut self.unmatched_servers, &self.spans, tuple, (key, print), protocol, |server| {
+            server.start_ns >= start
+        });
         if let Some(server) = waiting {
             self.link(server, handle, "same_host", 1.0);
         } else {
@@ -511,25 +536,41 @@ impl Assembler {
     }
 }
 
-/// Takes the span in `queues[tuple]` that pairs with (`key`, `protocol`): the same sequence
-/// id for Thrift, the oldest acceptable one for HTTP (requests on a connection are ordered).
+/// Takes the span in `queues[tuple]` that pairs with (`key`, `fingerprint`): the same request
+/// (name and path) always, and for Thrift the same sequence id; the oldest such one (requests
+/// on a connection are ordered).
 fn take_match(
     queues: &mut HashMap<Tuple, VecDeque<u64>>,
     spans: &HashMap<u64, PendingSpan>,
     tuple: Tuple,
-    key: u64,
+    (key, print): (u64, u64),
     protocol: Protocol,
     acceptable: impl Fn(&PendingSpan) -> bool,
 ) -> Option<u64> {
     let queue = queues.get_mut(&tuple)?;
     let position = queue.iter().position(|h| {
-        spans.get(h).is_some_and(|s| s.protocol == protocol && (protocol != Protocol::Thrift || s.key == key) && acceptable(s))
+        spans.get(h).is_some_and(|s| {
+            s.protocol == protocol
+                && s.fingerprint == print
+                && (protocol != Protocol::Thrift || s.key == key)
+                && acceptable(s)
+        })
     })?;
     let handle = queue.remove(position);
     if queue.is_empty() {
         queues.remove(&tuple);
     }
     handle
+}
+
+fn fingerprint(name: &str, attributes: &[Attribute]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    if let Some(crate::span::AttrValue::Str(path)) = crate::span::find(attributes, "url.path") {
+        path.hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 fn status_of(kind: SpanKind, http_status: Option<u16>, error: Option<String>) -> SpanStatus {

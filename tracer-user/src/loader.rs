@@ -45,6 +45,11 @@ pub struct LoadOptions {
     pub ringbuf_bytes: u32,
     /// When non-empty, only these processes are traced (filtered in the kernel).
     pub pids: Vec<u32>,
+    /// When non-empty, only connections with one of these local or remote ports are traced
+    /// (filtered in the kernel, before any payload is copied).
+    pub ports: Vec<u16>,
+    /// Ports the agent listens on (its health endpoint): connections to them are its own.
+    pub own_listen_ports: Vec<u16>,
     pub sock_offsets: SockOffsets,
 }
 
@@ -121,11 +126,13 @@ pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
     }
     ensure_tracefs()?;
     let filter_pids: u32 = u32::from(!options.pids.is_empty());
+    let filter_ports: u32 = u32::from(!options.ports.is_empty());
     let capture = options.capture_bytes.min(tracer_common::MAX_CAPTURE as u32);
     let mut ebpf = EbpfLoader::new()
         .override_global("AGENT_TGID", &options.agent_pid, true)
         .override_global("CAPTURE_BYTES", &capture, true)
         .override_global("FILTER_PIDS", &filter_pids, true)
+        .override_global("FILTER_PORTS", &filter_ports, true)
         .override_global("SOCK_OFFSETS", &options.sock_offsets, true)
         .map_max_entries("EVENTS", options.ringbuf_bytes)
         .load(EBPF_OBJECT)?;
@@ -138,6 +145,26 @@ pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
             targets
                 .insert(pid, 1, 0)
                 .map_err(|source| LoadError::Map { what: format!("TARGET_PIDS insert {pid}"), source })?;
+        }
+    }
+
+    if !options.own_listen_ports.is_empty() {
+        let map = ebpf.map_mut("AGENT_PORTS").ok_or(LoadError::MissingMap("AGENT_PORTS"))?;
+        let mut own: HashMap<_, u16, u8> =
+            HashMap::try_from(map).map_err(|source| LoadError::Map { what: "AGENT_PORTS".into(), source })?;
+        for port in &options.own_listen_ports {
+            own.insert(port, 1, 0)
+                .map_err(|source| LoadError::Map { what: format!("AGENT_PORTS insert {port}"), source })?;
+        }
+    }
+    if !options.ports.is_empty() {
+        let map = ebpf.map_mut("TARGET_PORTS").ok_or(LoadError::MissingMap("TARGET_PORTS"))?;
+        let mut targets: HashMap<_, u16, u8> =
+            HashMap::try_from(map).map_err(|source| LoadError::Map { what: "TARGET_PORTS".into(), source })?;
+        for port in &options.ports {
+            targets
+                .insert(port, 1, 0)
+                .map_err(|source| LoadError::Map { what: format!("TARGET_PORTS insert {port}"), source })?;
         }
     }
 
@@ -187,6 +214,9 @@ impl Probes {
             read_user_failed: sum(counter::READ_USER_FAILED),
             inflight_full: sum(counter::INFLIGHT_FULL),
             sendfile_uncaptured: sum(counter::SENDFILE_UNCAPTURED),
+            port_filtered: sum(counter::PORT_FILTERED),
+            agent_peer: sum(counter::AGENT_PEER),
+            conn_insert_failed: sum(counter::CONN_INSERT_FAILED),
         })
     }
 }
@@ -199,4 +229,7 @@ pub struct KernelCounters {
     pub read_user_failed: u64,
     pub inflight_full: u64,
     pub sendfile_uncaptured: u64,
+    pub port_filtered: u64,
+    pub agent_peer: u64,
+    pub conn_insert_failed: u64,
 }

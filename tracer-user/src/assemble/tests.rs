@@ -181,3 +181,21 @@ fn pending_spans_are_bounded_and_flush_releases_everything() {
     assert_eq!(spans.len(), 2);
     assert_eq!(a.pending(), 0);
 }
+
+#[test]
+fn a_request_seen_on_one_side_only_does_not_shift_same_host_pairing() {
+    let mut a = assembler();
+    let client = meta(1, 1, "10.0.0.1:4000", "10.0.0.2:80");
+    let server = meta(2, 2, "10.0.0.2:80", "10.0.0.1:4000");
+    // The server was blocked in read() when the agent attached: it never shows /one.
+    feed(&mut a, client, Direction::Egress, request(0, "/one", at(MS, 11), None));
+    feed(&mut a, client, Direction::Ingress, response(0, 200, at(2 * MS, 11)));
+    feed(&mut a, client, Direction::Egress, request(1, "/two", at(3 * MS, 11), None));
+    feed(&mut a, server, Direction::Ingress, request(0, "/two", at(4 * MS, 22), None));
+    feed(&mut a, server, Direction::Egress, response(0, 200, at(5 * MS, 22)));
+    feed(&mut a, client, Direction::Ingress, response(1, 200, at(6 * MS, 11)));
+    let spans = a.tick(500 * MS);
+    let c2 = by_name(&spans, "GET /two", SpanKind::Client);
+    let s2 = by_name(&spans, "GET /two", SpanKind::Server);
+    assert_eq!(s2.parent_span_id, Some(c2.span_id));
+}
