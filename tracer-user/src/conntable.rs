@@ -45,8 +45,43 @@ pub enum ConnOutput {
 /// picked up mid-message needs a few).
 const DETECT_TRIES: u8 = 8;
 
+/// Most bytes held back while detecting (see [`Held`]).
+const DETECT_HOLD_BYTES: usize = 16 * 1024;
+
+/// Chunks of one direction that did not reveal the protocol yet, kept to be joined with the
+/// next chunk: a reader may take a message in pieces (framed Thrift reads the 4-byte frame
+/// length, then the frame), and no piece alone says what it is.
+#[derive(Default)]
+struct Held {
+    direction: Option<Direction>,
+    bytes: Vec<u8>,
+    chunks: Vec<(Vec<u8>, u64, Timing)>,
+}
+
+impl Held {
+    fn clear(&mut self) {
+        self.direction = None;
+        self.bytes.clear();
+        self.chunks.clear();
+    }
+
+    /// Keeps a chunk that did not detect. Only wholly captured chunks of one direction, in a
+    /// row, can be joined: anything else starts over.
+    fn hold(&mut self, direction: Direction, data: &[u8], len: u64, timing: Timing) {
+        if self.direction != Some(direction) || self.bytes.len() + data.len() > DETECT_HOLD_BYTES {
+            self.clear();
+        }
+        if len != data.len() as u64 || data.len() > DETECT_HOLD_BYTES {
+            return;
+        }
+        self.direction = Some(direction);
+        self.bytes.extend_from_slice(data);
+        self.chunks.push((data.to_vec(), len, timing));
+    }
+}
+
 enum ParseState {
-    Detecting { tries: u8 },
+    Detecting { tries: u8, held: Held },
     Parsing { protocol: Protocol, parser: Box<dyn StreamParser>, reported: ParseStats },
     Ignored,
 }
@@ -146,7 +181,7 @@ impl ConnTable {
                 return;
             };
             let state = if self.allowed(rec.pid, &endpoints) {
-                ParseState::Detecting { tries: 0 }
+                ParseState::Detecting { tries: 0, held: Held::default() }
             } else {
                 inc(&self.metrics.events_filtered);
                 ParseState::Ignored
@@ -165,11 +200,30 @@ impl ConnTable {
         conn.last_seen_ns = conn.last_seen_ns.max(rec.exit_ns);
         add(&self.metrics.bytes_uncaptured, rec.bytes.saturating_sub(rec.payload.len() as u64));
 
-        if let ParseState::Detecting { tries } = &mut conn.state {
+        let timing = Timing { enter_ns: rec.enter_ns, exit_ns: rec.exit_ns, tid: rec.tid };
+        // Chunks held back during detection that belong before this one.
+        let mut replay = Vec::new();
+        if let ParseState::Detecting { tries, held } = &mut conn.state {
             if rec.payload.is_empty() {
                 return;
             }
-            match protocol::detect(&rec.payload) {
+            // This chunk joined to the held ones first: a piece that detects on its own (a
+            // frame body without its length) would otherwise be taken for the wrong format.
+            let joined = if held.direction == Some(rec.direction) && !held.chunks.is_empty() {
+                let mut joined = held.bytes.clone();
+                joined.extend_from_slice(&rec.payload);
+                protocol::detect(&joined)
+            } else {
+                None
+            };
+            let detected = match joined {
+                Some(protocol) => {
+                    replay = std::mem::take(&mut held.chunks);
+                    Some(protocol)
+                }
+                None => protocol::detect(&rec.payload),
+            };
+            match detected {
                 Some(protocol) => {
                     conn.state = ParseState::Parsing {
                         protocol,
@@ -178,6 +232,7 @@ impl ConnTable {
                     };
                 }
                 None => {
+                    held.hold(rec.direction, &rec.payload, rec.bytes, timing);
                     *tries += 1;
                     if *tries >= DETECT_TRIES {
                         inc(&self.metrics.unknown_protocol);
@@ -188,12 +243,11 @@ impl ConnTable {
             }
         }
         let ParseState::Parsing { protocol, parser, reported } = &mut conn.state else { return };
-        let chunk = Chunk {
-            data: &rec.payload,
-            len: rec.bytes,
-            timing: Timing { enter_ns: rec.enter_ns, exit_ns: rec.exit_ns, tid: rec.tid },
-        };
         self.messages.clear();
+        for (data, len, timing) in &replay {
+            parser.feed(rec.direction, &Chunk { data, len: *len, timing: *timing }, &mut self.messages);
+        }
+        let chunk = Chunk { data: &rec.payload, len: rec.bytes, timing };
         parser.feed(rec.direction, &chunk, &mut self.messages);
         count_stats(&self.metrics, *protocol, parser.stats(), reported, self.messages.len());
         let gave_up = parser.gave_up();
@@ -290,4 +344,89 @@ fn process_names(pid: u32) -> Vec<String> {
         }
     }
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Direction, Message};
+
+    fn record(direction: Direction, payload: &[u8], at: u64) -> Event {
+        Event::Data(DataRecord {
+            pid: 10,
+            tid: 11,
+            fd: 5,
+            conn_id: 99,
+            enter_ns: at,
+            exit_ns: at + 1,
+            bytes: payload.len() as u64,
+            direction,
+            syscall: 0,
+            body_not_captured: false,
+            endpoints: Some(Endpoints {
+                local: "127.0.0.1:9090".parse().unwrap(),
+                remote: "127.0.0.1:40000".parse().unwrap(),
+            }),
+            payload: payload.to_vec(),
+        })
+    }
+
+    /// A strict-binary CALL `ping`, seqid 7, empty args.
+    fn binary_call() -> Vec<u8> {
+        let mut m = vec![0x80, 0x01, 0x00, 0x01, 0, 0, 0, 4];
+        m.extend_from_slice(b"ping");
+        m.extend_from_slice(&7i32.to_be_bytes());
+        m.push(0); // field stop
+        m
+    }
+
+    fn requests(out: &[ConnOutput]) -> Vec<(&crate::protocol::Request, Direction)> {
+        out.iter()
+            .filter_map(|o| match o {
+                ConnOutput::Message { message: Message::Request(r), direction, .. } => Some((r, *direction)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn transport_of(req: &crate::protocol::Request) -> Option<String> {
+        req.attributes.iter().find(|a| a.key == "rpc.thrift.transport").map(|a| format!("{:?}", a.value))
+    }
+
+    /// A framed server reads the 4-byte length, then the frame: neither piece alone says
+    /// "framed Thrift", joined they do, and the request starts at the first piece.
+    #[test]
+    fn frame_length_read_apart_from_its_frame_is_detected_as_framed() {
+        let mut table = ConnTable::new(Filter::default(), ParserOptions::default(), 16, u64::MAX, Arc::default());
+        let body = binary_call();
+        let mut out = Vec::new();
+        table.on_event(&record(Direction::Ingress, &(body.len() as u32).to_be_bytes(), 100), &mut out);
+        table.on_event(&record(Direction::Ingress, &body, 200), &mut out);
+        let reqs = requests(&out);
+        assert_eq!(reqs.len(), 1, "{out:?}");
+        let (req, _) = reqs[0];
+        assert_eq!(req.name, "ping");
+        assert_eq!(req.key, 7);
+        assert!(transport_of(req).is_some_and(|t| t.contains("framed")), "{:?}", req.attributes);
+        assert_eq!(req.first.enter_ns, 100, "the request starts with the length read");
+
+        // The next request, read the same way, is decoded in sync.
+        let mut out = Vec::new();
+        table.on_event(&record(Direction::Ingress, &(body.len() as u32).to_be_bytes(), 300), &mut out);
+        table.on_event(&record(Direction::Ingress, &body, 400), &mut out);
+        assert_eq!(requests(&out).len(), 1, "{out:?}");
+    }
+
+    /// Garbage before a whole message (a connection picked up mid-stream) does not stop the
+    /// message from being detected on its own.
+    #[test]
+    fn held_garbage_does_not_hide_a_later_message() {
+        let mut table = ConnTable::new(Filter::default(), ParserOptions::default(), 16, u64::MAX, Arc::default());
+        let mut out = Vec::new();
+        table.on_event(&record(Direction::Ingress, b"\x13\x37garbage", 100), &mut out);
+        table.on_event(&record(Direction::Ingress, &binary_call(), 200), &mut out);
+        let reqs = requests(&out);
+        assert_eq!(reqs.len(), 1, "{out:?}");
+        assert!(transport_of(reqs[0].0).is_some_and(|t| t.contains("buffered")));
+    }
 }
