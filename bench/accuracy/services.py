@@ -17,6 +17,8 @@ Roles (one per process):
   thrift-server thriftpy2 make_server (thread per connection), one listener per --thrift-port.
   loadgen       POSTs /<hop>/<rid> for rid = base+1 .. base+N with --concurrency threads, each
                 with its own keep-alive requests.Session; prints one JSON summary line.
+                With --serve it runs one level per stdin line `base count concurrency`
+                (so that it exists, and its pid is known, before the agent starts).
 
 --propagate w3c|b3 makes relay/hub-sync/loadgen behave like instrumented services: each
 outgoing request carries the incoming trace id and a span id of the caller's own (not
@@ -88,6 +90,7 @@ parser.add_argument("--hop")
 parser.add_argument("--base", type=int, default=0)
 parser.add_argument("--count", type=int, default=0)
 parser.add_argument("--concurrency", type=int, default=1)
+parser.add_argument("--serve", action="store_true")
 args = parser.parse_args()
 logging.basicConfig(level=logging.WARNING)
 
@@ -214,19 +217,24 @@ def main():
                 return {"hop": hop, "answer": answer}
 
             serve_flask(flask_app(handler))
+    elif role == "loadgen" and args.serve:
+        print("ready", flush=True)
+        for line in sys.stdin:
+            base, count, concurrency = (int(w) for w in line.split())
+            loadgen(base, count, concurrency)
     elif role == "loadgen":
-        loadgen()
+        loadgen(args.base, args.count, args.concurrency)
     else:
         sys.exit(f"unknown role {role}")
 
 
-def loadgen():
+def loadgen(base, count, concurrency):
     import requests
 
     port = args.port
     rids = queue.Queue()
-    for i in range(1, args.count + 1):
-        rids.put(args.base + i)
+    for i in range(1, count + 1):
+        rids.put(base + i)
     failures = []
     lock = threading.Lock()
 
@@ -251,12 +259,12 @@ def loadgen():
                         print(f"rid {rid} failed: {r}", file=sys.stderr)
 
     t0 = time.monotonic()
-    threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    print(json.dumps({"sent": args.count, "failed": sorted(failures),
+    print(json.dumps({"sent": count, "failed": sorted(failures),
                       "seconds": round(time.monotonic() - t0, 3)}), flush=True)
 
 

@@ -304,13 +304,18 @@ impl Scenario {
         }
     }
 
-    /// The load generator for one concurrency level: rids `base+1 ..= base+count`.
-    pub fn loadgen(&self, entry: u16, base: u64, count: usize, concurrency: usize) -> Command {
+    /// The load generator, started before the agent (so its pid can be traced); it runs one
+    /// level per stdin line `base count concurrency`: rids `base+1 ..= base+count`.
+    pub fn loadgen(&self, entry: u16) -> Command {
         let mut cmd = service_cmd("loadgen");
-        cmd.args(["--port", &entry.to_string(), "--hop", self.entry_hop])
-            .args(["--base", &base.to_string(), "--count", &count.to_string()])
-            .args(["--concurrency", &concurrency.to_string()])
-            .args(["--propagate", self.propagate.flag()]);
+        cmd.args([
+            "--serve",
+            "--port",
+            &entry.to_string(),
+            "--hop",
+            self.entry_hop,
+        ])
+        .args(["--propagate", self.propagate.flag()]);
         cmd
     }
 }
