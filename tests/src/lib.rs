@@ -12,6 +12,7 @@
 //! A test that cannot run (not root, agent binary missing, BPF unavailable)
 //! fails with a message saying so; nothing is skipped.
 
+pub mod accuracy;
 pub mod agent;
 pub mod check;
 pub mod netns;

@@ -10,10 +10,13 @@
 //! - `test`: setup with test deps, mount tracefs if needed, build, then the workspace's unit and
 //!   replay tests and the end-to-end tests (`tracer-tests`, one at a time, as root, with
 //!   `TRACER_BIN` set). Ends with one summary line; exits non-zero if any step failed.
+//! - `accuracy [-- <args>]`: setup with test deps, release build, then the trace accuracy
+//!   benchmark (`tracer-tests`' `accuracy` binary) as root; see `bench/accuracy/README.md`.
 //!
 //! Progress lines go to stderr, so that with `run` stdout carries only what the agent prints.
 //! `.ci/run` calls `cargo xtask test`, so CI and developers run the same thing.
 
+mod accuracy;
 mod proc;
 mod setup;
 mod signals;
@@ -60,6 +63,12 @@ enum Cmd {
     },
     /// Set up with test deps, build, run all tests (end-to-end ones as root). CI runs this.
     Test,
+    /// Measure trace accuracy on multi-service scenarios: `cargo xtask accuracy -- --requests 100`.
+    Accuracy {
+        /// Arguments for the benchmark (`--scenarios`, `--concurrency`, `--requests`, `--json`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     // `bench` joins here (separate issue).
 }
 
@@ -71,6 +80,7 @@ fn main() -> ExitCode {
         Cmd::Build => build().map(|_| ExitCode::SUCCESS),
         Cmd::Run { args } => run_agent(&args),
         Cmd::Test => test(),
+        Cmd::Accuracy { args } => accuracy::accuracy(&args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("xtask: error: {e:#}");
@@ -86,7 +96,7 @@ pub fn workspace_root() -> &'static Path {
 }
 
 /// Cargo's target directory (honours CARGO_TARGET_DIR and `build.target-dir`).
-fn target_dir() -> Result<PathBuf> {
+pub(crate) fn target_dir() -> Result<PathBuf> {
     let out = proc::cargo()
         .args([
             "metadata",
@@ -139,7 +149,7 @@ fn run_agent(args: &[String]) -> Result<ExitCode> {
 }
 
 /// The child's exit code, or 128+signal when it was killed, as shells report it.
-fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> ExitCode {
     use std::os::unix::process::ExitStatusExt as _;
     let code = status
         .code()
@@ -169,7 +179,7 @@ fn test() -> Result<ExitCode> {
 }
 
 /// The tracepoints the agent attaches to live in tracefs; some minimal systems do not mount it.
-fn mount_tracefs() -> Result<()> {
+pub(crate) fn mount_tracefs() -> Result<()> {
     if Path::new("/sys/kernel/tracing/events").exists() {
         eprintln!("setup: ok       tracefs (/sys/kernel/tracing)");
         return Ok(());

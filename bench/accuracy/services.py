@@ -1,0 +1,272 @@
+"""Scenario services for `cargo xtask accuracy` (uninstrumented from the tracer's view).
+
+Ground truth is built in: every request path is `/<hop>/<rid>` where `rid` is the integer id
+of the root request, and every service copies the rid into the paths of the calls it makes.
+The Thrift front logs which pooled connection (server port) carried each rid's call, and when.
+
+Roles (one per process):
+  leaf          Flask on waitress (keep-alive): POST /<hop>/<rid> -> small JSON.
+  relay         Flask on waitress: POST /<hop>/<rid> calls each --down hop=port in turn with a
+                thread-local requests.Session, then answers.
+  hub-sync      FastAPI, `def` endpoint (thread pool), uvicorn one worker: like relay.
+  hub-async     FastAPI, `async def`, uvicorn one worker, one shared httpx.AsyncClient: all
+                --down calls issued concurrently with asyncio.gather on the event loop.
+  thrift-front  Flask on waitress: POST /tq/<rid> calls Work.work(rid) over a pool of
+                long-lived thriftpy2 connections, one to each --thrift-port (replicas), and
+                appends `rid port t_before_ns t_after_ns` (CLOCK_REALTIME) to --log.
+  thrift-server thriftpy2 make_server (thread per connection), one listener per --thrift-port.
+  loadgen       POSTs /<hop>/<rid> for rid = base+1 .. base+N with --concurrency threads, each
+                with its own keep-alive requests.Session; prints one JSON summary line.
+                With --serve it runs one level per stdin line `base count concurrency`
+                (so that it exists, and its pid is known, before the agent starts).
+
+--propagate w3c|b3 makes relay/hub-sync/loadgen behave like instrumented services: each
+outgoing request carries the incoming trace id and a span id of the caller's own (not
+exported) span, derived from (hop, rid) so the benchmark can recompute it:
+  trace id (128 bit) = TRACE_HI || rid, B3 uses 64 bits: TRACE_HI | rid
+  span id  (64 bit)  = hop_code(hop) << 48 | rid
+"""
+import argparse
+import asyncio
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+
+HOPS = ["hub", "fizz", "buzz", "a", "b", "c", "tq"]
+TRACE_HI = 0x00ACC0DE00000000
+
+
+def hop_code(hop):
+    return HOPS.index(hop) + 1
+
+
+def trace_w3c(rid):
+    return f"{TRACE_HI:016x}{rid:016x}"
+
+
+def trace_b3(rid):
+    return f"{TRACE_HI | rid:016x}"
+
+
+def span_id(hop, rid):
+    return f"{(hop_code(hop) << 48) | rid:016x}"
+
+
+def context_headers(mode, hop, rid):
+    """Headers an instrumented caller sends on its call to `hop` for root request `rid`."""
+    if mode == "w3c":
+        return {"traceparent": f"00-{trace_w3c(rid)}-{span_id(hop, rid)}-01"}
+    if mode == "b3":
+        return {
+            "X-B3-TraceId": trace_b3(rid),
+            "X-B3-SpanId": span_id(hop, rid),
+            "X-B3-Sampled": "1",
+        }
+    return {}
+
+
+def parse_down(items):
+    out = []
+    for item in items or []:
+        hop, port = item.split("=")
+        out.append((hop, int(port)))
+    return out
+
+
+parser = argparse.ArgumentParser()
+parser.add_argument("role")
+parser.add_argument("--port", type=int, default=0)
+parser.add_argument("--down", action="append", help="hop=port, called in order")
+parser.add_argument("--propagate", default="none", choices=["none", "w3c", "b3"])
+parser.add_argument("--threads", type=int, default=16)
+parser.add_argument("--thrift-port", type=int, action="append")
+parser.add_argument("--log")
+# loadgen
+parser.add_argument("--hop")
+parser.add_argument("--base", type=int, default=0)
+parser.add_argument("--count", type=int, default=0)
+parser.add_argument("--concurrency", type=int, default=1)
+parser.add_argument("--serve", action="store_true")
+args = parser.parse_args()
+logging.basicConfig(level=logging.WARNING)
+
+BODY = {"number": 15}
+
+
+def serve_flask(app):
+    import waitress
+
+    waitress.serve(app, host="127.0.0.1", port=args.port, threads=args.threads,
+                   connection_limit=256, channel_timeout=60, _quiet=True)
+
+
+def flask_app(handler):
+    from flask import Flask, jsonify
+
+    app = Flask(args.role)
+
+    @app.post("/<hop>/<int:rid>")
+    def route(hop, rid):
+        return jsonify(handler(hop, rid))
+
+    return app
+
+
+_local = threading.local()
+
+
+def session():
+    import requests
+
+    s = getattr(_local, "session", None)
+    if s is None:
+        s = _local.session = requests.Session()
+    return s
+
+
+def call_down_sync(rid):
+    answers = {}
+    for hop, port in parse_down(args.down):
+        r = session().post(f"http://127.0.0.1:{port}/{hop}/{rid}", json=BODY,
+                           headers=context_headers(args.propagate, hop, rid), timeout=30)
+        r.raise_for_status()
+        answers[hop] = r.json()
+    return answers
+
+
+def main():
+    role = args.role
+    if role == "leaf":
+        serve_flask(flask_app(lambda hop, rid: {"hop": hop, "rid": rid, "fizz": rid % 3 == 0}))
+    elif role == "relay":
+        serve_flask(flask_app(lambda hop, rid: {"hop": hop, "down": call_down_sync(rid)}))
+    elif role in ("hub-sync", "hub-async"):
+        import uvicorn
+        from fastapi import FastAPI
+
+        app = FastAPI()
+        if role == "hub-sync":
+            @app.post("/{hop}/{rid}")
+            def hub(hop: str, rid: int):
+                return {"hop": hop, "down": call_down_sync(rid)}
+        else:
+            import httpx
+
+            client = {}
+
+            @app.post("/{hop}/{rid}")
+            async def hub(hop: str, rid: int):
+                if "c" not in client:
+                    client["c"] = httpx.AsyncClient(
+                        timeout=30, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+
+                async def one(dhop, port):
+                    r = await client["c"].post(f"http://127.0.0.1:{port}/{dhop}/{rid}", json=BODY,
+                                               headers=context_headers(args.propagate, dhop, rid))
+                    r.raise_for_status()
+                    return r.json()
+
+                down = parse_down(args.down)
+                res = await asyncio.gather(*(one(h, p) for h, p in down))
+                return {"hop": hop, "down": res}
+        uvicorn.run(app, host="127.0.0.1", port=args.port, workers=1, log_level="warning",
+                    access_log=False)
+    elif role in ("thrift-front", "thrift-server"):
+        import thriftpy2
+
+        work = thriftpy2.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "work.thrift"),
+                              module_name="work_thrift")
+        if role == "thrift-server":
+            from thriftpy2.rpc import make_server
+
+            class Handler:
+                def work(self, rid):
+                    time.sleep(0.001)
+                    return "done " + rid
+
+            servers = [make_server(work.Work, Handler(), "127.0.0.1", p, client_timeout=None)
+                       for p in args.thrift_port]
+            for s in servers[1:]:
+                threading.Thread(target=s.serve, daemon=True).start()
+            servers[0].serve()
+        else:
+            from thriftpy2.rpc import make_client
+
+            pool = queue.Queue()
+            for p in args.thrift_port:
+                pool.put((p, None))  # connected lazily, on first use, then kept
+            log = open(args.log, "a", buffering=1)
+            log_lock = threading.Lock()
+
+            def handler(hop, rid):
+                port, client = pool.get()
+                try:
+                    if client is None:
+                        client = make_client(work.Work, "127.0.0.1", port, timeout=30000)
+                    t0 = time.time_ns()
+                    answer = client.work(str(rid))
+                    t1 = time.time_ns()
+                finally:
+                    pool.put((port, client))
+                with log_lock:
+                    log.write(f"{rid} {port} {t0} {t1}\n")
+                return {"hop": hop, "answer": answer}
+
+            serve_flask(flask_app(handler))
+    elif role == "loadgen" and args.serve:
+        print("ready", flush=True)
+        for line in sys.stdin:
+            base, count, concurrency = (int(w) for w in line.split())
+            loadgen(base, count, concurrency)
+    elif role == "loadgen":
+        loadgen(args.base, args.count, args.concurrency)
+    else:
+        sys.exit(f"unknown role {role}")
+
+
+def loadgen(base, count, concurrency):
+    import requests
+
+    port = args.port
+    rids = queue.Queue()
+    for i in range(1, count + 1):
+        rids.put(base + i)
+    failures = []
+    lock = threading.Lock()
+
+    def worker():
+        s = requests.Session()
+        while True:
+            try:
+                rid = rids.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                r = s.post(f"http://127.0.0.1:{port}/{args.hop}/{rid}", json=BODY,
+                           headers=context_headers(args.propagate, args.hop, rid), timeout=30)
+                ok = r.status_code == 200
+            except Exception as e:  # noqa: BLE001 - counted and reported
+                ok = False
+                r = e
+            if not ok:
+                with lock:
+                    failures.append(rid)
+                    if len(failures) <= 3:
+                        print(f"rid {rid} failed: {r}", file=sys.stderr)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(json.dumps({"sent": count, "failed": sorted(failures),
+                      "seconds": round(time.monotonic() - t0, 3)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+//! The accuracy benchmark's scenarios: which services run, what the load generator calls and
+//! which spans each root request must produce (the expected tree).
+//!
+//! Every HTTP request path is `/<hop>/<rid>`, the rid of the root request copied by each
+//! service into the calls it makes (see `bench/accuracy/services.py`), so an HTTP span's
+//! `url.path` names its root request and its place in the tree (hop + span kind). Thrift spans
+//! carry no arguments; they are tied to rids through the Thrift front's call log (see
+//! [`super::score::ThriftCall`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::receiver::Kind;
+
+/// How the services propagate trace context themselves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagate {
+    None,
+    W3c,
+    B3,
+}
+
+impl Propagate {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Propagate::None => "none",
+            Propagate::W3c => "w3c",
+            Propagate::B3 => "b3",
+        }
+    }
+}
+
+/// What identifies a span as a node of the tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Matcher {
+    /// HTTP span whose `url.path` is `/<hop>/<rid>`.
+    Http(&'static str),
+    /// Thrift span of the call the Thrift front logged for the rid.
+    Thrift,
+}
+
+/// One expected span of each root request's tree.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub label: &'static str,
+    pub kind: Kind,
+    pub matcher: Matcher,
+    /// Index of the parent node; `None` for the root (the load generator's CLIENT span).
+    pub parent: Option<usize>,
+}
+
+/// A service process of a scenario.
+pub struct Service {
+    pub name: &'static str,
+    pub command: Command,
+    /// Ports that must accept connections before the scenario starts.
+    pub ready: Vec<u16>,
+}
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// The hop the load generator calls (`/<entry_hop>/<rid>`).
+    pub entry_hop: &'static str,
+    pub propagate: Propagate,
+    pub nodes: Vec<Node>,
+}
+
+pub const ALL: &[&str] = &["sync", "async", "thrift", "chain", "w3c", "b3"];
+
+/// Hops in the order `services.py` numbers them (span id = code << 48 | rid).
+const HOPS: &[&str] = &["hub", "fizz", "buzz", "a", "b", "c", "tq"];
+const TRACE_HI: u64 = 0x00AC_C0DE_0000_0000;
+
+/// Trace id and parent span id the caller's own instrumentation put in the request to
+/// `hop` for root request `rid` (mirrors `context_headers` in `services.py`).
+pub fn header_context(propagate: Propagate, hop: &str, rid: u64) -> Option<(String, String)> {
+    let code = HOPS.iter().position(|h| *h == hop)? as u64 + 1;
+    let span = format!("{:016x}", (code << 48) | rid);
+    match propagate {
+        Propagate::None => None,
+        Propagate::W3c => Some((format!("{TRACE_HI:016x}{rid:016x}"), span)),
+        // 64-bit B3 trace ids are left-padded to 128 bits.
+        Propagate::B3 => Some((format!("{:016x}{:016x}", 0, TRACE_HI | rid), span)),
+    }
+}
+
+fn http(label: &'static str, kind: Kind, hop: &'static str, parent: Option<usize>) -> Node {
+    Node {
+        label,
+        kind,
+        matcher: Matcher::Http(hop),
+        parent,
+    }
+}
+
+/// The FizzBuzz hub tree: loadgen -> hub -> {fizz, buzz}.
+fn hub_nodes() -> Vec<Node> {
+    vec![
+        http("loadgen CLIENT /hub", Kind::Client, "hub", None),
+        http("hub SERVER /hub", Kind::Server, "hub", Some(0)),
+        http("hub CLIENT /fizz", Kind::Client, "fizz", Some(1)),
+        http("fizzer SERVER /fizz", Kind::Server, "fizz", Some(2)),
+        http("hub CLIENT /buzz", Kind::Client, "buzz", Some(1)),
+        http("buzzer SERVER /buzz", Kind::Server, "buzz", Some(4)),
+    ]
+}
+
+pub fn get(name: &str) -> Option<Scenario> {
+    let s = match name {
+        "sync" => Scenario {
+            name: "sync",
+            description: "FastAPI `def` hub (thread pool, requests) -> Flask fizzer, buzzer (waitress)",
+            entry_hop: "hub",
+            propagate: Propagate::None,
+            nodes: hub_nodes(),
+        },
+        "async" => Scenario {
+            name: "async",
+            description: "FastAPI `async def` hub, one httpx.AsyncClient, asyncio.gather(fizz, buzz)",
+            entry_hop: "hub",
+            propagate: Propagate::None,
+            nodes: hub_nodes(),
+        },
+        "thrift" => Scenario {
+            name: "thrift",
+            description: "Flask (waitress) -> thriftpy2 over a pool of 4 long-lived connections",
+            entry_hop: "tq",
+            propagate: Propagate::None,
+            nodes: vec![
+                http("loadgen CLIENT /tq", Kind::Client, "tq", None),
+                http("front SERVER /tq", Kind::Server, "tq", Some(0)),
+                Node {
+                    label: "front CLIENT work",
+                    kind: Kind::Client,
+                    matcher: Matcher::Thrift,
+                    parent: Some(1),
+                },
+                Node {
+                    label: "thrift SERVER work",
+                    kind: Kind::Server,
+                    matcher: Matcher::Thrift,
+                    parent: Some(2),
+                },
+            ],
+        },
+        "chain" => Scenario {
+            name: "chain",
+            description: "A (FastAPI def) -> B (Flask) -> C (Flask), HTTP keep-alive",
+            entry_hop: "a",
+            propagate: Propagate::None,
+            nodes: vec![
+                http("loadgen CLIENT /a", Kind::Client, "a", None),
+                http("A SERVER /a", Kind::Server, "a", Some(0)),
+                http("A CLIENT /b", Kind::Client, "b", Some(1)),
+                http("B SERVER /b", Kind::Server, "b", Some(2)),
+                http("B CLIENT /c", Kind::Client, "c", Some(3)),
+                http("C SERVER /c", Kind::Server, "c", Some(4)),
+            ],
+        },
+        "w3c" => Scenario {
+            name: "w3c",
+            description: "sync hub; every hop sends W3C traceparent with its own span id",
+            entry_hop: "hub",
+            propagate: Propagate::W3c,
+            nodes: hub_nodes(),
+        },
+        "b3" => Scenario {
+            name: "b3",
+            description: "sync hub; every hop sends X-B3-* (64-bit trace id) with its own span id",
+            entry_hop: "hub",
+            propagate: Propagate::B3,
+            nodes: hub_nodes(),
+        },
+        _ => return None,
+    };
+    Some(s)
+}
+
+/// `bench/accuracy/services.py`.
+pub fn services_script() -> PathBuf {
+    crate::workspace_root().join("bench/accuracy/services.py")
+}
+
+pub fn service_cmd(role: &str) -> Command {
+    let mut cmd = Command::new(crate::peers::python());
+    cmd.arg(services_script())
+        .arg(role)
+        .env("PYTHONUNBUFFERED", "1");
+    cmd
+}
+
+/// Ports of a scenario's services; the agent traces exactly these.
+pub struct Ports {
+    pub entry: u16,
+    pub all: Vec<u16>,
+}
+
+impl Scenario {
+    /// The service processes (and the ports to filter on); `thrift_log` is where the Thrift
+    /// front logs its calls.
+    pub fn services(&self, thrift_log: &std::path::Path) -> (Vec<Service>, Ports) {
+        let port = crate::peers::free_port;
+        let p = |cmd: &mut Command, port: u16| {
+            cmd.args(["--port", &port.to_string()]);
+        };
+        let prop = self.propagate.flag();
+        let mut out = Vec::new();
+        let leaf = |name: &'static str, port: u16| {
+            let mut cmd = service_cmd("leaf");
+            p(&mut cmd, port);
+            Service {
+                name,
+                command: cmd,
+                ready: vec![port],
+            }
+        };
+        match self.name {
+            "sync" | "async" | "w3c" | "b3" => {
+                let (hub, fizz, buzz) = (port(), port(), port());
+                out.push(leaf("fizzer", fizz));
+                out.push(leaf("buzzer", buzz));
+                let role = if self.name == "async" {
+                    "hub-async"
+                } else {
+                    "hub-sync"
+                };
+                let mut cmd = service_cmd(role);
+                p(&mut cmd, hub);
+                cmd.args([
+                    "--down",
+                    &format!("fizz={fizz}"),
+                    "--down",
+                    &format!("buzz={buzz}"),
+                ]);
+                cmd.args(["--propagate", prop]);
+                out.push(Service {
+                    name: "hub",
+                    command: cmd,
+                    ready: vec![hub],
+                });
+                (
+                    out,
+                    Ports {
+                        entry: hub,
+                        all: vec![hub, fizz, buzz],
+                    },
+                )
+            }
+            "chain" => {
+                let (a, b, c) = (port(), port(), port());
+                out.push(leaf("C", c));
+                let mut cmd = service_cmd("relay");
+                p(&mut cmd, b);
+                cmd.args(["--down", &format!("c={c}")]);
+                out.push(Service {
+                    name: "B",
+                    command: cmd,
+                    ready: vec![b],
+                });
+                let mut cmd = service_cmd("hub-sync");
+                p(&mut cmd, a);
+                cmd.args(["--down", &format!("b={b}")]);
+                out.push(Service {
+                    name: "A",
+                    command: cmd,
+                    ready: vec![a],
+                });
+                (
+                    out,
+                    Ports {
+                        entry: a,
+                        all: vec![a, b, c],
+                    },
+                )
+            }
+            "thrift" => {
+                let front = port();
+                let replicas: Vec<u16> = (0..4).map(|_| port()).collect();
+                let mut server = service_cmd("thrift-server");
+                let mut fcmd = service_cmd("thrift-front");
+                for r in &replicas {
+                    server.args(["--thrift-port", &r.to_string()]);
+                    fcmd.args(["--thrift-port", &r.to_string()]);
+                }
+                out.push(Service {
+                    name: "thrift-server",
+                    command: server,
+                    ready: replicas.clone(),
+                });
+                p(&mut fcmd, front);
+                fcmd.arg("--log").arg(thrift_log);
+                out.push(Service {
+                    name: "thrift-front",
+                    command: fcmd,
+                    ready: vec![front],
+                });
+                let mut all = vec![front];
+                all.extend(&replicas);
+                (out, Ports { entry: front, all })
+            }
+            other => panic!("no services for scenario {other}"),
+        }
+    }
+
+    /// The load generator, started before the agent (so its pid can be traced); it runs one
+    /// level per stdin line `base count concurrency`: rids `base+1 ..= base+count`.
+    pub fn loadgen(&self, entry: u16) -> Command {
+        let mut cmd = service_cmd("loadgen");
+        cmd.args([
+            "--serve",
+            "--port",
+            &entry.to_string(),
+            "--hop",
+            self.entry_hop,
+        ])
+        .args(["--propagate", self.propagate.flag()]);
+        cmd
+    }
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
