@@ -10,10 +10,13 @@
 //! - `test`: setup with test deps, mount tracefs if needed, build, then the workspace's unit and
 //!   replay tests and the end-to-end tests (`tracer-tests`, one at a time, as root, with
 //!   `TRACER_BIN` set). Ends with one summary line; exits non-zero if any step failed.
+//! - `bench [--duration S] [--quick] [--only nginx,chain,flask,capacity]`: overhead and capacity
+//!   benchmark (see `bench.rs` and `bench/overhead/README.md`).
 //!
 //! Progress lines go to stderr, so that with `run` stdout carries only what the agent prints.
 //! `.ci/run` calls `cargo xtask test`, so CI and developers run the same thing.
 
+mod bench;
 mod proc;
 mod setup;
 mod signals;
@@ -60,7 +63,8 @@ enum Cmd {
     },
     /// Set up with test deps, build, run all tests (end-to-end ones as root). CI runs this.
     Test,
-    // `bench` joins here (separate issue).
+    /// Overhead and capacity benchmark (nginx, nginx chain, Flask; agent cost). Runs as root.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Cmd::Build => build().map(|_| ExitCode::SUCCESS),
         Cmd::Run { args } => run_agent(&args),
         Cmd::Test => test(),
+        Cmd::Bench(args) => bench::bench(args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("xtask: error: {e:#}");
