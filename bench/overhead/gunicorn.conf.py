@@ -7,6 +7,8 @@ workers = 2
 worker_class = "gthread"
 threads = 4
 keepalive = 30
+# Workers get this long to finish (and to flush the OTel batch) after SIGTERM.
+graceful_timeout = 5
 backlog = 2048
 accesslog = None
 loglevel = "warning"
