@@ -39,8 +39,9 @@ const WRK_THREADS: &str = "2";
 const WRK_CONNECTIONS: &str = "32";
 /// Concurrency of the rate-limited capacity steps (hey's `-q` is per worker).
 const HEY_WORKERS: u64 = 16;
-/// The agent holds finished spans this long before export (its default `--settle-ms`).
-const AGENT_SETTLE: Duration = Duration::from_millis(1000);
+/// The agent holds finished spans 1 s before export (its default `--settle-ms`).
+/// Wait after a load before reading the agent: its settle time plus more than one stats tick.
+const DRAIN: Duration = Duration::from_millis(2500);
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -246,6 +247,8 @@ struct CostRow {
     bpf_runs_per_req: f64,
     bpf_us_per_req: f64,
     lost: u64,
+    /// Lost events/spans by counter, summed over the traced runs.
+    drops: BTreeMap<String, u64>,
     progs: Vec<(String, f64)>,
 }
 
@@ -286,7 +289,7 @@ struct Cost {
     memlock: u64,
     bpf: BTreeMap<u32, (u64, u64)>,
     names: BTreeMap<u32, String>,
-    lost: u64,
+    drops: BTreeMap<String, u64>,
 }
 
 impl Ctx {
@@ -385,7 +388,14 @@ impl Ctx {
                 }),
                 bpf_runs_per_req: m(&|c, n| bpf_sum(c).1 as f64 / n),
                 bpf_us_per_req: m(&|c, n| bpf_sum(c).0 as f64 / n / 1e3),
-                lost: costs.iter().map(|(c, _)| c.lost).sum(),
+                lost: costs.iter().flat_map(|(c, _)| c.drops.values()).sum(),
+                drops: costs.iter().flat_map(|(c, _)| &c.drops).fold(
+                    BTreeMap::new(),
+                    |mut m, (k, v)| {
+                        *m.entry(k.clone()).or_default() += v;
+                        m
+                    },
+                ),
                 progs,
             });
         }
@@ -411,7 +421,7 @@ impl Ctx {
         let mut cost = None;
         if let (Some(agent), Some(before)) = (&agent, before) {
             // Let the pipeline finish what the load produced before reading its cost.
-            std::thread::sleep(AGENT_SETTLE + Duration::from_secs(1));
+            std::thread::sleep(DRAIN);
             let after = agent.sample()?;
             cost = Some(after.cost_since(&before));
         }
@@ -506,14 +516,14 @@ impl Ctx {
             eprintln!("bench: capacity: {rate} req/s for {d} s (hey -c {HEY_WORKERS} -q {})", rate / HEY_WORKERS);
             let before = agent.metrics()?;
             let load = hey(&url, rate, d)?;
-            std::thread::sleep(AGENT_SETTLE + Duration::from_secs(1));
+            std::thread::sleep(DRAIN);
             let after = agent.metrics()?;
             self.capacity.push(cap_row(format!("hey -q, target {rate}/s"), load, &before, &after));
         }
         eprintln!("bench: capacity: saturation (wrk, keep-alive)");
         let before = agent.metrics()?;
         let load = wrk(&url, false, d)?;
-        std::thread::sleep(AGENT_SETTLE + Duration::from_secs(1));
+        std::thread::sleep(DRAIN);
         let after = agent.metrics()?;
         self.capacity.push(cap_row("wrk saturation, defaults".into(), load, &before, &after));
         drop(agent);
@@ -526,7 +536,7 @@ impl Ctx {
             let agent = Agent::start(self, extra)?;
             let before = agent.metrics()?;
             let load = wrk(&url, false, d)?;
-            std::thread::sleep(AGENT_SETTLE + Duration::from_secs(1));
+            std::thread::sleep(DRAIN);
             let after = agent.metrics()?;
             self.capacity.push(cap_row(label.into(), load, &before, &after));
         }
@@ -586,6 +596,10 @@ impl Ctx {
                     c.bpf_us_per_req,
                     c.lost
                 );
+            }
+            for c in self.costs.iter().filter(|c| c.lost > 0) {
+                let d: Vec<String> = c.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let _ = writeln!(o, "  lost in {}: {}", c.scenario, d.join(" "));
             }
             let _ = writeln!(o, "\nBPF mean ns per invocation, per program:");
             for c in &self.costs {
@@ -679,7 +693,9 @@ impl Agent {
         let health = format!("127.0.0.1:{}", free_port()?);
         let mut cmd = Command::new(&ctx.agent_bin);
         cmd.args(["--otlp-endpoint", &ctx.sink.grpc, "--otlp-protocol", "grpc"])
-            .args(["--health-addr", &health, "--stats-interval-secs", "0", "--log-level", "warn"])
+            // The agent copies its kernel-side counters (ringbuf drops among them) into /metrics only
+            // on its stats tick, so the tick is 1 s here; `warn` keeps the tick's log line quiet.
+            .args(["--health-addr", &health, "--stats-interval-secs", "1", "--log-level", "warn"])
             .args(extra);
         let log = ctx.tmp.join("agent.log");
         let group = Group::spawn("tracer agent", &mut cmd, &log)?;
@@ -755,20 +771,21 @@ impl Sample {
                 (*id, (t - t0, n - n0))
             })
             .collect();
-        let lost: f64 = self
+        // The whole life of this agent (warm-up included): any loss in the run counts.
+        let drops = self
             .metrics
             .0
             .iter()
-            .filter(|(k, _)| k.contains("_dropped_total"))
-            .map(|(_, v)| v)
-            .sum();
+            .filter(|(k, v)| k.contains("_dropped_total") && **v > 0.0)
+            .map(|(k, v)| (k.trim_start_matches("tracer_").to_owned(), *v as u64))
+            .collect();
         Cost {
             cpu_s: (self.ticks - before.ticks) as f64 / hz,
             hwm_kb: self.hwm_kb,
             memlock: self.memlock,
             bpf,
             names: prog_names(),
-            lost: lost as u64,
+            drops,
         }
     }
 }
