@@ -89,7 +89,10 @@ static STOP: AtomicBool = AtomicBool::new(false);
 pub fn bench(args: Args) -> Result<ExitCode> {
     for s in &args.only {
         if !SECTIONS.contains(&s.as_str()) {
-            bail!("bench: unknown section {s:?} in --only (known: {})", SECTIONS.join(","));
+            bail!(
+                "bench: unknown section {s:?} in --only (known: {})",
+                SECTIONS.join(",")
+            );
         }
     }
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
@@ -100,7 +103,9 @@ pub fn bench(args: Args) -> Result<ExitCode> {
         quick: args.quick,
     };
     if !proc::is_root() {
-        bail!("bench: run as root (the agent loads eBPF programs and the bench reads its /proc files)");
+        bail!(
+            "bench: run as root (the agent loads eBPF programs and the bench reads its /proc files)"
+        );
     }
 
     setup::setup(false)?;
@@ -113,7 +118,14 @@ pub fn bench(args: Args) -> Result<ExitCode> {
     let agent_bin = crate::build_agent()?;
     proc::run(
         "bench: build otlp_sink",
-        proc::cargo().args(["build", "--release", "-p", "tracer-tests", "--bin", "otlp_sink"]),
+        proc::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "tracer-tests",
+            "--bin",
+            "otlp_sink",
+        ]),
     )?;
     let sink_bin = crate::target_dir()?.join("release/otlp_sink");
 
@@ -135,7 +147,12 @@ pub fn bench(args: Args) -> Result<ExitCode> {
         "bench: {} s per run, {} repetition(s), sections: {}",
         cfg.duration,
         cfg.reps,
-        SECTIONS.iter().filter(|s| want(s)).copied().collect::<Vec<_>>().join(",")
+        SECTIONS
+            .iter()
+            .filter(|s| want(s))
+            .copied()
+            .collect::<Vec<_>>()
+            .join(",")
     );
 
     if want("nginx") {
@@ -184,7 +201,11 @@ pub fn bench(args: Args) -> Result<ExitCode> {
 }
 
 fn mode(close: bool) -> &'static str {
-    if close { "conn per request" } else { "keep-alive" }
+    if close {
+        "conn per request"
+    } else {
+        "keep-alive"
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -327,9 +348,8 @@ impl Ctx {
                 runs[i].push(r);
             }
         }
-        let med = |rs: &[RunResult], f: &dyn Fn(&RunResult) -> f64| {
-            median(rs.iter().map(f).collect())
-        };
+        let med =
+            |rs: &[RunResult], f: &dyn Fn(&RunResult) -> f64| median(rs.iter().map(f).collect());
         let base_of = |rs: &[RunResult]| {
             (
                 med(rs, &|r| r.load.rps),
@@ -360,20 +380,46 @@ impl Ctx {
                 continue;
             }
             let m = |f: &dyn Fn(&Cost, f64) -> f64| {
-                median(costs.iter().map(|(c, n)| f(c, (*n).max(1) as f64)).collect())
+                median(
+                    costs
+                        .iter()
+                        .map(|(c, n)| f(c, (*n).max(1) as f64))
+                        .collect(),
+                )
             };
-            let bpf_sum = |c: &Cost| c.bpf.values().fold((0u64, 0u64), |a, b| (a.0 + b.0, a.1 + b.1));
-            let first = costs[0].0;
-            let mut progs: Vec<(String, f64)> = first
-                .bpf
+            let bpf_sum = |c: &Cost| {
+                c.bpf
+                    .values()
+                    .fold((0u64, 0u64), |a, b| (a.0 + b.0, a.1 + b.1))
+            };
+            // Each traced run has its own agent, so its programs have new ids: match them by name.
+            let by_name = |c: &Cost| -> BTreeMap<String, (u64, u64)> {
+                let mut m = BTreeMap::new();
+                for (id, (t, n)) in &c.bpf {
+                    let name = c
+                        .names
+                        .get(id)
+                        .cloned()
+                        .unwrap_or_else(|| format!("id {id}"));
+                    let e: &mut (u64, u64) = m.entry(name).or_default();
+                    e.0 += t;
+                    e.1 += n;
+                }
+                m
+            };
+            let per_run: Vec<BTreeMap<String, (u64, u64)>> =
+                costs.iter().map(|(c, _)| by_name(c)).collect();
+            let mut progs: Vec<(String, f64)> = per_run[0]
                 .keys()
-                .map(|id| {
-                    let name = first.names.get(id).cloned().unwrap_or_else(|| format!("id {id}"));
-                    let ns = m(&|c, _| {
-                        let (t, n) = c.bpf.get(id).copied().unwrap_or((0, 0));
-                        t as f64 / n.max(1) as f64
-                    });
-                    (name, ns)
+                .map(|name| {
+                    let ns = median(
+                        per_run
+                            .iter()
+                            .filter_map(|r| r.get(name))
+                            .map(|(t, n)| *t as f64 / (*n).max(1) as f64)
+                            .collect(),
+                    );
+                    (name.clone(), ns)
                 })
                 .collect();
             progs.sort_by(|a, b| a.0.cmp(&b.0));
@@ -443,21 +489,37 @@ impl Ctx {
         let root = self.tmp.join(name).join("html");
         std::fs::create_dir_all(&root)?;
         std::fs::copy(self.assets.join("index.html"), root.join("index.html"))?;
-        self.nginx(name, "nginx-static.conf", &[
-            ("@PORT@", port.to_string()),
-            ("@ROOT@", root.display().to_string()),
-        ], port)
+        self.nginx(
+            name,
+            "nginx-static.conf",
+            &[
+                ("@PORT@", port.to_string()),
+                ("@ROOT@", root.display().to_string()),
+            ],
+            port,
+        )
     }
 
     fn nginx_proxy(&self, name: &str, upstream: u16) -> Result<(Group, String)> {
         let port = free_port()?;
-        self.nginx(name, "nginx-proxy.conf", &[
-            ("@PORT@", port.to_string()),
-            ("@UPSTREAM_PORT@", upstream.to_string()),
-        ], port)
+        self.nginx(
+            name,
+            "nginx-proxy.conf",
+            &[
+                ("@PORT@", port.to_string()),
+                ("@UPSTREAM_PORT@", upstream.to_string()),
+            ],
+            port,
+        )
     }
 
-    fn nginx(&self, name: &str, template: &str, subst: &[(&str, String)], port: u16) -> Result<(Group, String)> {
+    fn nginx(
+        &self,
+        name: &str,
+        template: &str,
+        subst: &[(&str, String)],
+        port: u16,
+    ) -> Result<(Group, String)> {
         let prefix = self.tmp.join(name);
         std::fs::create_dir_all(prefix.join("tmp"))?;
         let mut conf = std::fs::read_to_string(self.assets.join(template))
@@ -469,7 +531,11 @@ impl Ctx {
         std::fs::write(&conf_path, conf)?;
         let mut cmd = Command::new("nginx");
         cmd.arg("-p").arg(&prefix).arg("-c").arg(&conf_path);
-        let group = Group::spawn(&format!("nginx {name}"), &mut cmd, &prefix.join("stderr.log"))?;
+        let group = Group::spawn(
+            &format!("nginx {name}"),
+            &mut cmd,
+            &prefix.join("stderr.log"),
+        )?;
         let url = format!("http://127.0.0.1:{port}/");
         wait_http(&url, Duration::from_secs(10)).with_context(|| {
             format!(
@@ -482,7 +548,11 @@ impl Ctx {
 
     /// gunicorn with the plain app (untraced and agent) or the OpenTelemetry-instrumented one.
     fn gunicorn(&self, port: u16, v: Variant) -> Result<Group> {
-        let app = if v == Variant::Otel { "flask_app_otel:app" } else { "flask_app:app" };
+        let app = if v == Variant::Otel {
+            "flask_app_otel:app"
+        } else {
+            "flask_app:app"
+        };
         let mut cmd = Command::new("python3");
         cmd.args(["-m", "gunicorn", "-c", "gunicorn.conf.py", app])
             .current_dir(&self.assets)
@@ -491,7 +561,11 @@ impl Ctx {
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &self.sink.http)
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
         let group = Group::spawn("gunicorn", &mut cmd, &self.tmp.join("gunicorn.log"))?;
-        wait_http(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(30)).with_context(|| {
+        wait_http(
+            &format!("http://127.0.0.1:{port}/"),
+            Duration::from_secs(30),
+        )
+        .with_context(|| {
             format!(
                 "gunicorn did not answer: {}",
                 std::fs::read_to_string(self.tmp.join("gunicorn.log")).unwrap_or_default()
@@ -513,23 +587,42 @@ impl Ctx {
         let agent = Agent::start(self, &[])?;
         for &rate in rates {
             check_stop()?;
-            eprintln!("bench: capacity: {rate} req/s for {d} s (hey -c {HEY_WORKERS} -q {})", rate / HEY_WORKERS);
+            eprintln!(
+                "bench: capacity: {rate} req/s for {d} s (hey -c {HEY_WORKERS} -q {})",
+                rate / HEY_WORKERS
+            );
             let before = agent.metrics()?;
             let load = hey(&url, rate, d)?;
             std::thread::sleep(DRAIN);
             let after = agent.metrics()?;
-            self.capacity.push(cap_row(format!("hey -q, target {rate}/s"), load, &before, &after));
+            self.capacity.push(cap_row(
+                format!("hey -q, target {rate}/s"),
+                load,
+                &before,
+                &after,
+            ));
         }
         eprintln!("bench: capacity: saturation (wrk, keep-alive)");
         let before = agent.metrics()?;
         let load = wrk(&url, false, d)?;
         std::thread::sleep(DRAIN);
         let after = agent.metrics()?;
-        self.capacity.push(cap_row("wrk saturation, defaults".into(), load, &before, &after));
+        self.capacity.push(cap_row(
+            "wrk saturation, defaults".into(),
+            load,
+            &before,
+            &after,
+        ));
         drop(agent);
         for (label, extra) in [
-            ("wrk saturation, --ringbuf-bytes 8192", &["--ringbuf-bytes", "8192"][..]),
-            ("wrk saturation, --event-queue 16", &["--event-queue", "16"][..]),
+            (
+                "wrk saturation, --ringbuf-bytes 8192",
+                &["--ringbuf-bytes", "8192"][..],
+            ),
+            (
+                "wrk saturation, --event-queue 16",
+                &["--event-queue", "16"][..],
+            ),
         ] {
             check_stop()?;
             eprintln!("bench: capacity: {label}");
@@ -538,7 +631,8 @@ impl Ctx {
             let load = wrk(&url, false, d)?;
             std::thread::sleep(DRAIN);
             let after = agent.metrics()?;
-            self.capacity.push(cap_row(label.into(), load, &before, &after));
+            self.capacity
+                .push(cap_row(label.into(), load, &before, &after));
         }
         Ok(())
     }
@@ -556,9 +650,22 @@ impl Ctx {
             let _ = writeln!(
                 o,
                 "{:<42} {:<16} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>9} {:>6}",
-                "scenario", "variant", "req/s", "p50 ms", "p99 ms", "req/s", "p50", "p99", "spans/req", "errors"
+                "scenario",
+                "variant",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "req/s",
+                "p50",
+                "p99",
+                "spans/req",
+                "errors"
             );
-            let _ = writeln!(o, "{:<42} {:<16} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7}", "", "", "", "", "", "ratio", "ratio", "ratio");
+            let _ = writeln!(
+                o,
+                "{:<42} {:<16} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7}",
+                "", "", "", "", "", "ratio", "ratio", "ratio"
+            );
             for r in &self.rows {
                 let _ = writeln!(
                     o,
@@ -581,7 +688,14 @@ impl Ctx {
             let _ = writeln!(
                 o,
                 "{:<42} {:>12} {:>9} {:>9} {:>10} {:>9} {:>10} {:>6}",
-                "scenario", "CPU ms/1k req", "VmHWM MiB", "maps MiB", "BPF ns/run", "runs/req", "BPF us/req", "lost"
+                "scenario",
+                "CPU ms/1k req",
+                "VmHWM MiB",
+                "maps MiB",
+                "BPF ns/run",
+                "runs/req",
+                "BPF us/req",
+                "lost"
             );
             for c in &self.costs {
                 let _ = writeln!(
@@ -613,11 +727,14 @@ impl Ctx {
             }
         }
         if !self.capacity.is_empty() {
-            let _ = writeln!(o, "\nCapacity (nginx static, keep-alive; counter deltas from the agent's /metrics):");
             let _ = writeln!(
                 o,
-                "{:<40} {:>9} {:>9} {:>9} {:>11} {:>10} {:>9}  {}",
-                "load", "req/s", "p50 ms", "p99 ms", "events rcvd", "spans exp", "lost", "drops by stage"
+                "\nCapacity (nginx static, keep-alive; counter deltas from the agent's /metrics):"
+            );
+            let _ = writeln!(
+                o,
+                "{:<40} {:>9} {:>9} {:>9} {:>11} {:>10} {:>9}  drops by stage",
+                "load", "req/s", "p50 ms", "p99 ms", "events rcvd", "spans exp", "lost",
             );
             for c in &self.capacity {
                 let drops: Vec<String> = c
@@ -636,7 +753,11 @@ impl Ctx {
                     c.received,
                     c.exported,
                     c.lost(),
-                    if drops.is_empty() { "-".into() } else { drops.join(" ") }
+                    if drops.is_empty() {
+                        "-".into()
+                    } else {
+                        drops.join(" ")
+                    }
                 );
             }
             let clean = self
@@ -646,7 +767,10 @@ impl Ctx {
                 .filter(|c| c.lost() == 0.0)
                 .map(|c| c.load.rps)
                 .fold(0.0f64, f64::max);
-            let _ = writeln!(o, "highest rate sustained with zero lost events: {clean:.0} req/s");
+            let _ = writeln!(
+                o,
+                "highest rate sustained with zero lost events: {clean:.0} req/s"
+            );
         }
         for n in &self.notes {
             let _ = writeln!(o, "note: {n}");
@@ -695,7 +819,14 @@ impl Agent {
         cmd.args(["--otlp-endpoint", &ctx.sink.grpc, "--otlp-protocol", "grpc"])
             // The agent copies its kernel-side counters (ringbuf drops among them) into /metrics only
             // on its stats tick, so the tick is 1 s here; `warn` keeps the tick's log line quiet.
-            .args(["--health-addr", &health, "--stats-interval-secs", "1", "--log-level", "warn"])
+            .args([
+                "--health-addr",
+                &health,
+                "--stats-interval-secs",
+                "1",
+                "--log-level",
+                "warn",
+            ])
             .args(extra);
         let log = ctx.tmp.join("agent.log");
         let group = Group::spawn("tracer agent", &mut cmd, &log)?;
@@ -790,21 +921,30 @@ impl Sample {
     }
 }
 
+/// `(run_time_ns, run_cnt)` by BPF program id.
+type ProgStats = BTreeMap<u32, (u64, u64)>;
+
 /// Sum of `memlock` over the distinct BPF maps the process holds, and per BPF program id
 /// `(run_time_ns, run_cnt)`, from `/proc/<pid>/fdinfo`.
-fn bpf_fds(pid: u32) -> Result<(u64, BTreeMap<u32, (u64, u64)>)> {
+fn bpf_fds(pid: u32) -> Result<(u64, ProgStats)> {
     let mut maps = BTreeMap::new();
     let mut progs = BTreeMap::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
         let entry = entry?;
-        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
         let target = target.to_string_lossy();
         let is_map = target == "anon_inode:bpf-map";
         if !is_map && target != "anon_inode:bpf-prog" {
             continue;
         }
         let fd = entry.file_name();
-        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy())) else { continue };
+        let Ok(info) =
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy()))
+        else {
+            continue;
+        };
         let field = |name: &str| -> u64 {
             info.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
@@ -814,7 +954,10 @@ fn bpf_fds(pid: u32) -> Result<(u64, BTreeMap<u32, (u64, u64)>)> {
         if is_map {
             maps.insert(field("map_id"), field("memlock"));
         } else {
-            progs.insert(field("prog_id") as u32, (field("run_time_ns"), field("run_cnt")));
+            progs.insert(
+                field("prog_id") as u32,
+                (field("run_time_ns"), field("run_cnt")),
+            );
         }
     }
     Ok((maps.values().sum(), progs))
@@ -868,12 +1011,19 @@ struct Sink {
 impl Sink {
     fn start(bin: &Path) -> Result<Sink> {
         let mut cmd = Command::new(bin);
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         cmd.process_group(0);
-        let mut child = cmd.spawn().with_context(|| format!("bench: starting {}", bin.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("bench: starting {}", bin.display()))?;
         let stdin = child.stdin.take().expect("piped");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
-        let group = Group { name: "otlp_sink".into(), child };
+        let group = Group {
+            name: "otlp_sink".into(),
+            child,
+        };
         let mut first = String::new();
         stdout.read_line(&mut first)?;
         let addr = |key: &str| {
@@ -915,7 +1065,17 @@ fn bounded(program: &str, secs: u64) -> Command {
 
 fn wrk(url: &str, close: bool, secs: u64) -> Result<Load> {
     let mut cmd = bounded("wrk", secs);
-    cmd.args(["-t", WRK_THREADS, "-c", WRK_CONNECTIONS, "-d", &format!("{secs}s"), "--timeout", "5s", "--latency"]);
+    cmd.args([
+        "-t",
+        WRK_THREADS,
+        "-c",
+        WRK_CONNECTIONS,
+        "-d",
+        &format!("{secs}s"),
+        "--timeout",
+        "5s",
+        "--latency",
+    ]);
     if close {
         cmd.args(["-H", "Connection: close"]);
     }
@@ -994,7 +1154,10 @@ fn parse_hey(out: &str) -> Option<Load> {
             }
             ["Error", "distribution:"] => in_errors = true,
             [n, ..] if in_errors && n.starts_with('[') => {
-                load.errors += n.trim_matches(|c| c == '[' || c == ']').parse::<u64>().unwrap_or(0);
+                load.errors += n
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse::<u64>()
+                    .unwrap_or(0);
             }
             _ => {}
         }
@@ -1101,7 +1264,9 @@ fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
 /// Waits until `url` (`http://host:port/path`) answers 200.
 fn wait_http(url: &str, timeout: Duration) -> Result<()> {
     let rest = url.trim_start_matches("http://");
-    let (addr, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let (addr, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
     let deadline = Instant::now() + timeout;
     loop {
         check_stop()?;
@@ -1139,7 +1304,8 @@ const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl BpfStats {
     fn enable() -> Result<BpfStats> {
-        let old = std::fs::read_to_string(BPF_STATS).context("bench: reading kernel.bpf_stats_enabled")?;
+        let old = std::fs::read_to_string(BPF_STATS)
+            .context("bench: reading kernel.bpf_stats_enabled")?;
         std::fs::write(BPF_STATS, "1").context("bench: enabling kernel.bpf_stats_enabled")?;
         Ok(BpfStats(old.trim().to_owned()))
     }
@@ -1148,7 +1314,10 @@ impl BpfStats {
 impl Drop for BpfStats {
     fn drop(&mut self) {
         if let Err(e) = std::fs::write(BPF_STATS, &self.0) {
-            eprintln!("bench: could not restore kernel.bpf_stats_enabled={}: {e}", self.0);
+            eprintln!(
+                "bench: could not restore kernel.bpf_stats_enabled={}: {e}",
+                self.0
+            );
         }
     }
 }
@@ -1185,22 +1354,42 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim().to_owned()))
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, m)| m.trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next()?.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(String::new(), |kb| format!(", {:.1} GiB RAM", kb as f64 / 1048576.0));
-    format!("machine: nproc {nproc}, kernel {}, CPU {model}{mem}", kernel.trim())
+        .and_then(|m| {
+            m.lines()
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(String::new(), |kb| {
+            format!(", {:.1} GiB RAM", kb as f64 / 1048576.0)
+        });
+    format!(
+        "machine: nproc {nproc}, kernel {}, CPU {model}{mem}",
+        kernel.trim()
+    )
 }
 
 #[cfg(test)]

@@ -286,10 +286,7 @@ fn ensure_python_packages() -> Result<()> {
 /// do not, in one call. Also used by `cargo xtask bench`.
 pub(crate) fn ensure_python(wanted: &[(&'static str, &'static str)]) -> Result<()> {
     let missing_now = missing_python_modules(wanted)?;
-    for (package, _) in wanted
-        .iter()
-        .filter(|p| !missing_now.contains(p))
-    {
+    for (package, _) in wanted.iter().filter(|p| !missing_now.contains(p)) {
         ok(&format!("python: {package}"));
     }
     if missing_now.is_empty() {

@@ -114,8 +114,7 @@ fn main() {
             grpc.local_addr().unwrap(),
             http.local_addr().unwrap()
         );
-        let svc =
-            TraceServiceServer::new(Grpc(counts.clone())).max_decoding_message_size(64 << 20);
+        let svc = TraceServiceServer::new(Grpc(counts.clone())).max_decoding_message_size(64 << 20);
         tokio::spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(grpc);
             if let Err(e) = tonic::transport::Server::builder()
