@@ -12,11 +12,14 @@
 //!   `TRACER_BIN` set). Ends with one summary line; exits non-zero if any step failed.
 //! - `accuracy [-- <args>]`: setup with test deps, release build, then the trace accuracy
 //!   benchmark (`tracer-tests`' `accuracy` binary) as root; see `bench/accuracy/README.md`.
+//! - `bench [--duration S] [--quick] [--only nginx,chain,flask,capacity]`: overhead and capacity
+//!   benchmark (see `bench.rs` and `bench/overhead/README.md`).
 //!
 //! Progress lines go to stderr, so that with `run` stdout carries only what the agent prints.
 //! `.ci/run` calls `cargo xtask test`, so CI and developers run the same thing.
 
 mod accuracy;
+mod bench;
 mod proc;
 mod setup;
 mod signals;
@@ -69,7 +72,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    // `bench` joins here (separate issue).
+    /// Overhead and capacity benchmark (nginx, nginx chain, Flask; agent cost). Runs as root.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Cmd::Run { args } => run_agent(&args),
         Cmd::Test => test(),
         Cmd::Accuracy { args } => accuracy::accuracy(&args),
+        Cmd::Bench(args) => bench::bench(args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("xtask: error: {e:#}");

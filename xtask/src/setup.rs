@@ -109,7 +109,7 @@ fn check_test_tools(apt: &mut Vec<&'static str>) {
     }
 }
 
-fn check_tool(apt: &mut Vec<&'static str>, tool: &str, package: &'static str) {
+pub(crate) fn check_tool(apt: &mut Vec<&'static str>, tool: &str, package: &'static str) {
     match find_in_path(tool) {
         Some(path) => ok(&format!("{package} ({})", path.display())),
         None => {
@@ -120,7 +120,7 @@ fn check_tool(apt: &mut Vec<&'static str>, tool: &str, package: &'static str) {
 }
 
 /// One `apt-get update`, then one `apt-get install` of everything missing; nothing when empty.
-fn install_apt_packages(packages: &[&str]) -> Result<()> {
+pub(crate) fn install_apt_packages(packages: &[&str]) -> Result<()> {
     if packages.is_empty() {
         return Ok(());
     }
@@ -279,11 +279,14 @@ fn bpf_linker_version() -> Option<String> {
 // ---- Python packages for the test peers ----
 
 fn ensure_python_packages() -> Result<()> {
-    let missing_now = missing_python_modules()?;
-    for (package, _) in PYTHON_TEST_PACKAGES
-        .iter()
-        .filter(|p| !missing_now.contains(p))
-    {
+    ensure_python(PYTHON_TEST_PACKAGES)
+}
+
+/// Checks that each `(pip package, module)` imports in `python3`; pip-installs the ones that
+/// do not, in one call. Also used by `cargo xtask bench`.
+pub(crate) fn ensure_python(wanted: &[(&'static str, &'static str)]) -> Result<()> {
+    let missing_now = missing_python_modules(wanted)?;
+    for (package, _) in wanted.iter().filter(|p| !missing_now.contains(p)) {
         ok(&format!("python: {package}"));
     }
     if missing_now.is_empty() {
@@ -294,7 +297,7 @@ fn ensure_python_packages() -> Result<()> {
     }
     let packages: Vec<&str> = missing_now.iter().map(|(p, _)| *p).collect();
     pip_install(&packages)?;
-    let still = missing_python_modules()?;
+    let still = missing_python_modules(wanted)?;
     if !still.is_empty() {
         let names: Vec<&str> = still.iter().map(|(p, _)| *p).collect();
         bail!(
@@ -306,7 +309,9 @@ fn ensure_python_packages() -> Result<()> {
 }
 
 /// Tries to import each module in one `python3` process; returns the entries that failed.
-fn missing_python_modules() -> Result<Vec<(&'static str, &'static str)>> {
+fn missing_python_modules(
+    wanted: &[(&'static str, &'static str)],
+) -> Result<Vec<(&'static str, &'static str)>> {
     const SCRIPT: &str = "import importlib, sys\n\
         for m in sys.argv[1:]:\n\
         \x20   try:\n\
@@ -316,7 +321,7 @@ fn missing_python_modules() -> Result<Vec<(&'static str, &'static str)>> {
     let out = Command::new("python3")
         .arg("-c")
         .arg(SCRIPT)
-        .args(PYTHON_TEST_PACKAGES.iter().map(|(_, module)| module))
+        .args(wanted.iter().map(|(_, module)| module))
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
@@ -326,7 +331,7 @@ fn missing_python_modules() -> Result<Vec<(&'static str, &'static str)>> {
     }
     let failed = String::from_utf8_lossy(&out.stdout);
     let failed: Vec<&str> = failed.lines().map(str::trim).collect();
-    Ok(PYTHON_TEST_PACKAGES
+    Ok(wanted
         .iter()
         .copied()
         .filter(|(_, m)| failed.contains(m))
