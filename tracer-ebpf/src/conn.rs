@@ -12,7 +12,9 @@ use aya_ebpf::{
 };
 use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventHeader, SockAddrs, conn_op, counter, kind};
 
-use crate::maps::{AGENT_PORTS, AGENT_TGID, CONNS, EVENTS, INFLIGHT, Inflight, bump, is_traced};
+use crate::maps::{
+    AGENT_PORTS, AGENT_TGID, CONNS, EVENTS, FILTER_PORTS, INFLIGHT, Inflight, bump, is_traced, port_allowed,
+};
 
 const EINPROGRESS: i64 = 115;
 const TCP_SYN_SENT: i32 = 2;
@@ -109,11 +111,13 @@ fn finish(ctx: &TracePointContext, expect: u8) -> u32 {
     let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(-1) };
     match expect {
         CONNECT if ret == 0 || ret == -EINPROGRESS => {
-            if let Some(addrs) = read_sockaddr(inflight.ptr) {
+            if let Some(addrs) = read_sockaddr(inflight.ptr).filter(|a| port_allowed(0, a.remote_port)) {
                 emit_conn(id, inflight.fd, 0, conn_op::CONNECT, addrs);
             }
         }
-        ACCEPT if ret >= 0 => {
+        // With a port filter, accepts are not reported: only the peer's (ephemeral) port is at
+        // hand here, and the connection's first I/O reports it with both ends anyway.
+        ACCEPT if ret >= 0 && FILTER_PORTS.load() == 0 => {
             let fd = ret as i32;
             if let Some(addrs) = read_sockaddr(inflight.ptr) {
                 emit_conn(id, fd, 0, conn_op::ACCEPT, addrs);
@@ -181,6 +185,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = CONNS.remove(&sk);
+    if state.ignore != 0 {
+        return 0;
+    }
     emit_conn(((state.pid as u64) << 32) | state.pid as u64, state.fd, state.conn_id, conn_op::CLOSE, state.addrs);
     0
 }
