@@ -276,4 +276,3 @@ fn count_stats(metrics: &Metrics, protocol: Protocol, now: ParseStats, reported:
     add(errors, new_errors);
 }
 
-/// The names a process answers to for `--process`: its `comm` and its executable's name.

@@ -201,8 +201,11 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
         let path = e.path().to_string();
         let message = one_line(e.inner().message());
         let at = line(e.inner().span());
-        // For an unknown key the path is its table; name the key itself.
+        // For an unknown key the path may end at its table or at the key itself.
         match message.strip_prefix("unknown field `").and_then(|m| m.split_once('`')) {
+            Some((_, _)) if path != "." && !path.is_empty() && path.rsplit('.').next() == message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) => {
+                format!("{at}unknown key `{path}` (see deploy/CONFIGURATION.md)")
+            }
             Some((field, _)) if path == "." || path.is_empty() => format!("{at}unknown key `{field}` (see deploy/CONFIGURATION.md)"),
             Some((field, _)) => format!("{at}unknown key `{path}.{field}` (see deploy/CONFIGURATION.md)"),
             None => format!("{at}key `{path}`: {message}"),
