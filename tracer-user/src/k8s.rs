@@ -156,6 +156,9 @@ impl Kubernetes {
         let namespace = api.as_ref().map(|p| p.namespace.clone()).filter(|n| !n.is_empty()).or_else(|| {
             env_var("POD_NAMESPACE")
                 .map(str::to_owned)
+                // `/var/run` is often an absolute symlink to `/run`, which would resolve in the
+                // agent's root, not the container's: read both spellings.
+                .or_else(|| read_small(&root.join("run/secrets/kubernetes.io/serviceaccount/namespace")))
                 .or_else(|| read_small(&root.join("var/run/secrets/kubernetes.io/serviceaccount/namespace")))
         });
         let mut attributes = vec![Attribute::str("k8s.pod.uid", uid)];
