@@ -30,10 +30,11 @@ const UNIT_CAPABILITIES: [&str; 4] = [
 ];
 const HEALTH_PORT: u64 = 9464;
 /// The Kubernetes manifests, as kustomization.yaml lists them.
-const MANIFESTS: [&str; 4] = [
+const MANIFESTS: [&str; 5] = [
     "namespace.yaml",
     "serviceaccount.yaml",
     "rbac.yaml",
+    "configmap.yaml",
     "daemonset.yaml",
 ];
 

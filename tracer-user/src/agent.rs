@@ -3,7 +3,6 @@
 //! self-telemetry, and an orderly stop on SIGINT/SIGTERM (detach, flush, exit 0).
 
 use std::{
-    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -31,8 +30,13 @@ use crate::{
     metrics::Metrics,
     process::{self, ProcessCache},
     protocol::ParserOptions,
+    k8s::{self, Kubernetes},
+    metrics::inc,
+    preflight,
     reader,
-    span::ProcessResource,
+    sampling::Sampler,
+    selection::Selection,
+    span::{ProcessResource, SpanRecord},
 };
 
 impl ResourceSource for ProcessCache {
@@ -55,6 +59,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let bound = health::spawn(addr, metrics.clone(), ready.clone()).await?;
         info!("health and metrics endpoint on http://{bound}");
         own_listen_ports.push(bound.port());
+    }
+    // Start-up checks: one line each; fatal only when nothing could work.
+    let checks = preflight::run();
+    checks.log();
+    if let Some(fatal) = checks.fatal() {
+        anyhow::bail!("{fatal}");
+    }
+    let kubernetes = Kubernetes::from_environment();
+    if let Some(node) = kubernetes.node_name() {
+        info!("kubernetes: node {node}{}", if k8s::api_enabled() { ", pod metadata from the API" } else { "" });
     }
     let sock_offsets = match btf::sock_offsets() {
         Ok(offsets) => offsets,
@@ -79,11 +93,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let reader = tokio::spawn(reader::run(ring, tx, metrics.clone()));
 
     let mut table = ConnTable::new(
-        Filter {
-            ports: config.ports.iter().copied().collect::<HashSet<_>>(),
-            process_names: config.processes.iter().cloned().collect(),
-        },
-        ParserOptions { record_query: config.record_query },
+        Filter { selection: Selection::from_config(&config) },
+        ParserOptions::with_headers(config.record_query, &config.record_headers),
         config.max_connections,
         config.connection_idle_secs.saturating_mul(1_000_000_000),
         metrics.clone(),
@@ -97,7 +108,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         metrics.clone(),
     );
-    let mut processes = ProcessCache::new(process::host_name(), 4096);
+    let mut processes = ProcessCache::new(process::host_name(), 4096).with_kubernetes(kubernetes.clone());
+    let sampler = Sampler::new(config.sample_ratio);
+    // Head sampling at the export boundary: every span of a trace gets the same decision.
+    let submit = |span: SpanRecord| {
+        if sampler.keep(&span) {
+            exporter.submit(span);
+        } else {
+            inc(&metrics.spans_sampled_out);
+        }
+    };
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -130,7 +150,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     assembler.on_output(output, &mut processes);
                 }
                 for span in assembler.tick(now) {
-                    exporter.submit(span);
+                    submit(span);
                 }
             }
             _ = stats.tick(), if config.stats_interval_secs > 0 => log_stats(&probes, &metrics, &table, &assembler),
@@ -152,7 +172,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         assembler.on_output(output, &mut processes);
     }
     for span in assembler.flush(monotonic_ns()) {
-        exporter.submit(span);
+        submit(span);
     }
     exporter.shutdown(FLUSH_DEADLINE).await;
     log_totals(&metrics);

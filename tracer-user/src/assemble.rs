@@ -449,7 +449,7 @@ impl Assembler {
         let Some(span) = self.spans.get(&handle) else { return (random_trace_id(), None, 1, None) };
         match &span.parent {
             Parent::Root => (span.own_trace_id, None, 1, None),
-            Parent::Remote(ctx) => (ctx.trace_id, Some(ctx.span_id), ctx.flags, ctx.tracestate.clone()),
+            Parent::Remote(ctx) => (ctx.trace_id, Some(ctx.span_id), ctx.flags, Some(ctx.tracestate.clone().unwrap_or_default())),
             Parent::Local(parent) => {
                 let (trace, flags, state) = self.trace_of(*parent, 0);
                 let parent_span = self.spans.get(parent).map(|p| p.span_id).or_else(|| self.exported.get(parent).map(|e| e.span_id));
@@ -468,7 +468,7 @@ impl Assembler {
         let Some(span) = self.spans.get(&handle) else { return (random_trace_id(), 1, None) };
         match &span.parent {
             Parent::Local(parent) if depth < MAX_DEPTH => self.trace_of(*parent, depth + 1),
-            Parent::Remote(ctx) => (ctx.trace_id, ctx.flags, ctx.tracestate.clone()),
+            Parent::Remote(ctx) => (ctx.trace_id, ctx.flags, Some(ctx.tracestate.clone().unwrap_or_default())),
             _ => (span.own_trace_id, 1, None),
         }
     }

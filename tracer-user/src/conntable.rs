@@ -5,7 +5,7 @@
 //! closes) for span assembly. Idle connections are evicted; the table is bounded.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::Arc,
 };
 
@@ -13,13 +13,14 @@ use crate::{
     event::{ConnOp, ConnRecord, DataRecord, Endpoints, Event},
     metrics::{Metrics, add, inc},
     protocol::{self, Chunk, Direction, Message, ParseStats, ParserOptions, Protocol, StreamParser, Timing},
+    selection::Selection,
 };
 
-/// Which traffic the user asked for (empty sets mean "all").
-#[derive(Clone, Debug, Default)]
+/// Which traffic the user asked for: include/exclude rules by port and by process (see
+/// [`Selection`]; no rules means everything).
+#[derive(Debug, Default)]
 pub struct Filter {
-    pub ports: HashSet<u16>,
-    pub process_names: HashSet<String>,
+    pub selection: Selection,
 }
 
 /// Identity of a connection as span assembly sees it.
@@ -112,7 +113,7 @@ impl Connection {
 pub struct ConnTable {
     conns: HashMap<u64, Connection>,
     filter: Filter,
-    /// Process-name filter decisions per pid.
+    /// Process selection decisions per pid.
     name_allowed: HashMap<u32, bool>,
     options: ParserOptions,
     max_connections: usize,
@@ -158,20 +159,17 @@ impl ConnTable {
     }
 
     fn allowed(&mut self, pid: u32, endpoints: &Endpoints) -> bool {
-        if !self.filter.ports.is_empty()
-            && !self.filter.ports.contains(&endpoints.local.port())
-            && !self.filter.ports.contains(&endpoints.remote.port())
-        {
+        let selection = &mut self.filter.selection;
+        if !selection.ports_allowed(endpoints.local.port(), endpoints.remote.port()) {
             return false;
         }
-        if self.filter.process_names.is_empty() {
+        if !selection.has_process_rules() {
             return true;
         }
         if self.name_allowed.len() > 65536 {
             self.name_allowed.clear();
         }
-        let names = &self.filter.process_names;
-        *self.name_allowed.entry(pid).or_insert_with(|| process_names(pid).iter().any(|n| names.contains(n)))
+        *self.name_allowed.entry(pid).or_insert_with(|| selection.process_allowed(pid))
     }
 
     fn on_data(&mut self, rec: &DataRecord, out: &mut Vec<ConnOutput>) {
@@ -330,20 +328,6 @@ fn count_stats(metrics: &Metrics, protocol: Protocol, now: ParseStats, reported:
     };
     add(msgs, messages as u64);
     add(errors, new_errors);
-}
-
-/// The names a process answers to for `--process`: its `comm` and its executable's name.
-fn process_names(pid: u32) -> Vec<String> {
-    let mut names = Vec::new();
-    if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-        names.push(comm.trim_end().to_string());
-    }
-    if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
-        if let Some(name) = exe.file_name() {
-            names.push(name.to_string_lossy().into_owned());
-        }
-    }
-    names
 }
 
 #[cfg(test)]

@@ -14,3 +14,7 @@ pub mod loader;
 pub mod reader;
 pub mod agent;
 pub mod config;
+pub mod sampling;
+pub mod selection;
+pub mod k8s;
+pub mod preflight;

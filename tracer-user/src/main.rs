@@ -2,19 +2,25 @@
 //! trees when no OTLP endpoint is set) and runs the agent. Start-up failures print one line
 //! and exit non-zero.
 
-use clap::Parser;
-use tracer::{agent, config::Config};
+use tracer::{
+    agent,
+    config::{Config, LoadError},
+};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    let config = match Config::try_parse() {
+    let config = match Config::load() {
         Ok(config) => config,
-        Err(e) if !e.use_stderr() => {
+        Err(LoadError::File(line)) => {
+            eprintln!("tracer: {line}");
+            return std::process::ExitCode::from(2);
+        }
+        Err(LoadError::Clap(e)) if !e.use_stderr() => {
             // --help / --version
             let _ = e.print();
             return std::process::ExitCode::SUCCESS;
         }
-        Err(e) => {
+        Err(LoadError::Clap(e)) => {
             // One clear line, not clap's multi-line usage block.
             let text = e.to_string();
             let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");

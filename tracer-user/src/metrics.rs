@@ -46,6 +46,7 @@ counters! {
     spans_created => ("spans_created_total", "assembly"),
     spans_unpaired => ("requests_unanswered_total", "assembly"),
     spans_dropped_pending => ("spans_dropped_total", "assembly"),
+    spans_sampled_out => ("spans_sampled_out_total", "sampling"),
     spans_exported => ("spans_exported_total", "exporter"),
     spans_dropped_queue => ("spans_dropped_total", "export_queue"),
     spans_dropped_export => ("spans_dropped_total", "exporter"),

@@ -13,6 +13,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
+use crate::k8s::Kubernetes;
 use crate::span::{Attribute, ProcessResource};
 
 /// `process.command_line` is cut at this many bytes.
@@ -92,6 +93,7 @@ impl Interpreter {
 /// The resource of each pid, cached.
 pub struct ProcessCache {
     host_name: String,
+    kubernetes: Arc<Kubernetes>,
     capacity: usize,
     proc_root: PathBuf,
     entries: HashMap<u32, Entry>,
@@ -118,12 +120,20 @@ impl ProcessCache {
     pub fn with_proc_root(host_name: String, capacity: usize, proc_root: PathBuf) -> Self {
         Self {
             host_name,
+            kubernetes: Arc::new(Kubernetes::default()),
             capacity: capacity.max(1),
             proc_root,
             entries: HashMap::new(),
             by_use: BTreeMap::new(),
             tick: 0,
         }
+    }
+
+    /// Adds Kubernetes identity (`k8s.*` attributes, pod-derived `service.name`) to the
+    /// resources of processes in pod cgroups.
+    pub fn with_kubernetes(mut self, kubernetes: Arc<Kubernetes>) -> Self {
+        self.kubernetes = kubernetes;
+        self
     }
 
     /// The resource of `pid`. Each call reads `/proc/<pid>/stat` to check that the pid still
@@ -142,7 +152,7 @@ impl ProcessCache {
             self.by_use.insert(self.tick, pid);
             return entry.resource.clone();
         }
-        let built = identity.and_then(|id| Some((id, read_resource(&dir, pid, &self.host_name)?)));
+        let built = identity.and_then(|id| Some((id, read_resource(&dir, pid, &self.host_name, &self.kubernetes)?)));
         let Some((identity, resource)) = built else {
             return Arc::new(minimal_resource(pid, &self.host_name));
         };
@@ -200,7 +210,7 @@ fn minimal_resource(pid: u32, host_name: &str) -> ProcessResource {
 }
 
 /// Reads the resource from `/proc/<pid>`; `None` if the process is gone.
-fn read_resource(dir: &Path, pid: u32, host_name: &str) -> Option<ProcessResource> {
+fn read_resource(dir: &Path, pid: u32, host_name: &str, kubernetes: &Kubernetes) -> Option<ProcessResource> {
     // `comm` is readable for as long as the pid exists, zombies included.
     let comm = read_capped(&dir.join("comm")).ok()?;
     let comm = String::from_utf8_lossy(&comm)
@@ -232,6 +242,8 @@ fn read_resource(dir: &Path, pid: u32, host_name: &str) -> Option<ProcessResourc
         .map(parse_resource_attributes)
         .unwrap_or_default();
 
+    let cgroup = read_capped(&dir.join("cgroup")).map(|c| String::from_utf8_lossy(&c).into_owned()).unwrap_or_default();
+    let pod = kubernetes.identify(dir, &cgroup, &env);
     let service_name = env_var("OTEL_SERVICE_NAME")
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
@@ -242,6 +254,7 @@ fn read_resource(dir: &Path, pid: u32, host_name: &str) -> Option<ProcessResourc
                 .map(|(_, v)| v.clone())
         })
         .filter(|s| !s.is_empty())
+        .or(pod.service_name)
         .unwrap_or_else(|| service_from_command(&args, &exe_name));
 
     let mut attributes = vec![
@@ -255,12 +268,10 @@ fn read_resource(dir: &Path, pid: u32, host_name: &str) -> Option<ProcessResourc
         attributes.push(Attribute::str("process.command_line", command_line(&args)));
     }
     attributes.push(Attribute::str("host.name", host_name));
-    if let Some(id) = read_capped(&dir.join("cgroup"))
-        .ok()
-        .and_then(|c| container_id(&String::from_utf8_lossy(&c)))
-    {
+    if let Some(id) = container_id(&cgroup) {
         attributes.push(Attribute::str("container.id", id));
     }
+    attributes.extend(pod.attributes);
     // What the process says about itself wins over what was detected.
     for (key, value) in user_attrs {
         if key == "service.name" {
@@ -452,7 +463,7 @@ fn percent_decode(s: &str) -> String {
 /// in the first cgroup path that has one. Covers docker (`/docker/<id>`,
 /// `docker-<id>.scope`), containerd (`cri-containerd-<id>.scope`), cri-o (`crio-<id>`),
 /// podman (`libpod-<id>.scope`) and kubepods hierarchies.
-fn container_id(cgroup: &str) -> Option<String> {
+pub fn container_id(cgroup: &str) -> Option<String> {
     cgroup.lines().find_map(|line| {
         // `hierarchy-id:controllers:path`; the path may itself contain ':'.
         let path = line.splitn(3, ':').nth(2)?;

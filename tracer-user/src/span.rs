@@ -77,7 +77,9 @@ pub struct SpanRecord {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
-    /// W3C `tracestate` carried over from propagated context, if any.
+    /// W3C `tracestate` carried over from propagated context: `Some` (possibly empty) exactly
+    /// when the trace's context was propagated, `None` for a trace the agent started (head
+    /// sampling tells the two apart by this; an empty string is no `tracestate` on the wire).
     pub tracestate: Option<String>,
     /// W3C trace flags (bit 0: sampled).
     pub flags: u8,

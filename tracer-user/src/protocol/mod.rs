@@ -119,10 +119,25 @@ pub trait StreamParser: Send {
 }
 
 /// Options that change what parsers record.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ParserOptions {
     /// Record `url.query` (off by default: queries often carry secrets).
     pub record_query: bool,
+    /// Request headers recorded as `http.request.header.<name>`: lower-case name and the
+    /// attribute key (default none; the configuration refuses trace-context and credential
+    /// headers).
+    pub record_headers: Vec<(String, &'static str)>,
+}
+
+impl ParserOptions {
+    /// `record_headers` from lower-case header names (keys are leaked once, at start-up).
+    pub fn with_headers(record_query: bool, names: &[String]) -> Self {
+        let record_headers = names
+            .iter()
+            .map(|n| (n.clone(), &*Box::leak(format!("http.request.header.{n}").into_boxed_str())))
+            .collect();
+        Self { record_query, record_headers }
+    }
 }
 
 /// Guesses the protocol from the first captured bytes of a connection (either direction).

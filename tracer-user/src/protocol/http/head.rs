@@ -148,6 +148,8 @@ pub(super) struct RequestHead {
     pub host: Option<String>,
     pub user_agent: Option<String>,
     pub context: Option<TraceContext>,
+    /// Headers the user asked to record: attribute key and value (first occurrence).
+    pub recorded: Vec<(&'static str, String)>,
     framing: FramingHeaders,
 }
 
@@ -195,7 +197,7 @@ pub(super) enum Parsed<T> {
     Partial,
 }
 
-pub(super) fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, HeadError> {
+pub(super) fn parse_request(buf: &[u8], record: &[(String, &'static str)]) -> Result<Parsed<RequestHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let len = match request.parse(buf).map_err(HeadError::Syntax)? {
@@ -221,6 +223,7 @@ pub(super) fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, HeadError
         host: header("host").filter(|h| !h.is_empty()),
         user_agent: header("user-agent").filter(|ua| !ua.is_empty()),
         context: context::from_headers(request.headers.iter().map(|h| (h.name, h.value))),
+        recorded: record.iter().filter_map(|(name, key)| Some((*key, header(name)?))).collect(),
         framing: FramingHeaders::from_headers(request.headers),
     };
     Ok(Parsed::Complete(head, len))
@@ -249,7 +252,7 @@ pub(super) fn parse_response(buf: &[u8]) -> Result<Parsed<ResponseHead>, HeadErr
 /// dropped), or the first line alone when the captured headers do not parse.
 pub(super) fn parse_cut<T>(
     buf: &[u8],
-    parse: fn(&[u8]) -> Result<Parsed<T>, HeadError>,
+    parse: impl Fn(&[u8]) -> Result<Parsed<T>, HeadError>,
 ) -> Option<T> {
     let complete = |lines: &[u8]| match parse(&[lines, b"\r\n"].concat()) {
         Ok(Parsed::Complete(head, _)) => Some(head),
@@ -285,9 +288,19 @@ mod tests {
     }
 
     #[test]
+    fn chosen_request_headers_are_recorded() {
+        let buf = b"GET / HTTP/1.1\r\nX-Request-Id:  abc \r\nTraceparent: 00-x\r\n\r\n";
+        let record = [("x-request-id".to_owned(), "http.request.header.x-request-id"), ("x-absent".to_owned(), "k")];
+        let Ok(Parsed::Complete(head, _)) = parse_request(buf, &record) else { panic!("complete") };
+        assert_eq!(head.recorded, vec![("http.request.header.x-request-id", "abc".to_owned())]);
+        let Ok(Parsed::Complete(head, _)) = parse_request(buf, &[]) else { panic!("complete") };
+        assert!(head.recorded.is_empty());
+    }
+
+    #[test]
     fn request_head() {
         let buf = b"POST /x HTTP/1.0\r\nHost: h\r\nContent-Length: 3, 3\r\n\r\nabc";
-        let Ok(Parsed::Complete(head, len)) = parse_request(buf) else {
+        let Ok(Parsed::Complete(head, len)) = parse_request(buf, &[]) else {
             panic!("complete")
         };
         assert_eq!(len, buf.len() - 3);
@@ -301,7 +314,7 @@ mod tests {
 
     #[test]
     fn framing_rules() {
-        let req = |h: &str| match parse_request(format!("GET / HTTP/1.1\r\n{h}\r\n").as_bytes()) {
+        let req = |h: &str| match parse_request(format!("GET / HTTP/1.1\r\n{h}\r\n").as_bytes(), &[]) {
             Ok(Parsed::Complete(head, _)) => head.framing(),
             other => panic!("{other:?}"),
         };
@@ -346,20 +359,20 @@ mod tests {
 
     #[test]
     fn cut_heads_keep_complete_lines() {
-        let head = parse_cut(b"GET /a?b HTTP/1.1\r\nHost: h:81\r\nUser-Ag", parse_request)
+        let head = parse_cut(b"GET /a?b HTTP/1.1\r\nHost: h:81\r\nUser-Ag", |b| parse_request(b, &[]))
             .expect("line captured");
         assert_eq!(
             (head.target.as_str(), head.host.as_deref(), head.user_agent),
             ("/a?b", Some("h:81"), None)
         );
         let bad_header =
-            parse_cut(b"GET /a HTTP/1.1\r\n\x01bad\r\nX", parse_request).expect("first line");
+            parse_cut(b"GET /a HTTP/1.1\r\n\x01bad\r\nX", |b| parse_request(b, &[])).expect("first line");
         assert_eq!(bad_header.target, "/a");
         assert_eq!(
             parse_cut(b"HTTP/1.1 503 Unavail\r\nServer: x", parse_response).map(|r| r.status),
             Some(503)
         );
-        assert_eq!(parse_cut(b"GET /very/long/pa", parse_request), None);
+        assert_eq!(parse_cut(b"GET /very/long/pa", |b| parse_request(b, &[])), None);
     }
 
     #[test]

@@ -134,7 +134,7 @@ impl State {
 impl HttpParser {
     pub fn new(options: &ParserOptions) -> Self {
         HttpParser {
-            options: *options,
+            options: options.clone(),
             egress: State::Seek(Place::Lost),
             ingress: State::Seek(Place::Lost),
             request_dir: None,
@@ -248,7 +248,7 @@ impl HttpParser {
             return (self.incomplete(head), take);
         }
         let parsed = match role {
-            Role::Request => head::parse_request(&head.buf)
+            Role::Request => head::parse_request(&head.buf, &self.options.record_headers)
                 .map(|p| self.on_request(dir, p, head.first, timing, out)),
             Role::Response => head::parse_response(&head.buf)
                 .map(|p| self.on_response(dir, p, head.first, timing, out)),
@@ -460,7 +460,7 @@ impl HttpParser {
         };
         self.set_role(dir, role);
         match role {
-            Role::Request => match head::parse_cut(&head.buf, head::parse_request) {
+            Role::Request => match head::parse_cut(&head.buf, |b| head::parse_request(b, &self.options.record_headers)) {
                 Some(parsed) => {
                     Open::Request(self.open_request(&parsed, head.first, timing)).emit(out)
                 }
@@ -504,6 +504,9 @@ fn request_attributes(head: &RequestHead, options: &ParserOptions) -> (String, V
     ));
     if let Some(user_agent) = &head.user_agent {
         attributes.push(Attribute::str("user_agent.original", user_agent.as_str()));
+    }
+    for (key, value) in &head.recorded {
+        attributes.push(Attribute::str(key, value.as_str()));
     }
     if let Some((address, port)) = head.host.as_deref().and_then(url::split_host) {
         attributes.push(Attribute::str("server.address", address));

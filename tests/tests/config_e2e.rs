@@ -1,0 +1,286 @@
+//! End-to-end tests of configuration, process selection, sampling, container/Kubernetes
+//! identity and the health endpoint: real servers and curl traced by the real agent, spans
+//! checked at a real OTLP receiver. Requires root, BPF, cgroup v2 (`/sys/fs/cgroup` or
+//! `/sys/fs/cgroup/unified`), `unshare` and `mount`; a missing one fails the test.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tracer_tests::agent::{Agent, AgentArgs};
+use tracer_tests::peers::{self, Peer};
+use tracer_tests::receiver::{ReceivedSpan, Receiver, dump};
+use tracer_tests::{QUIET, SPAN_TIMEOUT, fresh_ids, require_root, scratch_dir};
+
+fn curl(url: &str, headers: &[String]) {
+    let mut c = Command::new("curl");
+    // No -f: paths that do not exist (404) are fine, only the spans matter.
+    c.args(["-sS", "-o", "/dev/null"]);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    c.arg(url);
+    peers::run_client(c);
+}
+
+fn http_server(port: u16, env: &[(&str, &str)]) -> Peer {
+    let dir = scratch_dir(&format!("srv-{port}"));
+    std::fs::write(dir.join("x.txt"), "x\n").unwrap();
+    let mut cmd = Command::new(peers::python());
+    cmd.args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"]).arg(&dir);
+    cmd.env_remove("OTEL_SERVICE_NAME").env_remove("OTEL_RESOURCE_ATTRIBUTES");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Peer::server("http.server", cmd, ([127, 0, 0, 1], port).into())
+}
+
+fn server_spans_on(receiver: &Receiver, port: u16) -> Vec<ReceivedSpan> {
+    receiver.spans().into_iter().filter(|s| s.is_server() && s.attr_int("server.port") == Some(port as i64)).collect()
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES` of the traced process lands on its resource, decoded.
+#[test]
+fn otel_resource_attributes_reach_the_resource() {
+    require_root();
+    let receiver = Receiver::start();
+    let port = peers::free_port();
+    let _server = http_server(port, &[("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e%20env,service.version=1.2.3")]);
+    let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[port]));
+    curl(&format!("http://127.0.0.1:{port}/x.txt"), &[]);
+    let srv = receiver.wait_for("SERVER /x.txt", 1, SPAN_TIMEOUT, |s| s.is_server() && s.url_path() == Some("/x.txt")).remove(0);
+    assert_eq!(srv.resource.get("deployment.environment").and_then(|v| v.as_str()), Some("e2e env"), "{:?}", srv.resource);
+    assert_eq!(srv.resource.get("service.version").and_then(|v| v.as_str()), Some("1.2.3"), "{:?}", srv.resource);
+    assert_eq!(srv.service_name(), Some("http.server"), "no service.name given: from the command line");
+    agent.stop();
+}
+
+/// A cgroup (v2) made for the test, removed on drop (after its processes are gone).
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn create(relative: &str) -> TestCgroup {
+        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.join("cgroup.procs").is_file() && p.join("cgroup.controllers").exists())
+            .expect("no cgroup v2 hierarchy at /sys/fs/cgroup/unified or /sys/fs/cgroup: the test needs one");
+        let path = root.join(relative.trim_start_matches('/'));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create cgroup {}: {e}", path.display()));
+        TestCgroup(path)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Innermost first; the kubepods.slice parents may be shared with nothing else.
+        let mut dir = Some(self.0.as_path());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(d) = dir {
+            if !d.to_string_lossy().contains("tracer-e2e") {
+                break;
+            }
+            while std::fs::remove_dir(d).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            dir = d.parent();
+        }
+    }
+}
+
+/// A server in a pod-like cgroup and its own mount namespace (where the service account's
+/// namespace file and `/etc/hostname` are the pod's): `container.id`, `k8s.pod.uid` from the
+/// cgroup path, `k8s.pod.name` and `k8s.namespace.name` from files in the container seen
+/// through `/proc/<pid>/root`, `k8s.node.name` from the agent's `NODE_NAME`.
+#[test]
+fn container_and_pod_identity_from_cgroup_and_container_files() {
+    require_root();
+    let uid = "1d2c3b4a-5e6f-4a0b-8c9d-0e1f2a3b4c5d";
+    let container = "c0ffee".repeat(10) + "beef";
+    let rel = format!(
+        "tracer-e2e.slice/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{container}.scope",
+        uid.replace('-', "_")
+    );
+    let cgroup = TestCgroup::create(&rel);
+    let procs = cgroup.0.join("cgroup.procs");
+    let scratch = scratch_dir("pod");
+    std::fs::write(scratch.join("hostname"), "checkout-6b8f9d7c5-abcde\n").unwrap();
+    std::fs::write(scratch.join("x.txt"), "x\n").unwrap();
+    let port = peers::free_port();
+    let script = format!(
+        "set -e; mount -t tmpfs tracer-e2e /run; mkdir -p /run/secrets/kubernetes.io/serviceaccount; \
+         echo shop-e2e > /run/secrets/kubernetes.io/serviceaccount/namespace; \
+         mount --bind {host} /etc/hostname; exec {py} -m http.server {port} --bind 127.0.0.1 --directory {dir}",
+        host = scratch.join("hostname").display(),
+        py = peers::python().display(),
+        dir = scratch.display(),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+    cmd.env_remove("HOSTNAME").env_remove("OTEL_SERVICE_NAME").env_remove("OTEL_RESOURCE_ATTRIBUTES");
+    let procs_c = procs.clone();
+    // SAFETY: only open/write/close between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            std::fs::write(&procs_c, b"0")?;
+            Ok(())
+        });
+    }
+    let server = Peer::server("pod http.server", cmd, ([127, 0, 0, 1], port).into());
+    let in_cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", server.pid())).unwrap();
+    assert!(in_cgroup.contains(&container), "server not in the test cgroup: {in_cgroup}");
+
+    let receiver = Receiver::start();
+    let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[port]).env("NODE_NAME", "e2e-node"));
+    curl(&format!("http://127.0.0.1:{port}/x.txt"), &[]);
+    let srv = receiver.wait_for("SERVER /x.txt", 1, SPAN_TIMEOUT, |s| s.is_server() && s.url_path() == Some("/x.txt")).remove(0);
+    let r = |k: &str| srv.resource.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    assert_eq!(r("container.id").as_deref(), Some(container.as_str()), "{:?}", srv.resource);
+    assert_eq!(r("k8s.pod.uid").as_deref(), Some(uid), "{:?}", srv.resource);
+    assert_eq!(r("k8s.pod.name").as_deref(), Some("checkout-6b8f9d7c5-abcde"), "{:?}", srv.resource);
+    assert_eq!(r("k8s.namespace.name").as_deref(), Some("shop-e2e"), "{:?}", srv.resource);
+    assert_eq!(r("k8s.node.name").as_deref(), Some("e2e-node"), "{:?}", srv.resource);
+    // curl runs outside any pod: no k8s attributes on its resource.
+    let client = receiver.wait_for("CLIENT /x.txt", 1, SPAN_TIMEOUT, |s| s.is_client() && s.url_path() == Some("/x.txt")).remove(0);
+    assert!(!client.resource.contains_key("k8s.pod.uid"), "{:?}", client.resource);
+    agent.stop();
+    drop(server);
+    drop(cgroup);
+}
+
+/// Exclusion by executable, set in a configuration file: the excluded server's spans never
+/// arrive while the included one's do.
+#[test]
+fn exclude_by_executable_from_the_config_file() {
+    require_root();
+    let receiver = Receiver::start();
+    let (py_port, rust_port) = (peers::free_port(), peers::free_port());
+    let _py = http_server(py_port, &[]);
+    let _rust = peers::rust_server(rust_port);
+    let dir = scratch_dir("exclude");
+    let file = dir.join("tracer.toml");
+    std::fs::write(
+        &file,
+        format!("[include]\nports = [{py_port}, {rust_port}]\n\n[exclude]\nexecutables = [\"rust_http_server\"]\n"),
+    )
+    .unwrap();
+    let mut agent = Agent::start(&AgentArgs::grpc(&receiver).arg("--config").arg(file.to_str().unwrap()));
+    curl(&format!("http://127.0.0.1:{rust_port}/excluded"), &[]);
+    curl(&format!("http://127.0.0.1:{py_port}/x.txt"), &[]);
+    receiver.wait_for("SERVER span of the included server", 1, SPAN_TIMEOUT, |s| {
+        s.is_server() && s.attr_int("server.port") == Some(py_port as i64)
+    });
+    std::thread::sleep(QUIET);
+    let excluded = server_spans_on(&receiver, rust_port);
+    assert!(excluded.is_empty(), "spans of the excluded executable arrived:\n{}", dump(&excluded));
+    // The client (curl) is not excluded: its span to the excluded server is there.
+    assert!(
+        receiver.spans().iter().any(|s| s.is_client() && s.url_path() == Some("/excluded")),
+        "curl's CLIENT span must still arrive:\n{}",
+        dump(&receiver.spans())
+    );
+    agent.stop();
+}
+
+/// `--sample-ratio 0`: a request without trace context yields no spans at all, one whose
+/// `traceparent` says sampled is kept, one that says not sampled is dropped.
+#[test]
+fn sampling_ratio_zero_keeps_only_sampled_context() {
+    require_root();
+    let receiver = Receiver::start();
+    let port = peers::free_port();
+    let _server = http_server(port, &[]);
+    let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[port]).args(["--sample-ratio", "0"]));
+    let (kept_trace, kept_span) = fresh_ids();
+    let (dropped_trace, dropped_span) = fresh_ids();
+    curl(&format!("http://127.0.0.1:{port}/no-context"), &[]);
+    curl(&format!("http://127.0.0.1:{port}/unsampled"), &[format!("traceparent: 00-{dropped_trace}-{dropped_span}-00")]);
+    curl(&format!("http://127.0.0.1:{port}/sampled"), &[format!("traceparent: 00-{kept_trace}-{kept_span}-01")]);
+    let srv = receiver.wait_for("SERVER /sampled", 1, SPAN_TIMEOUT, |s| s.is_server() && s.url_path() == Some("/sampled")).remove(0);
+    assert_eq!(srv.trace_id, kept_trace, "{srv}");
+    assert_eq!(srv.parent_span_id.as_deref(), Some(kept_span.as_str()), "{srv}");
+    std::thread::sleep(QUIET);
+    let others: Vec<ReceivedSpan> =
+        receiver.spans().into_iter().filter(|s| matches!(s.url_path(), Some("/no-context" | "/unsampled"))).collect();
+    assert!(others.is_empty(), "ratio 0 must drop context-less and unsampled traces:\n{}", dump(&others));
+    agent.stop();
+    assert!(agent.log().contains("spans_sampled_out_total{sampling}="), "sampled-out counter in the totals:\n{}", agent.log());
+}
+
+/// A configuration file with a bad value or an unknown key: non-zero exit, one line naming
+/// the key.
+#[test]
+fn bad_configuration_file_is_refused_with_the_key_named() {
+    require_root();
+    let dir = scratch_dir("badconfig");
+    for (name, text, key) in [
+        ("ratio.toml", "[sampling]\nratio = 1.5\n", "sampling.ratio"),
+        ("type.toml", "[buffers]\nevent_queue = \"big\"\n", "buffers.event_queue"),
+        ("unknown.toml", "[exporter]\nendpoint = \"http://x:4317\"\nendpiont = \"typo\"\n", "exporter.endpiont"),
+    ] {
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        let mut agent = Agent::spawn(&AgentArgs::empty().args(["--config", file.to_str().unwrap()]));
+        let status = agent.wait_exit(Duration::from_secs(20)).expect("agent must exit on a bad configuration");
+        assert!(!status.success(), "{name}: exit status {status}");
+        let log = agent.log();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 1, "{name}: one line expected:\n{log}");
+        assert!(lines[0].contains(&format!("`{key}`")), "{name}: key {key} not named: {log}");
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
+/// Sum of every sample of a metric in a Prometheus text body.
+fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `--health-addr`: `/healthz` and `/readyz` answer 200 once ready, and the `/metrics`
+/// counters move with traffic.
+#[test]
+fn health_and_metrics_endpoints_follow_traffic() {
+    require_root();
+    let receiver = Receiver::start();
+    let port = peers::free_port();
+    let health = format!("127.0.0.1:{}", peers::free_port());
+    let _server = http_server(port, &[]);
+    let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[port]).args(["--health-addr", &health]));
+    assert_eq!(http_get(&health, "/healthz").0, 200);
+    assert_eq!(http_get(&health, "/readyz").0, 200);
+    let (code, before) = http_get(&health, "/metrics");
+    assert_eq!(code, 200);
+    let exported_before = metric(&before, "tracer_spans_exported_total");
+    let received_before = metric(&before, "tracer_events_received_total");
+    for i in 0..3 {
+        curl(&format!("http://127.0.0.1:{port}/m{i}"), &[]);
+    }
+    receiver.wait_for("3 SERVER spans", 3, SPAN_TIMEOUT, |s| s.is_server() && s.url_path().is_some_and(|p| p.starts_with("/m")));
+    let deadline = Instant::now() + SPAN_TIMEOUT;
+    let after = loop {
+        let (_, body) = http_get(&health, "/metrics");
+        if metric(&body, "tracer_spans_exported_total") >= exported_before + 6 || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(metric(&after, "tracer_spans_exported_total") >= exported_before + 6, "3 SERVER + 3 CLIENT spans exported:\n{after}");
+    assert!(metric(&after, "tracer_events_received_total") > received_before, "events counted:\n{after}");
+    agent.stop();
+}
