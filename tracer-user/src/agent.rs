@@ -105,6 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             request_timeout_ns: config.request_timeout_secs.saturating_mul(1_000_000_000),
             max_pending: config.max_pending_spans,
             realtime_offset_ns: realtime_offset_ns(),
+            link_threshold: config.link_threshold,
         },
         metrics.clone(),
     );

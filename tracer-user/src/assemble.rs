@@ -53,6 +53,9 @@ pub struct AssemblerConfig {
     pub max_pending: usize,
     /// `CLOCK_REALTIME - CLOCK_MONOTONIC`, to turn kernel times into Unix times.
     pub realtime_offset_ns: i128,
+    /// Inferred parents with a lower confidence are not used: the span stays a root with a
+    /// span link to the candidate.
+    pub link_threshold: f64,
 }
 
 /// (client endpoint, server endpoint) of a connection.
@@ -88,6 +91,8 @@ struct PendingSpan {
     tuple: Tuple,
     protocol: Protocol,
     key: u64,
+    /// Id-like tokens of the request, for content-based parent inference.
+    tokens: Vec<String>,
     /// What both ends of a connection see alike in the request (name and path), so that a
     /// request seen on one side only cannot shift the same-host pairing of the next ones.
     fingerprint: u64,
@@ -111,6 +116,11 @@ pub struct Assembler {
     open: HashMap<u64, HashMap<u64, u64>>,
     /// SERVER spans in progress per thread (pid, tid).
     serving: HashMap<(u32, u32), Vec<u64>>,
+    /// SERVER spans in progress per process.
+    serving_by_pid: HashMap<u32, Vec<u64>>,
+    /// Worker thread -> the request it is handling (thread pools), and the reverse.
+    claims: HashMap<(u32, u32), u64>,
+    claimed: HashMap<u64, (u32, u32)>,
     /// Same-host matching queues per connection tuple.
     unmatched_clients: HashMap<Tuple, VecDeque<u64>>,
     unmatched_servers: HashMap<Tuple, VecDeque<u64>>,
@@ -119,8 +129,6 @@ pub struct Assembler {
 
 /// Longest parent chain followed (guards against cycles from wrong guesses).
 const MAX_DEPTH: usize = 64;
-/// Confidence given to a thread guess when the thread serves several requests at once.
-const AMBIGUOUS_CONFIDENCE: f64 = 0.3;
 
 impl Assembler {
     pub fn new(config: AssemblerConfig, metrics: Arc<Metrics>) -> Self {
@@ -131,6 +139,9 @@ impl Assembler {
             next_handle: 1,
             open: HashMap::new(),
             serving: HashMap::new(),
+            serving_by_pid: HashMap::new(),
+            claims: HashMap::new(),
+            claimed: HashMap::new(),
             unmatched_clients: HashMap::new(),
             unmatched_servers: HashMap::new(),
             exported: HashMap::new(),
@@ -174,6 +185,11 @@ impl Assembler {
             SpanKind::Client => req.first.enter_ns,
         };
         let print = fingerprint(&req.name, &req.attributes);
+        let path = match crate::span::find(&req.attributes, "url.path") {
+            Some(crate::span::AttrValue::Str(p)) => Some(p.as_str()),
+            _ => None,
+        };
+        let tokens = inference::id_tokens(&req.name, path);
         let mut attributes = req.attributes;
         add_network_attributes(&mut attributes, kind, local, remote);
         let handle = self.next_handle;
@@ -198,6 +214,7 @@ impl Assembler {
             tuple,
             protocol: meta.protocol,
             key: req.key,
+            tokens,
             fingerprint: print,
         };
         if !req.expects_response {
@@ -237,6 +254,7 @@ impl Assembler {
             span.fingerprint,
         );
         self.serving.entry((pid, tid)).or_default().push(handle);
+        self.serving_by_pid.entry(pid).or_default().push(handle);
         let matched = take_match(&mut self.unmatched_clients, &self.spans, tuple, (key, print), protocol, |client| {
             client.start_ns <= start
         });
@@ -279,16 +297,8 @@ impl Assembler {
                 })
                 .unwrap_or_default();
             match candidates.as_slice() {
-                [] => {}
                 [only] => self.link(handle, *only, "thread", 1.0),
-                [.., latest] => {
-                    let latest = *latest;
-                    if let Some(span) = self.spans.get_mut(&handle) {
-                        span.link_method = "thread_ambiguous";
-                        span.confidence = AMBIGUOUS_CONFIDENCE;
-                        span.link_candidates.push(latest);
-                    }
-                }
+                _ => self.place_by_inference(handle),
             }
         }
         let waiting = take_match(&mut self.unmatched_servers, &self.spans, tuple, (key, print), protocol, |server| {
@@ -298,6 +308,19 @@ impl Assembler {
             self.link(server, handle, "same_host", 1.0);
         } else {
             self.unmatched_clients.entry(tuple).or_default().push_back(handle);
+        }
+    }
+
+    /// Links by inference when confident enough; otherwise keeps the span a root with a span
+    /// link to the candidate (never a wrong child with a confident face).
+    fn place_by_inference(&mut self, handle: u64) {
+        let Some(guess) = self.infer_parent(handle) else { return };
+        if guess.confidence >= self.config.link_threshold {
+            self.link(handle, guess.parent, guess.method, guess.confidence);
+        } else if let Some(span) = self.spans.get_mut(&handle) {
+            span.link_method = guess.method;
+            span.confidence = guess.confidence;
+            span.link_candidates.push(guess.parent);
         }
     }
 
@@ -324,6 +347,7 @@ impl Assembler {
     }
 
     fn stop_serving(&mut self, key: (u32, u32), handle: u64) {
+        self.forget_server(key.0, handle);
         if let Some(list) = self.serving.get_mut(&key) {
             list.retain(|h| *h != handle);
             if list.is_empty() {
@@ -416,6 +440,9 @@ impl Assembler {
         }
         self.open.clear();
         self.serving.clear();
+        self.serving_by_pid.clear();
+        self.claims.clear();
+        self.claimed.clear();
         let far_future = now_ns.saturating_add(self.config.settle_ns).saturating_add(1);
         let mut out = Vec::new();
         // Parents before children is not required; a few rounds release every chain.
@@ -634,5 +661,6 @@ fn random_trace_id() -> [u8; 16] {
     }
 }
 
+mod inference;
 #[cfg(test)]
 mod tests;

@@ -132,6 +132,11 @@ pub struct Config {
     #[arg(long, env = "TRACER_SETTLE_MS", default_value_t = 1000)]
     pub settle_ms: u64,
 
+    /// Lowest confidence (0..1) at which an inferred parent is used; below it the span stays a
+    /// root with a span link to the candidate (`tracer.link.confidence` tells which).
+    #[arg(long, env = "TRACER_LINK_THRESHOLD", default_value_t = 0.5, value_parser = parse_ratio)]
+    pub link_threshold: f64,
+
     /// Kernel ring buffer size in bytes (a power of two, multiple of the page size).
     #[arg(long, env = "TRACER_RINGBUF_BYTES", default_value_t = 8 << 20, value_parser = parse_ringbuf_size)]
     pub ringbuf_bytes: u32,

@@ -18,7 +18,7 @@ impl ResourceSource for Fixed {
 
 fn assembler() -> Assembler {
     Assembler::new(
-        AssemblerConfig { settle_ns: 100 * MS, request_timeout_ns: 10_000 * MS, max_pending: 1000, realtime_offset_ns: 0 },
+        AssemblerConfig { settle_ns: 100 * MS, request_timeout_ns: 10_000 * MS, max_pending: 1000, realtime_offset_ns: 0, link_threshold: 0.5 },
         Arc::new(Metrics::default()),
     )
 }
@@ -142,10 +142,43 @@ fn a_thread_serving_two_requests_does_not_guess() {
     feed(&mut a, in2, Direction::Egress, response(0, 200, at(6 * MS, 70)));
     let spans = a.tick(500 * MS);
     let down = by_name(&spans, "GET /down", SpanKind::Client);
+    let a_span = by_name(&spans, "GET /a", SpanKind::Server);
     let b = by_name(&spans, "GET /b", SpanKind::Server);
     assert_eq!(down.parent_span_id, None, "ambiguous: root");
     assert_eq!(down.links.len(), 1);
-    assert_eq!(down.links[0].span_id, b.span_id);
+    assert!(down.links[0].span_id == a_span.span_id || down.links[0].span_id == b.span_id);
+    let confidence = crate::span::find(&down.attributes, "tracer.link.confidence");
+    assert!(matches!(confidence, Some(crate::span::AttrValue::Double(c)) if *c < 0.5), "{confidence:?}");
+}
+
+/// uvicorn / waitress: one thread reads requests, pool workers make the calls.
+#[test]
+fn worker_threads_of_a_pool_link_by_id_tokens_and_keep_their_claim() {
+    let mut a = assembler();
+    let in1 = meta(1, 7, "127.0.0.1:8000", "127.0.0.1:5001");
+    let in2 = meta(2, 7, "127.0.0.1:8000", "127.0.0.1:5002");
+    let out1 = meta(3, 7, "127.0.0.1:6001", "127.0.0.1:9000");
+    let out2 = meta(4, 7, "127.0.0.1:6002", "127.0.0.1:9000");
+    // Reader thread 70 reads both requests; workers 71 and 72 make the calls.
+    feed(&mut a, in1, Direction::Ingress, request(0, "/hub/1001", at(MS, 70), None));
+    feed(&mut a, in2, Direction::Ingress, request(0, "/hub/1002", at(2 * MS, 70), None));
+    feed(&mut a, out2, Direction::Egress, request(0, "/fizz/1002", at(3 * MS, 72), None));
+    feed(&mut a, out1, Direction::Egress, request(0, "/fizz/1001", at(4 * MS, 71), None));
+    feed(&mut a, out2, Direction::Ingress, response(0, 200, at(5 * MS, 72)));
+    feed(&mut a, out1, Direction::Ingress, response(0, 200, at(6 * MS, 71)));
+    // A second call by worker 72 carries no id: its claim decides.
+    feed(&mut a, out2, Direction::Egress, request(1, "/buzz", at(7 * MS, 72), None));
+    feed(&mut a, out2, Direction::Ingress, response(1, 200, at(8 * MS, 72)));
+    feed(&mut a, in1, Direction::Egress, response(0, 200, at(9 * MS, 70)));
+    feed(&mut a, in2, Direction::Egress, response(0, 200, at(10 * MS, 70)));
+    let spans = a.tick(500 * MS);
+    let hub1 = by_name(&spans, "GET /hub/1001", SpanKind::Server);
+    let hub2 = by_name(&spans, "GET /hub/1002", SpanKind::Server);
+    assert_eq!(by_name(&spans, "GET /fizz/1001", SpanKind::Client).parent_span_id, Some(hub1.span_id));
+    assert_eq!(by_name(&spans, "GET /fizz/1002", SpanKind::Client).parent_span_id, Some(hub2.span_id));
+    let buzz = by_name(&spans, "GET /buzz", SpanKind::Client);
+    assert_eq!(buzz.parent_span_id, Some(hub2.span_id));
+    assert_eq!(crate::span::find(&buzz.attributes, "tracer.link.method"), Some(&crate::span::AttrValue::Str("thread_pool".into())));
 }
 
 #[test]
@@ -168,7 +201,7 @@ fn pipelined_requests_pair_in_order_and_unanswered_ones_close_as_errors() {
 #[test]
 fn pending_spans_are_bounded_and_flush_releases_everything() {
     let mut a = Assembler::new(
-        AssemblerConfig { settle_ns: 100 * MS, request_timeout_ns: 10_000 * MS, max_pending: 2, realtime_offset_ns: 0 },
+        AssemblerConfig { settle_ns: 100 * MS, request_timeout_ns: 10_000 * MS, max_pending: 2, realtime_offset_ns: 0, link_threshold: 0.5 },
         Arc::new(Metrics::default()),
     );
     let server = meta(1, 2, "127.0.0.1:80", "127.0.0.1:4000");

@@ -127,6 +127,7 @@ struct Buffers {
 #[serde(deny_unknown_fields)]
 struct Agent {
     settle_ms: Option<u64>,
+    link_threshold: Option<f64>,
     request_timeout_secs: Option<u64>,
     connection_idle_secs: Option<u64>,
     stats_interval_secs: Option<u64>,
@@ -164,6 +165,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("buffers.pending_spans", "max_pending_spans"),
     ("buffers.export_queue", "export_queue"),
     ("agent.settle_ms", "settle_ms"),
+    ("agent.link_threshold", "link_threshold"),
     ("agent.request_timeout_secs", "request_timeout_secs"),
     ("agent.connection_idle_secs", "connection_idle_secs"),
     ("agent.stats_interval_secs", "stats_interval_secs"),
@@ -250,6 +252,7 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
     }
     if let Some(a) = file.agent {
         out.put("agent.settle_ms", a.settle_ms);
+        out.put("agent.link_threshold", a.link_threshold);
         out.put("agent.request_timeout_secs", a.request_timeout_secs);
         out.put("agent.connection_idle_secs", a.connection_idle_secs);
         out.put("agent.stats_interval_secs", a.stats_interval_secs);
