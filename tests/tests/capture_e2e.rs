@@ -63,7 +63,13 @@ fn sendmsg_and_recvmsg_with_several_iovecs_are_captured() {
     let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[port]));
 
     let mut client = peers::python_script("socket_client.py");
-    client.args(["127.0.0.1", &port.to_string(), "--iov", "/iov/one", "/iov/two"]);
+    client.args([
+        "127.0.0.1",
+        &port.to_string(),
+        "--iov",
+        "/iov/one",
+        "/iov/two",
+    ]);
     peers::run_client(client);
 
     for path in ["/iov/one", "/iov/two"] {
@@ -84,9 +90,14 @@ fn connection_opened_before_the_agent_is_picked_up_at_its_next_request() {
     let _server = peers::rust_server(port);
     let go = tracer_tests::scratch_dir("preexisting").join("go");
     let mut client_cmd = peers::python_script("socket_client.py");
-    client_cmd.args(["127.0.0.1", &port.to_string(), "--wait-for"]).arg(&go).args(["/before/agent", "/after/1", "/after/2"]);
+    client_cmd
+        .args(["127.0.0.1", &port.to_string(), "--wait-for"])
+        .arg(&go)
+        .args(["/before/agent", "/after/1", "/after/2"]);
     let mut client = Peer::spawn("socket_client", client_cmd);
-    client.wait_until(Duration::from_secs(20), "first exchange done", |p| p.output().contains("first exchange done"));
+    client.wait_until(Duration::from_secs(20), "first exchange done", |p| {
+        p.output().contains("first exchange done")
+    });
 
     let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[port]));
     std::fs::write(&go, b"go").unwrap();
@@ -99,7 +110,10 @@ fn connection_opened_before_the_agent_is_picked_up_at_its_next_request() {
     check::attr_str(&server, "network.peer.address", "127.0.0.1");
     check::attr_int(&server, "server.port", i64::from(port));
     assert!(
-        receiver.spans().iter().all(|s| s.url_path() != Some("/before/agent")),
+        receiver
+            .spans()
+            .iter()
+            .all(|s| s.url_path() != Some("/before/agent")),
         "the exchange before the agent started cannot have spans"
     );
     agent.stop();

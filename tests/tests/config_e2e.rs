@@ -30,8 +30,17 @@ fn http_server(port: u16, env: &[(&str, &str)]) -> Peer {
     let dir = scratch_dir(&format!("srv-{port}"));
     std::fs::write(dir.join("x.txt"), "x\n").unwrap();
     let mut cmd = Command::new(peers::python());
-    cmd.args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"]).arg(&dir);
-    cmd.env_remove("OTEL_SERVICE_NAME").env_remove("OTEL_RESOURCE_ATTRIBUTES");
+    cmd.args([
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+    ])
+    .arg(&dir);
+    cmd.env_remove("OTEL_SERVICE_NAME")
+        .env_remove("OTEL_RESOURCE_ATTRIBUTES");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -39,7 +48,11 @@ fn http_server(port: u16, env: &[(&str, &str)]) -> Peer {
 }
 
 fn server_spans_on(receiver: &Receiver, port: u16) -> Vec<ReceivedSpan> {
-    receiver.spans().into_iter().filter(|s| s.is_server() && s.attr_int("server.port") == Some(port as i64)).collect()
+    receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s.is_server() && s.attr_int("server.port") == Some(port as i64))
+        .collect()
 }
 
 /// `OTEL_RESOURCE_ATTRIBUTES` of the traced process lands on its resource, decoded.
@@ -48,13 +61,39 @@ fn otel_resource_attributes_reach_the_resource() {
     require_root();
     let receiver = Receiver::start();
     let port = peers::free_port();
-    let _server = http_server(port, &[("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e%20env,service.version=1.2.3")]);
+    let _server = http_server(
+        port,
+        &[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment=e2e%20env,service.version=1.2.3",
+        )],
+    );
     let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[port]));
     curl(&format!("http://127.0.0.1:{port}/x.txt"), &[]);
-    let srv = receiver.wait_for("SERVER /x.txt", 1, SPAN_TIMEOUT, |s| s.is_server() && s.url_path() == Some("/x.txt")).remove(0);
-    assert_eq!(srv.resource.get("deployment.environment").and_then(|v| v.as_str()), Some("e2e env"), "{:?}", srv.resource);
-    assert_eq!(srv.resource.get("service.version").and_then(|v| v.as_str()), Some("1.2.3"), "{:?}", srv.resource);
-    assert_eq!(srv.service_name(), Some("http.server"), "no service.name given: from the command line");
+    let srv = receiver
+        .wait_for("SERVER /x.txt", 1, SPAN_TIMEOUT, |s| {
+            s.is_server() && s.url_path() == Some("/x.txt")
+        })
+        .remove(0);
+    assert_eq!(
+        srv.resource
+            .get("deployment.environment")
+            .and_then(|v| v.as_str()),
+        Some("e2e env"),
+        "{:?}",
+        srv.resource
+    );
+    assert_eq!(
+        srv.resource.get("service.version").and_then(|v| v.as_str()),
+        Some("1.2.3"),
+        "{:?}",
+        srv.resource
+    );
+    assert_eq!(
+        srv.service_name(),
+        Some("http.server"),
+        "no service.name given: from the command line"
+    );
     agent.stop();
 }
 
@@ -69,7 +108,8 @@ impl TestCgroup {
             .find(|p| p.join("cgroup.procs").is_file() && p.join("cgroup.controllers").exists())
             .expect("no cgroup v2 hierarchy at /sys/fs/cgroup/unified or /sys/fs/cgroup: the test needs one");
         let path = root.join(relative.trim_start_matches('/'));
-        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create cgroup {}: {e}", path.display()));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("create cgroup {}: {e}", path.display()));
         TestCgroup(path)
     }
 }
@@ -120,7 +160,9 @@ fn container_and_pod_identity_from_cgroup_and_container_files() {
     );
     let mut cmd = Command::new("unshare");
     cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
-    cmd.env_remove("HOSTNAME").env_remove("OTEL_SERVICE_NAME").env_remove("OTEL_RESOURCE_ATTRIBUTES");
+    cmd.env_remove("HOSTNAME")
+        .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("OTEL_RESOURCE_ATTRIBUTES");
     let procs_c = procs.clone();
     // SAFETY: only open/write/close between fork and exec.
     unsafe {
@@ -131,21 +173,65 @@ fn container_and_pod_identity_from_cgroup_and_container_files() {
     }
     let server = Peer::server("pod http.server", cmd, ([127, 0, 0, 1], port).into());
     let in_cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", server.pid())).unwrap();
-    assert!(in_cgroup.contains(&container), "server not in the test cgroup: {in_cgroup}");
+    assert!(
+        in_cgroup.contains(&container),
+        "server not in the test cgroup: {in_cgroup}"
+    );
 
     let receiver = Receiver::start();
-    let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[port]).env("NODE_NAME", "e2e-node"));
+    let mut agent = Agent::start(
+        &AgentArgs::grpc(&receiver)
+            .ports(&[port])
+            .env("NODE_NAME", "e2e-node"),
+    );
     curl(&format!("http://127.0.0.1:{port}/x.txt"), &[]);
-    let srv = receiver.wait_for("SERVER /x.txt", 1, SPAN_TIMEOUT, |s| s.is_server() && s.url_path() == Some("/x.txt")).remove(0);
-    let r = |k: &str| srv.resource.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    assert_eq!(r("container.id").as_deref(), Some(container.as_str()), "{:?}", srv.resource);
+    let srv = receiver
+        .wait_for("SERVER /x.txt", 1, SPAN_TIMEOUT, |s| {
+            s.is_server() && s.url_path() == Some("/x.txt")
+        })
+        .remove(0);
+    let r = |k: &str| {
+        srv.resource
+            .get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        r("container.id").as_deref(),
+        Some(container.as_str()),
+        "{:?}",
+        srv.resource
+    );
     assert_eq!(r("k8s.pod.uid").as_deref(), Some(uid), "{:?}", srv.resource);
-    assert_eq!(r("k8s.pod.name").as_deref(), Some("checkout-6b8f9d7c5-abcde"), "{:?}", srv.resource);
-    assert_eq!(r("k8s.namespace.name").as_deref(), Some("shop-e2e"), "{:?}", srv.resource);
-    assert_eq!(r("k8s.node.name").as_deref(), Some("e2e-node"), "{:?}", srv.resource);
+    assert_eq!(
+        r("k8s.pod.name").as_deref(),
+        Some("checkout-6b8f9d7c5-abcde"),
+        "{:?}",
+        srv.resource
+    );
+    assert_eq!(
+        r("k8s.namespace.name").as_deref(),
+        Some("shop-e2e"),
+        "{:?}",
+        srv.resource
+    );
+    assert_eq!(
+        r("k8s.node.name").as_deref(),
+        Some("e2e-node"),
+        "{:?}",
+        srv.resource
+    );
     // curl runs outside any pod: no k8s attributes on its resource.
-    let client = receiver.wait_for("CLIENT /x.txt", 1, SPAN_TIMEOUT, |s| s.is_client() && s.url_path() == Some("/x.txt")).remove(0);
-    assert!(!client.resource.contains_key("k8s.pod.uid"), "{:?}", client.resource);
+    let client = receiver
+        .wait_for("CLIENT /x.txt", 1, SPAN_TIMEOUT, |s| {
+            s.is_client() && s.url_path() == Some("/x.txt")
+        })
+        .remove(0);
+    assert!(
+        !client.resource.contains_key("k8s.pod.uid"),
+        "{:?}",
+        client.resource
+    );
     agent.stop();
     drop(server);
     drop(cgroup);
@@ -167,7 +253,11 @@ fn exclude_by_executable_from_the_config_file() {
         format!("[include]\nports = [{py_port}, {rust_port}]\n\n[exclude]\nexecutables = [\"rust_http_server\"]\n"),
     )
     .unwrap();
-    let mut agent = Agent::start(&AgentArgs::grpc(&receiver).arg("--config").arg(file.to_str().unwrap()));
+    let mut agent = Agent::start(
+        &AgentArgs::grpc(&receiver)
+            .arg("--config")
+            .arg(file.to_str().unwrap()),
+    );
     curl(&format!("http://127.0.0.1:{rust_port}/excluded"), &[]);
     curl(&format!("http://127.0.0.1:{py_port}/x.txt"), &[]);
     receiver.wait_for("SERVER span of the included server", 1, SPAN_TIMEOUT, |s| {
@@ -175,10 +265,17 @@ fn exclude_by_executable_from_the_config_file() {
     });
     std::thread::sleep(QUIET);
     let excluded = server_spans_on(&receiver, rust_port);
-    assert!(excluded.is_empty(), "spans of the excluded executable arrived:\n{}", dump(&excluded));
+    assert!(
+        excluded.is_empty(),
+        "spans of the excluded executable arrived:\n{}",
+        dump(&excluded)
+    );
     // The client (curl) is not excluded: its span to the excluded server is there.
     assert!(
-        receiver.spans().iter().any(|s| s.is_client() && s.url_path() == Some("/excluded")),
+        receiver
+            .spans()
+            .iter()
+            .any(|s| s.is_client() && s.url_path() == Some("/excluded")),
         "curl's CLIENT span must still arrive:\n{}",
         dump(&receiver.spans())
     );
@@ -193,21 +290,50 @@ fn sampling_ratio_zero_keeps_only_sampled_context() {
     let receiver = Receiver::start();
     let port = peers::free_port();
     let _server = http_server(port, &[]);
-    let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[port]).args(["--sample-ratio", "0"]));
+    let mut agent = Agent::start(
+        &AgentArgs::grpc(&receiver)
+            .ports(&[port])
+            .args(["--sample-ratio", "0"]),
+    );
     let (kept_trace, kept_span) = fresh_ids();
     let (dropped_trace, dropped_span) = fresh_ids();
     curl(&format!("http://127.0.0.1:{port}/no-context"), &[]);
-    curl(&format!("http://127.0.0.1:{port}/unsampled"), &[format!("traceparent: 00-{dropped_trace}-{dropped_span}-00")]);
-    curl(&format!("http://127.0.0.1:{port}/sampled"), &[format!("traceparent: 00-{kept_trace}-{kept_span}-01")]);
-    let srv = receiver.wait_for("SERVER /sampled", 1, SPAN_TIMEOUT, |s| s.is_server() && s.url_path() == Some("/sampled")).remove(0);
+    curl(
+        &format!("http://127.0.0.1:{port}/unsampled"),
+        &[format!("traceparent: 00-{dropped_trace}-{dropped_span}-00")],
+    );
+    curl(
+        &format!("http://127.0.0.1:{port}/sampled"),
+        &[format!("traceparent: 00-{kept_trace}-{kept_span}-01")],
+    );
+    let srv = receiver
+        .wait_for("SERVER /sampled", 1, SPAN_TIMEOUT, |s| {
+            s.is_server() && s.url_path() == Some("/sampled")
+        })
+        .remove(0);
     assert_eq!(srv.trace_id, kept_trace, "{srv}");
-    assert_eq!(srv.parent_span_id.as_deref(), Some(kept_span.as_str()), "{srv}");
+    assert_eq!(
+        srv.parent_span_id.as_deref(),
+        Some(kept_span.as_str()),
+        "{srv}"
+    );
     std::thread::sleep(QUIET);
-    let others: Vec<ReceivedSpan> =
-        receiver.spans().into_iter().filter(|s| matches!(s.url_path(), Some("/no-context" | "/unsampled"))).collect();
-    assert!(others.is_empty(), "ratio 0 must drop context-less and unsampled traces:\n{}", dump(&others));
+    let others: Vec<ReceivedSpan> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| matches!(s.url_path(), Some("/no-context" | "/unsampled")))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "ratio 0 must drop context-less and unsampled traces:\n{}",
+        dump(&others)
+    );
     agent.stop();
-    assert!(agent.log().contains("spans_sampled_out_total{sampling}="), "sampled-out counter in the totals:\n{}", agent.log());
+    assert!(
+        agent.log().contains("spans_sampled_out_total{sampling}="),
+        "sampled-out counter in the totals:\n{}",
+        agent.log()
+    );
 }
 
 /// A configuration file with a bad value or an unknown key: non-zero exit, one line naming
@@ -218,29 +344,54 @@ fn bad_configuration_file_is_refused_with_the_key_named() {
     let dir = scratch_dir("badconfig");
     for (name, text, key) in [
         ("ratio.toml", "[sampling]\nratio = 1.5\n", "sampling.ratio"),
-        ("type.toml", "[buffers]\nevent_queue = \"big\"\n", "buffers.event_queue"),
-        ("unknown.toml", "[exporter]\nendpoint = \"http://x:4317\"\nendpiont = \"typo\"\n", "exporter.endpiont"),
+        (
+            "type.toml",
+            "[buffers]\nevent_queue = \"big\"\n",
+            "buffers.event_queue",
+        ),
+        (
+            "unknown.toml",
+            "[exporter]\nendpoint = \"http://x:4317\"\nendpiont = \"typo\"\n",
+            "exporter.endpiont",
+        ),
     ] {
         let file = dir.join(name);
         std::fs::write(&file, text).unwrap();
-        let mut agent = Agent::spawn(&AgentArgs::empty().args(["--config", file.to_str().unwrap()]));
-        let status = agent.wait_exit(Duration::from_secs(20)).expect("agent must exit on a bad configuration");
+        let mut agent =
+            Agent::spawn(&AgentArgs::empty().args(["--config", file.to_str().unwrap()]));
+        let status = agent
+            .wait_exit(Duration::from_secs(20))
+            .expect("agent must exit on a bad configuration");
         assert!(!status.success(), "{name}: exit status {status}");
         let log = agent.log();
         let lines: Vec<&str> = log.lines().collect();
         assert_eq!(lines.len(), 1, "{name}: one line expected:\n{log}");
-        assert!(lines[0].contains(&format!("`{key}`")), "{name}: key {key} not named: {log}");
+        assert!(
+            lines[0].contains(&format!("`{key}`")),
+            "{name}: key {key} not named: {log}"
+        );
     }
 }
 
 fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -261,7 +412,11 @@ fn health_and_metrics_endpoints_follow_traffic() {
     let port = peers::free_port();
     let health = format!("127.0.0.1:{}", peers::free_port());
     let _server = http_server(port, &[]);
-    let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[port]).args(["--health-addr", &health]));
+    let mut agent = Agent::start(
+        &AgentArgs::grpc(&receiver)
+            .ports(&[port])
+            .args(["--health-addr", &health]),
+    );
     assert_eq!(http_get(&health, "/healthz").0, 200);
     assert_eq!(http_get(&health, "/readyz").0, 200);
     let (code, before) = http_get(&health, "/metrics");
@@ -271,16 +426,26 @@ fn health_and_metrics_endpoints_follow_traffic() {
     for i in 0..3 {
         curl(&format!("http://127.0.0.1:{port}/m{i}"), &[]);
     }
-    receiver.wait_for("3 SERVER spans", 3, SPAN_TIMEOUT, |s| s.is_server() && s.url_path().is_some_and(|p| p.starts_with("/m")));
+    receiver.wait_for("3 SERVER spans", 3, SPAN_TIMEOUT, |s| {
+        s.is_server() && s.url_path().is_some_and(|p| p.starts_with("/m"))
+    });
     let deadline = Instant::now() + SPAN_TIMEOUT;
     let after = loop {
         let (_, body) = http_get(&health, "/metrics");
-        if metric(&body, "tracer_spans_exported_total") >= exported_before + 6 || Instant::now() > deadline {
+        if metric(&body, "tracer_spans_exported_total") >= exported_before + 6
+            || Instant::now() > deadline
+        {
             break body;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(metric(&after, "tracer_spans_exported_total") >= exported_before + 6, "3 SERVER + 3 CLIENT spans exported:\n{after}");
-    assert!(metric(&after, "tracer_events_received_total") > received_before, "events counted:\n{after}");
+    assert!(
+        metric(&after, "tracer_spans_exported_total") >= exported_before + 6,
+        "3 SERVER + 3 CLIENT spans exported:\n{after}"
+    );
+    assert!(
+        metric(&after, "tracer_events_received_total") > received_before,
+        "events counted:\n{after}"
+    );
     agent.stop();
 }

@@ -179,7 +179,11 @@ fn client_and_server_continue_trace_from_each_header_format() {
         );
         // Propagated context is trusted before same-host linking: the SERVER span joins the
         // header's parent, as the app's own instrumentation would, beside our CLIENT span.
-        assert_eq!(srv.trace_id, case.trace_id, "[{}] SERVER trace id\n    {srv}", case.label);
+        assert_eq!(
+            srv.trace_id, case.trace_id,
+            "[{}] SERVER trace id\n    {srv}",
+            case.label
+        );
         assert_eq!(
             srv.parent_span_id.as_deref(),
             Some(case.parent.as_str()),

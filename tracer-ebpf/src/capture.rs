@@ -13,7 +13,8 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    AGENT_PORTS, CAPTURE_BYTES, CONNS, ConnState, EVENTS, Inflight, SCRATCH, SOCK_OFFSETS, bump, port_allowed,
+    AGENT_PORTS, CAPTURE_BYTES, CONNS, ConnState, EVENTS, Inflight, SCRATCH, SOCK_OFFSETS, bump,
+    port_allowed,
 };
 
 /// Where the syscall's bytes live in user memory.
@@ -46,7 +47,13 @@ pub fn connection(tgid: u32, fd: i32, sock: u64) -> Option<*const ConnState> {
         bump(counter::PORT_FILTERED);
         ignore = true;
     }
-    let state = ConnState { conn_id, pid: tgid, fd, addrs, ignore: u64::from(ignore) };
+    let state = ConnState {
+        conn_id,
+        pid: tgid,
+        fd,
+        addrs,
+        ignore: u64::from(ignore),
+    };
     if CONNS.insert(&sock, &state, 0).is_err() {
         bump(counter::CONN_INSERT_FAILED);
         return None;
@@ -62,7 +69,8 @@ fn talks_to_agent(addrs: &SockAddrs) -> bool {
         return false;
     }
     let loopback = (addrs.family == AF_INET && addrs.remote_addr[0] == 127)
-        || (addrs.family == AF_INET6 && addrs.remote_addr == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        || (addrs.family == AF_INET6
+            && addrs.remote_addr == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
     loopback || addrs.remote_addr == addrs.local_addr
 }
 
@@ -75,20 +83,26 @@ fn read_addrs(sock: u64) -> SockAddrs {
     // SAFETY: `sock` is a live `struct sock *` handed over by the sock tracepoint during this
     // syscall; every read goes through bpf_probe_read_kernel and tolerates failure.
     unsafe {
-        addrs.family = bpf_probe_read_kernel(base.add(off.family as usize) as *const u16).unwrap_or(0);
+        addrs.family =
+            bpf_probe_read_kernel(base.add(off.family as usize) as *const u16).unwrap_or(0);
         let dport = bpf_probe_read_kernel(base.add(off.dport as usize) as *const u16).unwrap_or(0);
         addrs.remote_port = u16::from_be(dport);
-        addrs.local_port = bpf_probe_read_kernel(base.add(off.num as usize) as *const u16).unwrap_or(0);
+        addrs.local_port =
+            bpf_probe_read_kernel(base.add(off.num as usize) as *const u16).unwrap_or(0);
         if addrs.family == AF_INET {
-            let d = bpf_probe_read_kernel(base.add(off.daddr as usize) as *const [u8; 4]).unwrap_or([0; 4]);
-            let s = bpf_probe_read_kernel(base.add(off.rcv_saddr as usize) as *const [u8; 4]).unwrap_or([0; 4]);
+            let d = bpf_probe_read_kernel(base.add(off.daddr as usize) as *const [u8; 4])
+                .unwrap_or([0; 4]);
+            let s = bpf_probe_read_kernel(base.add(off.rcv_saddr as usize) as *const [u8; 4])
+                .unwrap_or([0; 4]);
             addrs.remote_addr[..4].copy_from_slice(&d);
             addrs.local_addr[..4].copy_from_slice(&s);
         } else if addrs.family == AF_INET6 {
             addrs.remote_addr =
-                bpf_probe_read_kernel(base.add(off.v6_daddr as usize) as *const [u8; 16]).unwrap_or([0; 16]);
+                bpf_probe_read_kernel(base.add(off.v6_daddr as usize) as *const [u8; 16])
+                    .unwrap_or([0; 16]);
             addrs.local_addr =
-                bpf_probe_read_kernel(base.add(off.v6_rcv_saddr as usize) as *const [u8; 16]).unwrap_or([0; 16]);
+                bpf_probe_read_kernel(base.add(off.v6_rcv_saddr as usize) as *const [u8; 16])
+                    .unwrap_or([0; 16]);
         }
     }
     addrs
@@ -103,7 +117,11 @@ fn copy_user(payload: *mut u8, off: usize, src: u64, len: usize) -> usize {
     let len = if len > MAX_CAPTURE { MAX_CAPTURE } else { len };
     // SAFETY: destination bounded as above; the helper checks the user source.
     let ret = unsafe {
-        generated::bpf_probe_read_user(payload.add(off) as *mut c_void, len as u32, src as *const c_void)
+        generated::bpf_probe_read_user(
+            payload.add(off) as *mut c_void,
+            len as u32,
+            src as *const c_void,
+        )
     };
     if ret == 0 { len } else { 0 }
 }
@@ -134,7 +152,11 @@ pub fn emit_data(
     if cap > MAX_CAPTURE as u64 {
         cap = MAX_CAPTURE as u64;
     }
-    let want = if bytes < cap { bytes as usize } else { cap as usize };
+    let want = if bytes < cap {
+        bytes as usize
+    } else {
+        cap as usize
+    };
     // SAFETY: per-CPU scratch slot, ours for the duration of this program run.
     let payload_area = unsafe { (*scratch).payload.as_mut_ptr() };
     let mut captured: usize = 0;
@@ -155,7 +177,11 @@ pub fn emit_data(
                 let Ok([base, len]) = (unsafe { bpf_probe_read_user(entry) }) else {
                     break;
                 };
-                let take = if (len as usize) < remaining { len as usize } else { remaining };
+                let take = if (len as usize) < remaining {
+                    len as usize
+                } else {
+                    remaining
+                };
                 let got = copy_user(payload_area, captured, base, take);
                 if got != take {
                     break;

@@ -13,7 +13,8 @@ use aya_ebpf::{
 use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventHeader, SockAddrs, conn_op, counter, kind};
 
 use crate::maps::{
-    AGENT_PORTS, AGENT_TGID, CONNS, EVENTS, FILTER_PORTS, INFLIGHT, Inflight, bump, is_traced, port_allowed,
+    AGENT_PORTS, AGENT_TGID, CONNS, EVENTS, FILTER_PORTS, INFLIGHT, Inflight, bump, is_traced,
+    port_allowed,
 };
 
 const EINPROGRESS: i64 = 115;
@@ -31,7 +32,10 @@ fn stash(ctx: &TracePointContext, syscall: u8) -> u32 {
     }
     // SAFETY: fd at 16, sockaddr pointer at 24 in both formats.
     let (fd, ptr) = unsafe {
-        (ctx.read_at::<u64>(16).unwrap_or(u64::MAX), ctx.read_at::<u64>(24).unwrap_or(0))
+        (
+            ctx.read_at::<u64>(16).unwrap_or(u64::MAX),
+            ctx.read_at::<u64>(24).unwrap_or(0),
+        )
     };
     let inflight = Inflight {
         ptr,
@@ -111,7 +115,9 @@ fn finish(ctx: &TracePointContext, expect: u8) -> u32 {
     let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(-1) };
     match expect {
         CONNECT if ret == 0 || ret == -EINPROGRESS => {
-            if let Some(addrs) = read_sockaddr(inflight.ptr).filter(|a| port_allowed(0, a.remote_port)) {
+            if let Some(addrs) =
+                read_sockaddr(inflight.ptr).filter(|a| port_allowed(0, a.remote_port))
+            {
                 emit_conn(id, inflight.fd, 0, conn_op::CONNECT, addrs);
             }
         }
@@ -167,7 +173,12 @@ pub fn exit_accept4(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from the tracepoint's format file.
-    let (sk, newstate) = unsafe { (ctx.read_at::<u64>(8).unwrap_or(0), ctx.read_at::<i32>(20).unwrap_or(0)) };
+    let (sk, newstate) = unsafe {
+        (
+            ctx.read_at::<u64>(8).unwrap_or(0),
+            ctx.read_at::<i32>(20).unwrap_or(0),
+        )
+    };
     if newstate == TCP_SYN_SENT {
         if (bpf_get_current_pid_tgid() >> 32) as u32 == AGENT_TGID.load() {
             // SAFETY: offset from the format file.
@@ -188,6 +199,12 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if state.ignore != 0 {
         return 0;
     }
-    emit_conn(((state.pid as u64) << 32) | state.pid as u64, state.fd, state.conn_id, conn_op::CLOSE, state.addrs);
+    emit_conn(
+        ((state.pid as u64) << 32) | state.pid as u64,
+        state.fd,
+        state.conn_id,
+        conn_op::CLOSE,
+        state.addrs,
+    );
     0
 }

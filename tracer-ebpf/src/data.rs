@@ -67,26 +67,62 @@ fn exit(ctx: &TracePointContext) -> u32 {
     let bytes = ret as u64;
     match inflight.syscall {
         syscall::READ | syscall::RECVFROM => emit_data(
-            id, &inflight, now, bytes, direction::INGRESS, Payload::Buf(inflight.ptr), 0,
+            id,
+            &inflight,
+            now,
+            bytes,
+            direction::INGRESS,
+            Payload::Buf(inflight.ptr),
+            0,
         ),
         syscall::WRITE | syscall::SENDTO => emit_data(
-            id, &inflight, now, bytes, direction::EGRESS, Payload::Buf(inflight.ptr), 0,
+            id,
+            &inflight,
+            now,
+            bytes,
+            direction::EGRESS,
+            Payload::Buf(inflight.ptr),
+            0,
         ),
         syscall::READV => emit_data(
-            id, &inflight, now, bytes, direction::INGRESS,
-            Payload::Iov { ptr: inflight.ptr, count: inflight.count }, 0,
+            id,
+            &inflight,
+            now,
+            bytes,
+            direction::INGRESS,
+            Payload::Iov {
+                ptr: inflight.ptr,
+                count: inflight.count,
+            },
+            0,
         ),
         syscall::WRITEV => emit_data(
-            id, &inflight, now, bytes, direction::EGRESS,
-            Payload::Iov { ptr: inflight.ptr, count: inflight.count }, 0,
+            id,
+            &inflight,
+            now,
+            bytes,
+            direction::EGRESS,
+            Payload::Iov {
+                ptr: inflight.ptr,
+                count: inflight.count,
+            },
+            0,
         ),
         syscall::RECVMSG | syscall::SENDMSG => {
-            let dir = if inflight.syscall == syscall::RECVMSG { direction::INGRESS } else { direction::EGRESS };
+            let dir = if inflight.syscall == syscall::RECVMSG {
+                direction::INGRESS
+            } else {
+                direction::EGRESS
+            };
             let iov = msghdr_iov(inflight.ptr);
             emit_data(id, &inflight, now, bytes, dir, iov, 0);
         }
         syscall::RECVMMSG | syscall::SENDMMSG => {
-            let dir = if inflight.syscall == syscall::RECVMMSG { direction::INGRESS } else { direction::EGRESS };
+            let dir = if inflight.syscall == syscall::RECVMMSG {
+                direction::INGRESS
+            } else {
+                direction::EGRESS
+            };
             // `ret` is the number of messages; `struct mmsghdr` is a 56-byte msghdr followed
             // by the u32 `msg_len`, 64 bytes in all.
             for i in 0..MAX_MMSG {
@@ -106,7 +142,12 @@ fn exit(ctx: &TracePointContext) -> u32 {
         syscall::SENDFILE => {
             bump(counter::SENDFILE_UNCAPTURED);
             emit_data(
-                id, &inflight, now, bytes, direction::EGRESS, Payload::NotCaptured,
+                id,
+                &inflight,
+                now,
+                bytes,
+                direction::EGRESS,
+                Payload::NotCaptured,
                 data_flags::BODY_NOT_CAPTURED,
             );
         }
@@ -141,14 +182,80 @@ macro_rules! syscall_pair {
     };
 }
 
-syscall_pair!(enter_read, exit_read, "sys_enter_read", "sys_exit_read", syscall::READ);
-syscall_pair!(enter_write, exit_write, "sys_enter_write", "sys_exit_write", syscall::WRITE);
-syscall_pair!(enter_readv, exit_readv, "sys_enter_readv", "sys_exit_readv", syscall::READV);
-syscall_pair!(enter_writev, exit_writev, "sys_enter_writev", "sys_exit_writev", syscall::WRITEV);
-syscall_pair!(enter_sendto, exit_sendto, "sys_enter_sendto", "sys_exit_sendto", syscall::SENDTO);
-syscall_pair!(enter_recvfrom, exit_recvfrom, "sys_enter_recvfrom", "sys_exit_recvfrom", syscall::RECVFROM);
-syscall_pair!(enter_sendmsg, exit_sendmsg, "sys_enter_sendmsg", "sys_exit_sendmsg", syscall::SENDMSG);
-syscall_pair!(enter_recvmsg, exit_recvmsg, "sys_enter_recvmsg", "sys_exit_recvmsg", syscall::RECVMSG);
-syscall_pair!(enter_sendmmsg, exit_sendmmsg, "sys_enter_sendmmsg", "sys_exit_sendmmsg", syscall::SENDMMSG);
-syscall_pair!(enter_recvmmsg, exit_recvmmsg, "sys_enter_recvmmsg", "sys_exit_recvmmsg", syscall::RECVMMSG);
-syscall_pair!(enter_sendfile, exit_sendfile, "sys_enter_sendfile64", "sys_exit_sendfile64", syscall::SENDFILE);
+syscall_pair!(
+    enter_read,
+    exit_read,
+    "sys_enter_read",
+    "sys_exit_read",
+    syscall::READ
+);
+syscall_pair!(
+    enter_write,
+    exit_write,
+    "sys_enter_write",
+    "sys_exit_write",
+    syscall::WRITE
+);
+syscall_pair!(
+    enter_readv,
+    exit_readv,
+    "sys_enter_readv",
+    "sys_exit_readv",
+    syscall::READV
+);
+syscall_pair!(
+    enter_writev,
+    exit_writev,
+    "sys_enter_writev",
+    "sys_exit_writev",
+    syscall::WRITEV
+);
+syscall_pair!(
+    enter_sendto,
+    exit_sendto,
+    "sys_enter_sendto",
+    "sys_exit_sendto",
+    syscall::SENDTO
+);
+syscall_pair!(
+    enter_recvfrom,
+    exit_recvfrom,
+    "sys_enter_recvfrom",
+    "sys_exit_recvfrom",
+    syscall::RECVFROM
+);
+syscall_pair!(
+    enter_sendmsg,
+    exit_sendmsg,
+    "sys_enter_sendmsg",
+    "sys_exit_sendmsg",
+    syscall::SENDMSG
+);
+syscall_pair!(
+    enter_recvmsg,
+    exit_recvmsg,
+    "sys_enter_recvmsg",
+    "sys_exit_recvmsg",
+    syscall::RECVMSG
+);
+syscall_pair!(
+    enter_sendmmsg,
+    exit_sendmmsg,
+    "sys_enter_sendmmsg",
+    "sys_exit_sendmmsg",
+    syscall::SENDMMSG
+);
+syscall_pair!(
+    enter_recvmmsg,
+    exit_recvmmsg,
+    "sys_enter_recvmmsg",
+    "sys_exit_recvmmsg",
+    syscall::RECVMMSG
+);
+syscall_pair!(
+    enter_sendfile,
+    exit_sendfile,
+    "sys_enter_sendfile64",
+    "sys_exit_sendfile64",
+    syscall::SENDFILE
+);

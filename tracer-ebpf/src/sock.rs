@@ -72,7 +72,8 @@ fn note_agent_port(ctx: &TracePointContext) {
             return;
         }
         let off = SOCK_OFFSETS.load();
-        let Ok(port) = bpf_probe_read_kernel((sk as *const u8).add(off.num as usize) as *const u16) else {
+        let Ok(port) = bpf_probe_read_kernel((sk as *const u8).add(off.num as usize) as *const u16)
+        else {
             return;
         };
         let _ = AGENT_PORTS.insert(&port, &1, 0);

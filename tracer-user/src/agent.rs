@@ -24,15 +24,15 @@ use crate::{
     config::Config,
     conntable::{ConnOutput, ConnTable, Filter},
     event::Event,
-    health,
     export::{ExportConfig, Exporter, parse_headers, parse_protocol},
+    health,
+    k8s::{self, Kubernetes},
     loader::{self, LoadOptions, Probes},
     metrics::Metrics,
-    process::{self, ProcessCache},
-    protocol::ParserOptions,
-    k8s::{self, Kubernetes},
     metrics::inc,
     preflight,
+    process::{self, ProcessCache},
+    protocol::ParserOptions,
     reader,
     sampling::Sampler,
     selection::Selection,
@@ -47,6 +47,8 @@ impl ResourceSource for ProcessCache {
 
 /// How often span assembly and the connection table do their housekeeping.
 const TICK: Duration = Duration::from_millis(100);
+/// Events taken from the reader's queue per wake-up.
+const EVENT_BATCH: usize = 1024;
 /// How long the exporter may take to flush at exit.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -68,13 +70,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let kubernetes = Kubernetes::from_environment();
     if let Some(node) = kubernetes.node_name() {
-        info!("kubernetes: node {node}{}", if k8s::api_enabled() { ", pod metadata from the API" } else { "" });
+        info!(
+            "kubernetes: node {node}{}",
+            if k8s::api_enabled() {
+                ", pod metadata from the API"
+            } else {
+                ""
+            }
+        );
     }
     let sock_offsets = match btf::sock_offsets() {
         Ok(offsets) => offsets,
         Err(e) => {
             warn!("{e}; using the usual x86_64 sock_common offsets, addresses may be wrong");
-            tracer_common::SockOffsets { daddr: 0, rcv_saddr: 4, dport: 12, num: 14, family: 16, v6_daddr: 56, v6_rcv_saddr: 72, _pad: 0 }
+            tracer_common::SockOffsets {
+                daddr: 0,
+                rcv_saddr: 4,
+                dport: 12,
+                num: 14,
+                family: 16,
+                v6_daddr: 56,
+                v6_rcv_saddr: 72,
+                _pad: 0,
+            }
         }
     };
     let mut probes = loader::load(&LoadOptions {
@@ -88,12 +106,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })?;
     let ring = probes.take_ring_buffer()?;
 
-    let exporter = Exporter::start(export_config(&config)?, metrics.clone()).context("starting the exporter")?;
+    let exporter = Exporter::start(export_config(&config)?, metrics.clone())
+        .context("starting the exporter")?;
     let (tx, mut rx) = mpsc::channel::<Event>(config.event_queue.max(1));
     let reader = tokio::spawn(reader::run(ring, tx, metrics.clone()));
 
     let mut table = ConnTable::new(
-        Filter { selection: Selection::from_config(&config) },
+        Filter {
+            selection: Selection::from_config(&config),
+        },
         ParserOptions::with_headers(config.record_query, &config.record_headers),
         config.max_connections,
         config.connection_idle_secs.saturating_mul(1_000_000_000),
@@ -109,7 +130,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         metrics.clone(),
     );
-    let mut processes = ProcessCache::new(process::host_name(), 4096).with_kubernetes(kubernetes.clone());
+    let mut processes =
+        ProcessCache::new(process::host_name(), 4096).with_kubernetes(kubernetes.clone());
     let sampler = Sampler::new(config.sample_ratio);
     // Head sampling at the export boundary: every span of a trace gets the same decision.
     let submit = |span: SpanRecord| {
@@ -128,24 +150,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut stats = interval(stats_every);
     stats.tick().await;
     let mut outputs: Vec<ConnOutput> = Vec::new();
+    let mut batch: Vec<Event> = Vec::with_capacity(EVENT_BATCH);
+    let mut ticks: u64 = 0;
 
     ready.store(true, Ordering::Relaxed);
     info!(
         "tracer ready: {} tracepoints attached, exporting to {}",
         probes.attached,
-        config.otlp_traces_endpoint.as_deref().or(config.otlp_endpoint.as_deref()).unwrap_or("stdout")
+        config
+            .otlp_traces_endpoint
+            .as_deref()
+            .or(config.otlp_endpoint.as_deref())
+            .unwrap_or("stdout")
     );
     loop {
         tokio::select! {
-            event = rx.recv() => {
-                let Some(event) = event else { break };
-                table.on_event(&event, &mut outputs);
-                for output in outputs.drain(..) {
-                    assembler.on_output(output, &mut processes);
+            received = rx.recv_many(&mut batch, EVENT_BATCH) => {
+                if received == 0 {
+                    break;
+                }
+                for event in batch.drain(..) {
+                    table.on_event(&event, &mut outputs);
+                    for output in outputs.drain(..) {
+                        assembler.on_output(output, &mut processes);
+                    }
                 }
             }
             _ = tick.tick() => {
                 let now = monotonic_ns();
+                ticks += 1;
+                if ticks % 10 == 0 {
+                    // Keeps /metrics current (the kernel side counts per CPU, read on demand).
+                    refresh_kernel_counters(&probes, &metrics);
+                }
                 table.evict_idle(now, &mut outputs);
                 for output in outputs.drain(..) {
                     assembler.on_output(output, &mut processes);
@@ -163,7 +200,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!("stopping: detaching probes and flushing spans");
     reader.abort();
     let _ = reader.await;
-    log_kernel_counters(&probes, &metrics);
+    refresh_kernel_counters(&probes, &metrics);
     drop(probes);
     while let Ok(event) = rx.try_recv() {
         table.on_event(&event, &mut outputs);
@@ -193,7 +230,8 @@ fn export_config(config: &Config) -> anyhow::Result<ExportConfig> {
     Ok(ExportConfig {
         endpoint,
         endpoint_is_signal_specific: signal_specific,
-        protocol: parse_protocol(&config.otlp_protocol).context("--otlp-protocol / OTEL_EXPORTER_OTLP_PROTOCOL")?,
+        protocol: parse_protocol(&config.otlp_protocol)
+            .context("--otlp-protocol / OTEL_EXPORTER_OTLP_PROTOCOL")?,
         headers,
         timeout: Duration::from_millis(config.otlp_timeout_ms),
         max_batch: config.export_batch.max(1),
@@ -204,26 +242,37 @@ fn export_config(config: &Config) -> anyhow::Result<ExportConfig> {
 }
 
 /// Copies the kernel side's counters into the shared metrics.
-fn log_kernel_counters(probes: &Probes, metrics: &Metrics) {
+fn refresh_kernel_counters(probes: &Probes, metrics: &Metrics) {
     use std::sync::atomic::Ordering::Relaxed;
     match probes.kernel_counters() {
         Ok(k) => {
             metrics.kernel_events_sent.store(k.events_sent, Relaxed);
             metrics.kernel_ringbuf_full.store(k.ringbuf_full, Relaxed);
-            metrics.kernel_read_user_failed.store(k.read_user_failed, Relaxed);
+            metrics
+                .kernel_read_user_failed
+                .store(k.read_user_failed, Relaxed);
             metrics.kernel_inflight_full.store(k.inflight_full, Relaxed);
-            metrics.kernel_sendfile_uncaptured.store(k.sendfile_uncaptured, Relaxed);
+            metrics
+                .kernel_sendfile_uncaptured
+                .store(k.sendfile_uncaptured, Relaxed);
             metrics.kernel_port_filtered.store(k.port_filtered, Relaxed);
             metrics.kernel_agent_peer.store(k.agent_peer, Relaxed);
-            metrics.kernel_conn_insert_failed.store(k.conn_insert_failed, Relaxed);
+            metrics
+                .kernel_conn_insert_failed
+                .store(k.conn_insert_failed, Relaxed);
         }
         Err(e) => warn!("cannot read kernel counters: {e}"),
     }
 }
 
 fn log_stats(probes: &Probes, metrics: &Metrics, table: &ConnTable, assembler: &Assembler) {
-    log_kernel_counters(probes, metrics);
-    info!(connections = table.len(), pending_spans = assembler.pending(), "{}", summary(metrics));
+    refresh_kernel_counters(probes, metrics);
+    info!(
+        connections = table.len(),
+        pending_spans = assembler.pending(),
+        "{}",
+        summary(metrics)
+    );
 }
 
 fn log_totals(metrics: &Metrics) {
@@ -242,7 +291,10 @@ fn summary(metrics: &Metrics) -> String {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer; both clocks always exist on Linux.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128

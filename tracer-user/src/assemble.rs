@@ -156,15 +156,27 @@ impl Assembler {
     /// Takes one output of the connection table.
     pub fn on_output(&mut self, output: ConnOutput, resources: &mut dyn ResourceSource) {
         match output {
-            ConnOutput::Message { meta, direction, message: Message::Request(req) } => {
-                self.on_request(&meta, direction, req, resources)
-            }
-            ConnOutput::Message { meta, message: Message::Response(resp), .. } => self.on_response(&meta, resp),
+            ConnOutput::Message {
+                meta,
+                direction,
+                message: Message::Request(req),
+            } => self.on_request(&meta, direction, req, resources),
+            ConnOutput::Message {
+                meta,
+                message: Message::Response(resp),
+                ..
+            } => self.on_response(&meta, resp),
             ConnOutput::Closed { meta, at_ns } => self.on_closed(&meta, at_ns),
         }
     }
 
-    fn on_request(&mut self, meta: &ConnMeta, direction: Direction, req: Request, resources: &mut dyn ResourceSource) {
+    fn on_request(
+        &mut self,
+        meta: &ConnMeta,
+        direction: Direction,
+        req: Request,
+        resources: &mut dyn ResourceSource,
+    ) {
         if self.spans.len() >= self.config.max_pending {
             inc(&self.metrics.spans_dropped_pending);
             return;
@@ -231,18 +243,28 @@ impl Assembler {
             SpanKind::Client => self.place_client(handle),
         }
         if req.expects_response {
-            let previous = self.open.entry(meta.conn_id).or_default().insert(req.key, handle);
+            let previous = self
+                .open
+                .entry(meta.conn_id)
+                .or_default()
+                .insert(req.key, handle);
             if let Some(stale) = previous {
                 // The same key again before a response (a reused Thrift seqid): the older
                 // request will never be answered.
-                self.finish_unanswered(stale, start_ns, "superseded by a request with the same key");
+                self.finish_unanswered(
+                    stale,
+                    start_ns,
+                    "superseded by a request with the same key",
+                );
             }
         }
     }
 
     /// Same-host link for a new SERVER span; otherwise it waits for its CLIENT span.
     fn place_server(&mut self, handle: u64) {
-        let Some(span) = self.spans.get(&handle) else { return };
+        let Some(span) = self.spans.get(&handle) else {
+            return;
+        };
         let (tuple, key, protocol, pid, tid, has_context, start, print) = (
             span.tuple,
             span.key,
@@ -255,9 +277,14 @@ impl Assembler {
         );
         self.serving.entry((pid, tid)).or_default().push(handle);
         self.serving_by_pid.entry(pid).or_default().push(handle);
-        let matched = take_match(&mut self.unmatched_clients, &self.spans, tuple, (key, print), protocol, |client| {
-            client.start_ns <= start
-        });
+        let matched = take_match(
+            &mut self.unmatched_clients,
+            &self.spans,
+            tuple,
+            (key, print),
+            protocol,
+            |client| client.start_ns <= start,
+        );
         if has_context {
             return;
         }
@@ -267,14 +294,19 @@ impl Assembler {
                 if let Some(span) = self.spans.get_mut(&handle) {
                     span.decided = false;
                 }
-                self.unmatched_servers.entry(tuple).or_default().push_back(handle);
+                self.unmatched_servers
+                    .entry(tuple)
+                    .or_default()
+                    .push_back(handle);
             }
         }
     }
 
     /// Thread causality for a new CLIENT span, then same-host matching of a waiting SERVER span.
     fn place_client(&mut self, handle: u64) {
-        let Some(span) = self.spans.get(&handle) else { return };
+        let Some(span) = self.spans.get(&handle) else {
+            return;
+        };
         let (tuple, key, protocol, pid, tid, has_context, start, print) = (
             span.tuple,
             span.key,
@@ -292,7 +324,11 @@ impl Assembler {
                 .map(|list| {
                     list.iter()
                         .copied()
-                        .filter(|h| self.spans.get(h).is_some_and(|s| s.end_ns.is_none() && s.start_ns <= start))
+                        .filter(|h| {
+                            self.spans
+                                .get(h)
+                                .is_some_and(|s| s.end_ns.is_none() && s.start_ns <= start)
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -301,20 +337,30 @@ impl Assembler {
                 _ => self.place_by_inference(handle),
             }
         }
-        let waiting = take_match(&mut self.unmatched_servers, &self.spans, tuple, (key, print), protocol, |server| {
-            server.start_ns >= start
-        });
+        let waiting = take_match(
+            &mut self.unmatched_servers,
+            &self.spans,
+            tuple,
+            (key, print),
+            protocol,
+            |server| server.start_ns >= start,
+        );
         if let Some(server) = waiting {
             self.link(server, handle, "same_host", 1.0);
         } else {
-            self.unmatched_clients.entry(tuple).or_default().push_back(handle);
+            self.unmatched_clients
+                .entry(tuple)
+                .or_default()
+                .push_back(handle);
         }
     }
 
     /// Links by inference when confident enough; otherwise keeps the span a root with a span
     /// link to the candidate (never a wrong child with a confident face).
     fn place_by_inference(&mut self, handle: u64) {
-        let Some(guess) = self.infer_parent(handle) else { return };
+        let Some(guess) = self.infer_parent(handle) else {
+            return;
+        };
         if guess.confidence >= self.config.link_threshold {
             self.link(handle, guess.parent, guess.method, guess.confidence);
         } else if let Some(span) = self.spans.get_mut(&handle) {
@@ -334,11 +380,17 @@ impl Assembler {
     }
 
     fn on_response(&mut self, meta: &ConnMeta, resp: Response) {
-        let Some(handle) = self.open.get_mut(&meta.conn_id).and_then(|m| m.remove(&resp.key)) else {
+        let Some(handle) = self
+            .open
+            .get_mut(&meta.conn_id)
+            .and_then(|m| m.remove(&resp.key))
+        else {
             inc(&self.metrics.spans_unpaired);
             return;
         };
-        let Some(span) = self.spans.get_mut(&handle) else { return };
+        let Some(span) = self.spans.get_mut(&handle) else {
+            return;
+        };
         span.end_ns = Some(resp.last.exit_ns.max(span.start_ns));
         span.attributes.extend(resp.attributes);
         span.status = status_of(span.kind, resp.http_status, resp.error);
@@ -357,7 +409,9 @@ impl Assembler {
     }
 
     fn on_closed(&mut self, meta: &ConnMeta, at_ns: u64) {
-        let Some(open) = self.open.remove(&meta.conn_id) else { return };
+        let Some(open) = self.open.remove(&meta.conn_id) else {
+            return;
+        };
         for (_, handle) in open {
             self.finish_unanswered(handle, at_ns, "connection closed before the response");
         }
@@ -365,7 +419,9 @@ impl Assembler {
 
     fn finish_unanswered(&mut self, handle: u64, at_ns: u64, why: &str) {
         inc(&self.metrics.spans_unpaired);
-        let Some(span) = self.spans.get_mut(&handle) else { return };
+        let Some(span) = self.spans.get_mut(&handle) else {
+            return;
+        };
         if span.end_ns.is_none() {
             span.end_ns = Some(at_ns.max(span.start_ns));
             span.status = SpanStatus::Error(Some(why.to_string()));
@@ -385,13 +441,21 @@ impl Assembler {
             }
         }
         let spans = &self.spans;
-        let keep = |h: &u64| spans.get(h).is_some_and(|s| !s.decided || now_ns.saturating_sub(s.start_ns) <= settle);
+        let keep = |h: &u64| {
+            spans
+                .get(h)
+                .is_some_and(|s| !s.decided || now_ns.saturating_sub(s.start_ns) <= settle)
+        };
         self.unmatched_servers.retain(|_, q| {
             q.retain(&keep);
             !q.is_empty()
         });
         self.unmatched_clients.retain(|_, q| {
-            q.retain(|h| spans.get(h).is_some_and(|s| now_ns.saturating_sub(s.start_ns) <= settle));
+            q.retain(|h| {
+                spans
+                    .get(h)
+                    .is_some_and(|s| now_ns.saturating_sub(s.start_ns) <= settle)
+            });
             !q.is_empty()
         });
         // Requests that never got an answer.
@@ -413,7 +477,10 @@ impl Assembler {
         let ready: Vec<u64> = self
             .spans
             .iter()
-            .filter(|(_, s)| s.end_ns.is_some_and(|end| now_ns.saturating_sub(end) >= settle))
+            .filter(|(_, s)| {
+                s.end_ns
+                    .is_some_and(|end| now_ns.saturating_sub(end) >= settle)
+            })
             .map(|(h, _)| *h)
             .filter(|h| self.ancestors_decided(*h))
             .collect();
@@ -425,7 +492,9 @@ impl Assembler {
             // Children exported later find this span's identity in `exported`.
             self.spans.remove(&handle);
         }
-        self.exported.retain(|_, e| now_ns.saturating_sub(e.at_ns) <= settle.saturating_mul(4).max(10_000_000_000));
+        self.exported.retain(|_, e| {
+            now_ns.saturating_sub(e.at_ns) <= settle.saturating_mul(4).max(10_000_000_000)
+        });
         out
     }
 
@@ -443,7 +512,9 @@ impl Assembler {
         self.serving_by_pid.clear();
         self.claims.clear();
         self.claimed.clear();
-        let far_future = now_ns.saturating_add(self.config.settle_ns).saturating_add(1);
+        let far_future = now_ns
+            .saturating_add(self.config.settle_ns)
+            .saturating_add(1);
         let mut out = Vec::new();
         // Parents before children is not required; a few rounds release every chain.
         for _ in 0..MAX_DEPTH {
@@ -459,7 +530,9 @@ impl Assembler {
     fn ancestors_decided(&self, handle: u64) -> bool {
         let mut current = handle;
         for _ in 0..MAX_DEPTH {
-            let Some(span) = self.spans.get(&current) else { return true };
+            let Some(span) = self.spans.get(&current) else {
+                return true;
+            };
             if !span.decided {
                 return false;
             }
@@ -473,13 +546,24 @@ impl Assembler {
 
     /// Trace id, parent span id and flags of a span, following local parents.
     fn identity(&self, handle: u64) -> ([u8; 16], Option<[u8; 8]>, u8, Option<String>) {
-        let Some(span) = self.spans.get(&handle) else { return (random_trace_id(), None, 1, None) };
+        let Some(span) = self.spans.get(&handle) else {
+            return (random_trace_id(), None, 1, None);
+        };
         match &span.parent {
             Parent::Root => (span.own_trace_id, None, 1, None),
-            Parent::Remote(ctx) => (ctx.trace_id, Some(ctx.span_id), ctx.flags, Some(ctx.tracestate.clone().unwrap_or_default())),
+            Parent::Remote(ctx) => (
+                ctx.trace_id,
+                Some(ctx.span_id),
+                ctx.flags,
+                Some(ctx.tracestate.clone().unwrap_or_default()),
+            ),
             Parent::Local(parent) => {
                 let (trace, flags, state) = self.trace_of(*parent, 0);
-                let parent_span = self.spans.get(parent).map(|p| p.span_id).or_else(|| self.exported.get(parent).map(|e| e.span_id));
+                let parent_span = self
+                    .spans
+                    .get(parent)
+                    .map(|p| p.span_id)
+                    .or_else(|| self.exported.get(parent).map(|e| e.span_id));
                 match parent_span {
                     Some(id) => (trace, Some(id), flags, state),
                     None => (span.own_trace_id, None, 1, None),
@@ -492,10 +576,16 @@ impl Assembler {
         if let Some(e) = self.exported.get(&handle) {
             return (e.trace_id, e.flags, None);
         }
-        let Some(span) = self.spans.get(&handle) else { return (random_trace_id(), 1, None) };
+        let Some(span) = self.spans.get(&handle) else {
+            return (random_trace_id(), 1, None);
+        };
         match &span.parent {
             Parent::Local(parent) if depth < MAX_DEPTH => self.trace_of(*parent, depth + 1),
-            Parent::Remote(ctx) => (ctx.trace_id, ctx.flags, Some(ctx.tracestate.clone().unwrap_or_default())),
+            Parent::Remote(ctx) => (
+                ctx.trace_id,
+                ctx.flags,
+                Some(ctx.tracestate.clone().unwrap_or_default()),
+            ),
             _ => (span.own_trace_id, 1, None),
         }
     }
@@ -505,7 +595,11 @@ impl Assembler {
         // Clamp to a same-host CLIENT parent: its reader cannot have received the last byte
         // before it was written, so the write's true time is within the parent's span.
         let parent_times = match self.spans.get(&handle).map(|s| &s.parent) {
-            Some(Parent::Local(p)) => self.spans.get(p).filter(|p| p.kind == SpanKind::Client).map(|p| (p.start_ns, p.end_ns)),
+            Some(Parent::Local(p)) => self
+                .spans
+                .get(p)
+                .filter(|p| p.kind == SpanKind::Client)
+                .map(|p| (p.start_ns, p.end_ns)),
             _ => None,
         };
         let links: Vec<SpanLink> = {
@@ -513,7 +607,11 @@ impl Assembler {
             span.link_candidates
                 .iter()
                 .filter_map(|c| {
-                    let span_id = self.spans.get(c).map(|s| s.span_id).or_else(|| self.exported.get(c).map(|e| e.span_id))?;
+                    let span_id = self
+                        .spans
+                        .get(c)
+                        .map(|s| s.span_id)
+                        .or_else(|| self.exported.get(c).map(|e| e.span_id))?;
                     let (trace, _, _) = self.trace_of(*c, 0);
                     Some(SpanLink {
                         trace_id: trace,
@@ -558,7 +656,15 @@ impl Assembler {
             links,
             resource: span.resource.clone(),
         };
-        self.exported.insert(handle, Exported { trace_id, span_id: span.span_id, flags, at_ns: now_ns });
+        self.exported.insert(
+            handle,
+            Exported {
+                trace_id,
+                span_id: span.span_id,
+                flags,
+                at_ns: now_ns,
+            },
+        );
         Some(record)
     }
 }
@@ -611,12 +717,26 @@ fn status_of(kind: SpanKind, http_status: Option<u16>, error: Option<String>) ->
     }
 }
 
-fn add_network_attributes(attributes: &mut Vec<Attribute>, kind: SpanKind, local: SocketAddr, remote: SocketAddr) {
+fn add_network_attributes(
+    attributes: &mut Vec<Attribute>,
+    kind: SpanKind,
+    local: SocketAddr,
+    remote: SocketAddr,
+) {
     let has = |attributes: &[Attribute], key: &str| attributes.iter().any(|a| a.key == key);
     attributes.push(Attribute::str("network.transport", "tcp"));
-    attributes.push(Attribute::str("network.type", if remote.is_ipv4() { "ipv4" } else { "ipv6" }));
-    attributes.push(Attribute::str("network.peer.address", remote.ip().to_string()));
-    attributes.push(Attribute::int("network.peer.port", i64::from(remote.port())));
+    attributes.push(Attribute::str(
+        "network.type",
+        if remote.is_ipv4() { "ipv4" } else { "ipv6" },
+    ));
+    attributes.push(Attribute::str(
+        "network.peer.address",
+        remote.ip().to_string(),
+    ));
+    attributes.push(Attribute::int(
+        "network.peer.port",
+        i64::from(remote.port()),
+    ));
     match kind {
         SpanKind::Server => {
             attributes.push(Attribute::str("client.address", remote.ip().to_string()));

@@ -87,19 +87,35 @@ pub struct Config {
     pub services: Vec<String>,
 
     /// Never trace these process ids (repeatable).
-    #[arg(long = "exclude-pid", env = "TRACER_EXCLUDE_PIDS", value_delimiter = ',')]
+    #[arg(
+        long = "exclude-pid",
+        env = "TRACER_EXCLUDE_PIDS",
+        value_delimiter = ','
+    )]
     pub exclude_pids: Vec<u32>,
 
     /// Never trace processes with this name (`comm` or executable name; repeatable).
-    #[arg(long = "exclude-process", env = "TRACER_EXCLUDE_PROCESSES", value_delimiter = ',')]
+    #[arg(
+        long = "exclude-process",
+        env = "TRACER_EXCLUDE_PROCESSES",
+        value_delimiter = ','
+    )]
     pub exclude_processes: Vec<String>,
 
     /// Never trace connections with this local or remote port (repeatable).
-    #[arg(long = "exclude-port", env = "TRACER_EXCLUDE_PORTS", value_delimiter = ',')]
+    #[arg(
+        long = "exclude-port",
+        env = "TRACER_EXCLUDE_PORTS",
+        value_delimiter = ','
+    )]
     pub exclude_ports: Vec<u16>,
 
     /// Never trace processes whose cgroup path starts with this prefix (repeatable).
-    #[arg(long = "exclude-cgroup", env = "TRACER_EXCLUDE_CGROUPS", value_delimiter = ',')]
+    #[arg(
+        long = "exclude-cgroup",
+        env = "TRACER_EXCLUDE_CGROUPS",
+        value_delimiter = ','
+    )]
     pub exclude_cgroups: Vec<String>,
 
     /// Never trace processes of this container (id or prefix of at least 12; repeatable).
@@ -107,7 +123,11 @@ pub struct Config {
     pub exclude_containers: Vec<String>,
 
     /// Never trace processes whose `service.name` is this (repeatable).
-    #[arg(long = "exclude-service", env = "TRACER_EXCLUDE_SERVICES", value_delimiter = ',')]
+    #[arg(
+        long = "exclude-service",
+        env = "TRACER_EXCLUDE_SERVICES",
+        value_delimiter = ','
+    )]
     pub exclude_services: Vec<String>,
 
     /// Payload bytes captured per socket syscall (64..=4096). Request heads longer than this
@@ -200,12 +220,23 @@ fn parse_container_id(s: &str) -> Result<String, String> {
 }
 
 /// Header names never recorded: trace context beyond what linking needs, and credentials.
-pub const NEVER_RECORDED_HEADERS: &[&str] =
-    &["traceparent", "tracestate", "baggage", "authorization", "proxy-authorization", "cookie", "set-cookie"];
+pub const NEVER_RECORDED_HEADERS: &[&str] = &[
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
 
 fn parse_header_name(s: &str) -> Result<String, String> {
     let s = s.trim().to_ascii_lowercase();
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+    if s.is_empty()
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
         return Err("must be a header name (letters, digits, '-', '_', '.')".into());
     }
     if NEVER_RECORDED_HEADERS.contains(&s.as_str()) {
@@ -240,18 +271,24 @@ impl Config {
 
     /// Like [`Config::load`] with explicit arguments (`args[0]` is the program name).
     pub fn load_from(args: Vec<std::ffi::OsString>) -> Result<Config, LoadError> {
-        let matches = Config::command().try_get_matches_from(&args).map_err(LoadError::Clap)?;
+        let matches = Config::command()
+            .try_get_matches_from(&args)
+            .map_err(LoadError::Clap)?;
         let first = Config::from_arg_matches(&matches).map_err(LoadError::Clap)?;
         let Some(path) = first.config.clone() else {
             return Ok(first);
         };
         let text = std::fs::read_to_string(&path)
             .map_err(|e| LoadError::File(format!("config file {}: {e}", path.display())))?;
-        let entries = file::parse(&text).map_err(|e| LoadError::File(format!("config file {}: {e}", path.display())))?;
+        let entries = file::parse(&text)
+            .map_err(|e| LoadError::File(format!("config file {}: {e}", path.display())))?;
         let mut extra: Vec<std::ffi::OsString> = Vec::new();
         for entry in entries {
             // Flag and environment win over the file.
-            if matches!(matches.value_source(entry.id), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+            if matches!(
+                matches.value_source(entry.id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            ) {
                 continue;
             }
             let flag = Config::command()
@@ -269,8 +306,16 @@ impl Config {
             probe.extend(these.iter().cloned());
             if let Err(e) = Config::command().try_get_matches_from(probe) {
                 let text = e.to_string();
-                let line = text.lines().next().unwrap_or("invalid value").trim_start_matches("error: ");
-                return Err(LoadError::File(format!("config file {}: key `{}`: {line}", path.display(), entry.key)));
+                let line = text
+                    .lines()
+                    .next()
+                    .unwrap_or("invalid value")
+                    .trim_start_matches("error: ");
+                return Err(LoadError::File(format!(
+                    "config file {}: key `{}`: {line}",
+                    path.display(),
+                    entry.key
+                )));
             }
             extra.extend(these);
         }
@@ -290,7 +335,18 @@ mod tests {
 
     #[test]
     fn flags_parse_and_bad_values_are_refused() {
-        let c = Config::try_parse_from(["tracer", "--port", "80", "--port", "443", "--pid", "1,2", "--capture-bytes", "256"]).unwrap();
+        let c = Config::try_parse_from([
+            "tracer",
+            "--port",
+            "80",
+            "--port",
+            "443",
+            "--pid",
+            "1,2",
+            "--capture-bytes",
+            "256",
+        ])
+        .unwrap();
         assert_eq!(c.ports, vec![80, 443]);
         assert_eq!(c.pids, vec![1, 2]);
         assert_eq!(c.capture_bytes, 256);
@@ -302,9 +358,14 @@ mod tests {
     }
 
     fn load_with(file: &str, args: &[&str]) -> Result<Config, LoadError> {
-        let path = std::env::temp_dir().join(format!("tracer-config-test-{}-{}.toml", std::process::id(), file.len() ^ args.len() << 16 ^ file.as_ptr() as usize));
+        let path = std::env::temp_dir().join(format!(
+            "tracer-config-test-{}-{}.toml",
+            std::process::id(),
+            file.len() ^ args.len() << 16 ^ file.as_ptr() as usize
+        ));
         std::fs::write(&path, file).unwrap();
-        let mut all: Vec<std::ffi::OsString> = vec!["tracer".into(), "--config".into(), path.clone().into()];
+        let mut all: Vec<std::ffi::OsString> =
+            vec!["tracer".into(), "--config".into(), path.clone().into()];
         all.extend(args.iter().map(|a| a.into()));
         let r = Config::load_from(all);
         let _ = std::fs::remove_file(&path);
@@ -347,7 +408,10 @@ health_addr = "127.0.0.1:9464"
         )
         .unwrap();
         assert_eq!(c.otlp_endpoint.as_deref(), Some("http://collector:4317"));
-        assert_eq!(c.otlp_headers.as_deref(), Some("authorization=Bearer a%2Cb"));
+        assert_eq!(
+            c.otlp_headers.as_deref(),
+            Some("authorization=Bearer a%2Cb")
+        );
         assert_eq!(c.sample_ratio, 0.25);
         assert_eq!(c.ports, vec![80, 8080]);
         assert_eq!(c.processes, vec!["nginx"]);
@@ -361,34 +425,57 @@ health_addr = "127.0.0.1:9464"
         // Every file key maps to an argument that exists.
         let cmd = Config::command();
         for (key, id) in file::KEYS {
-            assert!(cmd.get_arguments().any(|a| a.get_id() == *id && a.get_long().is_some()), "{key} -> {id}");
+            assert!(
+                cmd.get_arguments()
+                    .any(|a| a.get_id() == *id && a.get_long().is_some()),
+                "{key} -> {id}"
+            );
         }
     }
 
     #[test]
     fn bad_files_name_the_key() {
         let e = file_error(load_with("[sampling]\nratio = 2.0\n", &[]));
-        assert!(e.contains("`sampling.ratio`") && e.contains("between 0 and 1"), "{e}");
+        assert!(
+            e.contains("`sampling.ratio`") && e.contains("between 0 and 1"),
+            "{e}"
+        );
         let e = file_error(load_with("[sampling]\nratio = \"half\"\n", &[]));
-        assert!(e.contains("`sampling.ratio`") && e.contains("line 2"), "{e}");
+        assert!(
+            e.contains("`sampling.ratio`") && e.contains("line 2"),
+            "{e}"
+        );
         let e = file_error(load_with("[exclude]\nbogus = 1\n", &[]));
         assert!(e.contains("unknown key `exclude.bogus`"), "{e}");
         let e = file_error(load_with("nope = 1\n", &[]));
         assert!(e.contains("unknown key `nope`"), "{e}");
         let e = file_error(load_with("[capture]\nbytes = 5\n", &[]));
         assert!(e.contains("`capture.bytes`"), "{e}");
-        let e = file_error(load_with("[capture]\nrequest_headers = [\"traceparent\"]\n", &[]));
-        assert!(e.contains("`capture.request_headers`") && e.contains("never recorded"), "{e}");
+        let e = file_error(load_with(
+            "[capture]\nrequest_headers = [\"traceparent\"]\n",
+            &[],
+        ));
+        assert!(
+            e.contains("`capture.request_headers`") && e.contains("never recorded"),
+            "{e}"
+        );
         let e = file_error(load_with("[buffers]\nringbuf_bytes = 5000\n", &[]));
         assert!(e.contains("`buffers.ringbuf_bytes`"), "{e}");
         let e = file_error(load_with("[exporter\n", &[]));
         assert!(e.contains("line 1"), "{e}");
         // A flag's own bad value is clap's error, not the file's.
-        assert!(matches!(load_with("", &["--sample-ratio", "7"]), Err(LoadError::Clap(_))));
+        assert!(matches!(
+            load_with("", &["--sample-ratio", "7"]),
+            Err(LoadError::Clap(_))
+        ));
         // A flag overrides a bad-but-shadowed file value? No: the file is still checked only
         // for the keys it fills; a key the flag sets is not looked at.
         assert!(load_with("[sampling]\nratio = 7.0\n", &["--sample-ratio", "0.5"]).is_ok());
-        match Config::load_from(vec!["tracer".into(), "--config".into(), "/nonexistent/t.toml".into()]) {
+        match Config::load_from(vec![
+            "tracer".into(),
+            "--config".into(),
+            "/nonexistent/t.toml".into(),
+        ]) {
             Err(LoadError::File(l)) => assert!(l.contains("/nonexistent/t.toml"), "{l}"),
             other => panic!("{other:?}"),
         }
@@ -396,8 +483,16 @@ health_addr = "127.0.0.1:9464"
 
     #[test]
     fn record_query_forms() {
-        assert!(Config::try_parse_from(["tracer", "--record-query"]).unwrap().record_query);
-        assert!(!Config::try_parse_from(["tracer", "--record-query=false"]).unwrap().record_query);
+        assert!(
+            Config::try_parse_from(["tracer", "--record-query"])
+                .unwrap()
+                .record_query
+        );
+        assert!(
+            !Config::try_parse_from(["tracer", "--record-query=false"])
+                .unwrap()
+                .record_query
+        );
         assert!(!Config::try_parse_from(["tracer"]).unwrap().record_query);
         assert!(Config::try_parse_from(["tracer", "--record-header", "Authorization"]).is_err());
         assert!(Config::try_parse_from(["tracer", "--container", "xyz"]).is_err());

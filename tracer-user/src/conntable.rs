@@ -4,15 +4,14 @@
 //! and feeds each direction's chunks to that protocol's parser. Emits parsed messages (and
 //! closes) for span assembly. Idle connections are evicted; the table is bounded.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use crate::{
     event::{ConnOp, ConnRecord, DataRecord, Endpoints, Event},
     metrics::{Metrics, add, inc},
-    protocol::{self, Chunk, Direction, Message, ParseStats, ParserOptions, Protocol, StreamParser, Timing},
+    protocol::{
+        self, Chunk, Direction, Message, ParseStats, ParserOptions, Protocol, StreamParser, Timing,
+    },
     selection::Selection,
 };
 
@@ -36,7 +35,11 @@ pub struct ConnMeta {
 /// What the table hands to span assembly.
 #[derive(Debug)]
 pub enum ConnOutput {
-    Message { meta: ConnMeta, direction: Direction, message: Message },
+    Message {
+        meta: ConnMeta,
+        direction: Direction,
+        message: Message,
+    },
     /// The connection is gone (closed or evicted); `at_ns` is the kernel time of the close
     /// or the last activity.
     Closed { meta: ConnMeta, at_ns: u64 },
@@ -82,8 +85,15 @@ impl Held {
 }
 
 enum ParseState {
-    Detecting { tries: u8, held: Held },
-    Parsing { protocol: Protocol, parser: Box<dyn StreamParser>, reported: ParseStats },
+    Detecting {
+        tries: u8,
+        held: Held,
+    },
+    Parsing {
+        protocol: Protocol,
+        parser: Box<dyn StreamParser>,
+        reported: ParseStats,
+    },
     Ignored,
 }
 
@@ -169,7 +179,10 @@ impl ConnTable {
         if self.name_allowed.len() > 65536 {
             self.name_allowed.clear();
         }
-        *self.name_allowed.entry(pid).or_insert_with(|| selection.process_allowed(pid))
+        *self
+            .name_allowed
+            .entry(pid)
+            .or_insert_with(|| selection.process_allowed(pid))
     }
 
     fn on_data(&mut self, rec: &DataRecord, out: &mut Vec<ConnOutput>) {
@@ -179,7 +192,10 @@ impl ConnTable {
                 return;
             };
             let state = if self.allowed(rec.pid, &endpoints) {
-                ParseState::Detecting { tries: 0, held: Held::default() }
+                ParseState::Detecting {
+                    tries: 0,
+                    held: Held::default(),
+                }
             } else {
                 inc(&self.metrics.events_filtered);
                 ParseState::Ignored
@@ -191,14 +207,29 @@ impl ConnTable {
             inc(&self.metrics.connections_opened);
             self.conns.insert(
                 rec.conn_id,
-                Connection { pid: rec.pid, fd: rec.fd, endpoints, state, last_seen_ns: rec.exit_ns },
+                Connection {
+                    pid: rec.pid,
+                    fd: rec.fd,
+                    endpoints,
+                    state,
+                    last_seen_ns: rec.exit_ns,
+                },
             );
         }
-        let Some(conn) = self.conns.get_mut(&rec.conn_id) else { return };
+        let Some(conn) = self.conns.get_mut(&rec.conn_id) else {
+            return;
+        };
         conn.last_seen_ns = conn.last_seen_ns.max(rec.exit_ns);
-        add(&self.metrics.bytes_uncaptured, rec.bytes.saturating_sub(rec.payload.len() as u64));
+        add(
+            &self.metrics.bytes_uncaptured,
+            rec.bytes.saturating_sub(rec.payload.len() as u64),
+        );
 
-        let timing = Timing { enter_ns: rec.enter_ns, exit_ns: rec.exit_ns, tid: rec.tid };
+        let timing = Timing {
+            enter_ns: rec.enter_ns,
+            exit_ns: rec.exit_ns,
+            tid: rec.tid,
+        };
         // Chunks held back during detection that belong before this one.
         let mut replay = Vec::new();
         if let ParseState::Detecting { tries, held } = &mut conn.state {
@@ -240,14 +271,39 @@ impl ConnTable {
                 }
             }
         }
-        let ParseState::Parsing { protocol, parser, reported } = &mut conn.state else { return };
+        let ParseState::Parsing {
+            protocol,
+            parser,
+            reported,
+        } = &mut conn.state
+        else {
+            return;
+        };
         self.messages.clear();
         for (data, len, timing) in &replay {
-            parser.feed(rec.direction, &Chunk { data, len: *len, timing: *timing }, &mut self.messages);
+            parser.feed(
+                rec.direction,
+                &Chunk {
+                    data,
+                    len: *len,
+                    timing: *timing,
+                },
+                &mut self.messages,
+            );
         }
-        let chunk = Chunk { data: &rec.payload, len: rec.bytes, timing };
+        let chunk = Chunk {
+            data: &rec.payload,
+            len: rec.bytes,
+            timing,
+        };
         parser.feed(rec.direction, &chunk, &mut self.messages);
-        count_stats(&self.metrics, *protocol, parser.stats(), reported, self.messages.len());
+        count_stats(
+            &self.metrics,
+            *protocol,
+            parser.stats(),
+            reported,
+            self.messages.len(),
+        );
         let gave_up = parser.gave_up();
         let meta = ConnMeta {
             conn_id: rec.conn_id,
@@ -257,11 +313,18 @@ impl ConnTable {
             protocol: *protocol,
         };
         for message in self.messages.drain(..) {
-            out.push(ConnOutput::Message { meta, direction: rec.direction, message });
+            out.push(ConnOutput::Message {
+                meta,
+                direction: rec.direction,
+                message,
+            });
         }
         if gave_up {
             conn.state = ParseState::Ignored;
-            out.push(ConnOutput::Closed { meta, at_ns: rec.exit_ns });
+            out.push(ConnOutput::Closed {
+                meta,
+                at_ns: rec.exit_ns,
+            });
         }
     }
 
@@ -277,14 +340,20 @@ impl ConnTable {
     }
 
     fn close(&mut self, conn_id: u64, mut conn: Connection, at_ns: u64, out: &mut Vec<ConnOutput>) {
-        let Some(meta) = conn.meta(conn_id) else { return };
+        let Some(meta) = conn.meta(conn_id) else {
+            return;
+        };
         if let ParseState::Parsing { parser, .. } = &mut conn.state {
             self.messages.clear();
             parser.finish(&mut self.messages);
             for message in self.messages.drain(..) {
                 // Only responses end at a close (HTTP/1.x bodies without length); span
                 // assembly pairs responses by key, so their direction does not matter.
-                out.push(ConnOutput::Message { meta, direction: Direction::Ingress, message });
+                out.push(ConnOutput::Message {
+                    meta,
+                    direction: Direction::Ingress,
+                    message,
+                });
             }
         }
         out.push(ConnOutput::Closed { meta, at_ns });
@@ -319,7 +388,13 @@ impl ConnTable {
     }
 }
 
-fn count_stats(metrics: &Metrics, protocol: Protocol, now: ParseStats, reported: &mut ParseStats, messages: usize) {
+fn count_stats(
+    metrics: &Metrics,
+    protocol: Protocol,
+    now: ParseStats,
+    reported: &mut ParseStats,
+    messages: usize,
+) {
     let new_errors = now.errors.saturating_sub(reported.errors);
     *reported = now;
     let (msgs, errors) = match protocol {
@@ -367,36 +442,62 @@ mod tests {
     fn requests(out: &[ConnOutput]) -> Vec<(&crate::protocol::Request, Direction)> {
         out.iter()
             .filter_map(|o| match o {
-                ConnOutput::Message { message: Message::Request(r), direction, .. } => Some((r, *direction)),
+                ConnOutput::Message {
+                    message: Message::Request(r),
+                    direction,
+                    ..
+                } => Some((r, *direction)),
                 _ => None,
             })
             .collect()
     }
 
     fn transport_of(req: &crate::protocol::Request) -> Option<String> {
-        req.attributes.iter().find(|a| a.key == "rpc.thrift.transport").map(|a| format!("{:?}", a.value))
+        req.attributes
+            .iter()
+            .find(|a| a.key == "rpc.thrift.transport")
+            .map(|a| format!("{:?}", a.value))
     }
 
     /// A framed server reads the 4-byte length, then the frame: neither piece alone says
     /// "framed Thrift", joined they do, and the request starts at the first piece.
     #[test]
     fn frame_length_read_apart_from_its_frame_is_detected_as_framed() {
-        let mut table = ConnTable::new(Filter::default(), ParserOptions::default(), 16, u64::MAX, Arc::default());
+        let mut table = ConnTable::new(
+            Filter::default(),
+            ParserOptions::default(),
+            16,
+            u64::MAX,
+            Arc::default(),
+        );
         let body = binary_call();
         let mut out = Vec::new();
-        table.on_event(&record(Direction::Ingress, &(body.len() as u32).to_be_bytes(), 100), &mut out);
+        table.on_event(
+            &record(Direction::Ingress, &(body.len() as u32).to_be_bytes(), 100),
+            &mut out,
+        );
         table.on_event(&record(Direction::Ingress, &body, 200), &mut out);
         let reqs = requests(&out);
         assert_eq!(reqs.len(), 1, "{out:?}");
         let (req, _) = reqs[0];
         assert_eq!(req.name, "ping");
         assert_eq!(req.key, 7);
-        assert!(transport_of(req).is_some_and(|t| t.contains("framed")), "{:?}", req.attributes);
-        assert_eq!(req.first.enter_ns, 100, "the request starts with the length read");
+        assert!(
+            transport_of(req).is_some_and(|t| t.contains("framed")),
+            "{:?}",
+            req.attributes
+        );
+        assert_eq!(
+            req.first.enter_ns, 100,
+            "the request starts with the length read"
+        );
 
         // The next request, read the same way, is decoded in sync.
         let mut out = Vec::new();
-        table.on_event(&record(Direction::Ingress, &(body.len() as u32).to_be_bytes(), 300), &mut out);
+        table.on_event(
+            &record(Direction::Ingress, &(body.len() as u32).to_be_bytes(), 300),
+            &mut out,
+        );
         table.on_event(&record(Direction::Ingress, &body, 400), &mut out);
         assert_eq!(requests(&out).len(), 1, "{out:?}");
     }
@@ -405,9 +506,18 @@ mod tests {
     /// message from being detected on its own.
     #[test]
     fn held_garbage_does_not_hide_a_later_message() {
-        let mut table = ConnTable::new(Filter::default(), ParserOptions::default(), 16, u64::MAX, Arc::default());
+        let mut table = ConnTable::new(
+            Filter::default(),
+            ParserOptions::default(),
+            16,
+            u64::MAX,
+            Arc::default(),
+        );
         let mut out = Vec::new();
-        table.on_event(&record(Direction::Ingress, b"\x13\x37garbage", 100), &mut out);
+        table.on_event(
+            &record(Direction::Ingress, b"\x13\x37garbage", 100),
+            &mut out,
+        );
         table.on_event(&record(Direction::Ingress, &binary_call(), 200), &mut out);
         let reqs = requests(&out);
         assert_eq!(reqs.len(), 1, "{out:?}");

@@ -34,7 +34,9 @@ impl Endpoints {
     pub fn from_abi(a: &SockAddrs) -> Option<Self> {
         let ip = |bytes: &[u8; 16]| -> Option<IpAddr> {
             match a.family {
-                AF_INET => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+                AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+                    bytes[0], bytes[1], bytes[2], bytes[3],
+                ))),
                 AF_INET6 => {
                     let v6 = Ipv6Addr::from(*bytes);
                     // Dual-stack sockets carry IPv4 peers as ::ffff:a.b.c.d; show them as IPv4.
@@ -112,7 +114,10 @@ fn decode_data(bytes: &[u8]) -> Result<Event, DecodeError> {
     let body = &bytes[size_of::<DataEvent>()..];
     let said = ev.captured as usize;
     if said > body.len() {
-        return Err(DecodeError::PayloadLength { said, has: body.len() });
+        return Err(DecodeError::PayloadLength {
+            said,
+            has: body.len(),
+        });
     }
     let direction = match ev.direction {
         direction::EGRESS => Direction::Egress,
@@ -169,7 +174,13 @@ pub fn encode_data(rec: &DataRecord) -> Vec<u8> {
         addrs.remote_port = e.remote.port();
     }
     let ev = DataEvent {
-        header: EventHeader { kind: kind::DATA, pid: rec.pid, tid: rec.tid, fd: rec.fd, conn_id: rec.conn_id },
+        header: EventHeader {
+            kind: kind::DATA,
+            pid: rec.pid,
+            tid: rec.tid,
+            fd: rec.fd,
+            conn_id: rec.conn_id,
+        },
         enter_ns: rec.enter_ns,
         exit_ns: rec.exit_ns,
         bytes: rec.bytes,
@@ -179,7 +190,11 @@ pub fn encode_data(rec: &DataRecord) -> Vec<u8> {
             Direction::Ingress => direction::INGRESS,
         },
         syscall: rec.syscall,
-        flags: if rec.body_not_captured { data_flags::BODY_NOT_CAPTURED } else { 0 },
+        flags: if rec.body_not_captured {
+            data_flags::BODY_NOT_CAPTURED
+        } else {
+            0
+        },
         _pad: 0,
         addrs,
     };
@@ -219,7 +234,9 @@ mod tests {
     #[test]
     fn round_trips_a_data_record() {
         let bytes = encode_data(&sample());
-        let Ok(Event::Data(d)) = decode(&bytes) else { panic!("not data") };
+        let Ok(Event::Data(d)) = decode(&bytes) else {
+            panic!("not data")
+        };
         assert_eq!(d.pid, 10);
         assert_eq!(d.bytes, 100);
         assert_eq!(d.payload, b"GET / HTTP/1.1\r\n");
@@ -231,7 +248,10 @@ mod tests {
         let bytes = encode_data(&sample());
         assert_eq!(decode(&bytes[..10]).unwrap_err(), DecodeError::Short(10));
         let cut = &bytes[..bytes.len() - 4];
-        assert!(matches!(decode(cut), Err(DecodeError::PayloadLength { .. })));
+        assert!(matches!(
+            decode(cut),
+            Err(DecodeError::PayloadLength { .. })
+        ));
         let mut bad = bytes.clone();
         bad[0] = 77;
         assert_eq!(decode(&bad).unwrap_err(), DecodeError::UnknownKind(77));
@@ -239,7 +259,12 @@ mod tests {
 
     #[test]
     fn maps_v4_in_v6_addresses() {
-        let mut a = SockAddrs { family: AF_INET6, local_port: 1, remote_port: 2, ..Default::default() };
+        let mut a = SockAddrs {
+            family: AF_INET6,
+            local_port: 1,
+            remote_port: 2,
+            ..Default::default()
+        };
         a.local_addr[10] = 0xff;
         a.local_addr[11] = 0xff;
         a.local_addr[12..].copy_from_slice(&[127, 0, 0, 1]);

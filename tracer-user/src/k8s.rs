@@ -51,12 +51,19 @@ pub trait PodLookup: Send + Sync {
 /// names its Deployment. (A CronJob would need the Job object: not guessed from names.)
 pub fn workload(meta: &PodMeta) -> Option<(&'static str, String)> {
     let (kind, name) = meta.owner.as_ref()?;
-    let label = |k: &str| meta.labels.iter().find(|(l, _)| l == k).map(|(_, v)| v.as_str());
+    let label = |k: &str| {
+        meta.labels
+            .iter()
+            .find(|(l, _)| l == k)
+            .map(|(_, v)| v.as_str())
+    };
     Some(match kind.as_str() {
-        "ReplicaSet" => match label("pod-template-hash").and_then(|h| name.strip_suffix(h)?.strip_suffix('-')) {
-            Some(deployment) => ("k8s.deployment.name", deployment.to_owned()),
-            None => ("k8s.replicaset.name", name.clone()),
-        },
+        "ReplicaSet" => {
+            match label("pod-template-hash").and_then(|h| name.strip_suffix(h)?.strip_suffix('-')) {
+                Some(deployment) => ("k8s.deployment.name", deployment.to_owned()),
+                None => ("k8s.replicaset.name", name.clone()),
+            }
+        }
         "StatefulSet" => ("k8s.statefulset.name", name.clone()),
         "DaemonSet" => ("k8s.daemonset.name", name.clone()),
         "Job" => ("k8s.job.name", name.clone()),
@@ -98,7 +105,11 @@ pub struct Kubernetes {
 
 impl Default for Kubernetes {
     fn default() -> Self {
-        Self { node_name: None, host_name: crate::process::host_name(), lookup: None }
+        Self {
+            node_name: None,
+            host_name: crate::process::host_name(),
+            lookup: None,
+        }
     }
 }
 
@@ -119,11 +130,18 @@ impl Kubernetes {
     /// `NODE_NAME` from the agent's environment.
     pub fn from_environment() -> Arc<Kubernetes> {
         let node_name = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty());
-        Arc::new(Kubernetes { node_name, ..Default::default() })
+        Arc::new(Kubernetes {
+            node_name,
+            ..Default::default()
+        })
     }
 
     pub fn new(node_name: Option<String>, host_name: String) -> Self {
-        Self { node_name, host_name, lookup: None }
+        Self {
+            node_name,
+            host_name,
+            lookup: None,
+        }
     }
 
     pub fn with_lookup(mut self, lookup: Arc<dyn PodLookup>) -> Self {
@@ -142,25 +160,47 @@ impl Kubernetes {
             return PodIdentity::default();
         };
         let env_var = |name: &str| {
-            env.iter().find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')).map(str::trim).filter(|v| !v.is_empty())
+            env.iter()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
         };
         let root = dir.join("root");
-        let host_named = |n: &String| Some(n.as_str()) == self.node_name.as_deref() || *n == self.host_name;
+        let host_named =
+            |n: &String| Some(n.as_str()) == self.node_name.as_deref() || *n == self.host_name;
         let api = self.lookup.as_ref().and_then(|l| l.pod(&uid));
-        let pod_name = api.as_ref().map(|p| p.name.clone()).filter(|n| !n.is_empty()).or_else(|| {
-            env_var("POD_NAME")
-                .map(str::to_owned)
-                .or_else(|| env_var("HOSTNAME").map(str::to_owned).filter(|n| !host_named(n)))
-                .or_else(|| read_small(&root.join("etc/hostname")).filter(|n| !host_named(n)))
-        });
-        let namespace = api.as_ref().map(|p| p.namespace.clone()).filter(|n| !n.is_empty()).or_else(|| {
-            env_var("POD_NAMESPACE")
-                .map(str::to_owned)
-                // `/var/run` is often an absolute symlink to `/run`, which would resolve in the
-                // agent's root, not the container's: read both spellings.
-                .or_else(|| read_small(&root.join("run/secrets/kubernetes.io/serviceaccount/namespace")))
-                .or_else(|| read_small(&root.join("var/run/secrets/kubernetes.io/serviceaccount/namespace")))
-        });
+        let pod_name = api
+            .as_ref()
+            .map(|p| p.name.clone())
+            .filter(|n| !n.is_empty())
+            .or_else(|| {
+                env_var("POD_NAME")
+                    .map(str::to_owned)
+                    .or_else(|| {
+                        env_var("HOSTNAME")
+                            .map(str::to_owned)
+                            .filter(|n| !host_named(n))
+                    })
+                    .or_else(|| read_small(&root.join("etc/hostname")).filter(|n| !host_named(n)))
+            });
+        let namespace = api
+            .as_ref()
+            .map(|p| p.namespace.clone())
+            .filter(|n| !n.is_empty())
+            .or_else(|| {
+                env_var("POD_NAMESPACE")
+                    .map(str::to_owned)
+                    // `/var/run` is often an absolute symlink to `/run`, which would resolve in the
+                    // agent's root, not the container's: read both spellings.
+                    .or_else(|| {
+                        read_small(&root.join("run/secrets/kubernetes.io/serviceaccount/namespace"))
+                    })
+                    .or_else(|| {
+                        read_small(
+                            &root.join("var/run/secrets/kubernetes.io/serviceaccount/namespace"),
+                        )
+                    })
+            });
         let mut attributes = vec![Attribute::str("k8s.pod.uid", uid)];
         if let Some(name) = pod_name {
             attributes.push(Attribute::str("k8s.pod.name", name));
@@ -174,7 +214,10 @@ impl Kubernetes {
         if let Some((key, name)) = api.as_ref().and_then(workload) {
             attributes.push(Attribute::str(key, name));
         }
-        PodIdentity { attributes, service_name: api.as_ref().and_then(PodMeta::service_name) }
+        PodIdentity {
+            attributes,
+            service_name: api.as_ref().and_then(PodMeta::service_name),
+        }
     }
 }
 
@@ -182,7 +225,11 @@ impl Kubernetes {
 fn read_small(path: &PathBuf) -> Option<String> {
     use std::io::Read;
     let mut buf = String::new();
-    std::fs::File::open(path).ok()?.take(4096).read_to_string(&mut buf).ok()?;
+    std::fs::File::open(path)
+        .ok()?
+        .take(4096)
+        .read_to_string(&mut buf)
+        .ok()?;
     let line = buf.lines().next()?.trim();
     (!line.is_empty()).then(|| line.to_owned())
 }
@@ -207,7 +254,10 @@ pub fn pod_uid(cgroup: &str) -> Option<String> {
 fn is_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
@@ -220,12 +270,18 @@ mod tests {
     #[test]
     fn pod_uids_from_cgroups() {
         let systemd = "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0a1b2c3d_0000_1111_2222_333344445555.slice/cri-containerd-abc.scope\n";
-        let cgroupfs = "12:memory:/kubepods/besteffort/pod0a1b2c3d-0000-1111-2222-333344445555/0123\n";
-        let guaranteed = "0::/kubepods.slice/kubepods-pod0a1b2c3d_0000_1111_2222_333344445555.slice/x\n";
+        let cgroupfs =
+            "12:memory:/kubepods/besteffort/pod0a1b2c3d-0000-1111-2222-333344445555/0123\n";
+        let guaranteed =
+            "0::/kubepods.slice/kubepods-pod0a1b2c3d_0000_1111_2222_333344445555.slice/x\n";
         for c in [systemd, cgroupfs, guaranteed] {
             assert_eq!(pod_uid(c).as_deref(), Some(UID), "{c}");
         }
-        assert_eq!(pod_uid("0::/system.slice/pod0a1b2c3d-0000-1111-2222-333344445555\n"), None, "not kubepods");
+        assert_eq!(
+            pod_uid("0::/system.slice/pod0a1b2c3d-0000-1111-2222-333344445555\n"),
+            None,
+            "not kubepods"
+        );
         assert_eq!(pod_uid("0::/kubepods.slice/kubepods-podzz.slice\n"), None);
         assert_eq!(pod_uid(""), None);
     }
@@ -249,11 +305,17 @@ mod tests {
         let cg = format!("0::/kubepods/pod{UID}/c\n");
         let id = k.identify(&dir, &cg, &[]);
         assert_eq!(attr(&id, "k8s.pod.uid").as_deref(), Some(UID));
-        assert_eq!(attr(&id, "k8s.pod.name").as_deref(), Some("web-7d4b9c6f8d-x2x9z"));
+        assert_eq!(
+            attr(&id, "k8s.pod.name").as_deref(),
+            Some("web-7d4b9c6f8d-x2x9z")
+        );
         assert_eq!(attr(&id, "k8s.namespace.name").as_deref(), Some("shop"));
         assert_eq!(attr(&id, "k8s.node.name").as_deref(), Some("node-1"));
         // Downward API variables win; a hostNetwork pod's HOSTNAME (the node's) is not a pod name.
-        let env = vec!["POD_NAME=from-env".to_owned(), "POD_NAMESPACE=ns-env".to_owned()];
+        let env = vec![
+            "POD_NAME=from-env".to_owned(),
+            "POD_NAMESPACE=ns-env".to_owned(),
+        ];
         let id = k.identify(&dir, &cg, &env);
         assert_eq!(attr(&id, "k8s.pod.name").as_deref(), Some("from-env"));
         assert_eq!(attr(&id, "k8s.namespace.name").as_deref(), Some("ns-env"));
@@ -261,7 +323,10 @@ mod tests {
         let id = k.identify(&dir, &cg, &["HOSTNAME=node-1".to_owned()]);
         assert_eq!(attr(&id, "k8s.pod.name"), None);
         // Not a pod: nothing.
-        assert_eq!(k.identify(&dir, "0::/user.slice\n", &env), PodIdentity::default());
+        assert_eq!(
+            k.identify(&dir, "0::/user.slice\n", &env),
+            PodIdentity::default()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -277,29 +342,64 @@ mod tests {
             uid: UID.into(),
             name: "web-7d4b9c6f8d-x2x9z".into(),
             namespace: "shop".into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             owner: owner.map(|(k, n)| (k.to_string(), n.to_string())),
         }
     }
 
     #[test]
     fn pod_object_to_attributes() {
-        let m = meta(&[("pod-template-hash", "7d4b9c6f8d")], Some(("ReplicaSet", "web-7d4b9c6f8d")));
-        assert_eq!(workload(&m), Some(("k8s.deployment.name", "web".to_owned())));
-        assert_eq!(m.service_name().as_deref(), Some("web"), "workload when no name label");
-        let labelled = meta(&[("app.kubernetes.io/name", "storefront")], Some(("ReplicaSet", "web-abc")));
-        assert_eq!(workload(&labelled), Some(("k8s.replicaset.name", "web-abc".to_owned())));
+        let m = meta(
+            &[("pod-template-hash", "7d4b9c6f8d")],
+            Some(("ReplicaSet", "web-7d4b9c6f8d")),
+        );
+        assert_eq!(
+            workload(&m),
+            Some(("k8s.deployment.name", "web".to_owned()))
+        );
+        assert_eq!(
+            m.service_name().as_deref(),
+            Some("web"),
+            "workload when no name label"
+        );
+        let labelled = meta(
+            &[("app.kubernetes.io/name", "storefront")],
+            Some(("ReplicaSet", "web-abc")),
+        );
+        assert_eq!(
+            workload(&labelled),
+            Some(("k8s.replicaset.name", "web-abc".to_owned()))
+        );
         assert_eq!(labelled.service_name().as_deref(), Some("storefront"));
-        assert_eq!(workload(&meta(&[], Some(("StatefulSet", "db")))), Some(("k8s.statefulset.name", "db".into())));
-        assert_eq!(workload(&meta(&[], Some(("DaemonSet", "agent")))), Some(("k8s.daemonset.name", "agent".into())));
-        assert_eq!(workload(&meta(&[], Some(("Job", "backup-2891")))), Some(("k8s.job.name", "backup-2891".into())));
+        assert_eq!(
+            workload(&meta(&[], Some(("StatefulSet", "db")))),
+            Some(("k8s.statefulset.name", "db".into()))
+        );
+        assert_eq!(
+            workload(&meta(&[], Some(("DaemonSet", "agent")))),
+            Some(("k8s.daemonset.name", "agent".into()))
+        );
+        assert_eq!(
+            workload(&meta(&[], Some(("Job", "backup-2891")))),
+            Some(("k8s.job.name", "backup-2891".into()))
+        );
         assert_eq!(workload(&meta(&[], Some(("Node", "n")))), None);
         assert_eq!(meta(&[], None).service_name(), None);
 
         // Through the lookup: API values beat node-side guesses.
         let k = Kubernetes::new(None, "h".into()).with_lookup(Arc::new(Fixed(m)));
-        let id = k.identify(Path::new("/nonexistent"), &format!("0::/kubepods/pod{UID}/c\n"), &["POD_NAME=other".into()]);
-        assert_eq!(attr(&id, "k8s.pod.name").as_deref(), Some("web-7d4b9c6f8d-x2x9z"));
+        let id = k.identify(
+            Path::new("/nonexistent"),
+            &format!("0::/kubepods/pod{UID}/c\n"),
+            &["POD_NAME=other".into()],
+        );
+        assert_eq!(
+            attr(&id, "k8s.pod.name").as_deref(),
+            Some("web-7d4b9c6f8d-x2x9z")
+        );
         assert_eq!(attr(&id, "k8s.deployment.name").as_deref(), Some("web"));
         assert_eq!(id.service_name.as_deref(), Some("web"));
     }

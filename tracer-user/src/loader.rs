@@ -17,7 +17,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("this agent was built without its eBPF programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`")]
+    #[error(
+        "this agent was built without its eBPF programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`"
+    )]
     NoObject,
     #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed: {0}")]
     Tracefs(std::io::Error),
@@ -28,9 +30,15 @@ pub enum LoadError {
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("{what}: {source}")]
-    Program { what: String, source: aya::programs::ProgramError },
+    Program {
+        what: String,
+        source: aya::programs::ProgramError,
+    },
     #[error("{what}: {source}")]
-    Map { what: String, source: aya::maps::MapError },
+    Map {
+        what: String,
+        source: aya::maps::MapError,
+    },
     #[error(
         "kernel lacks tracepoint sock:{0} (Linux 6.3+ is needed to tell TCP socket I/O apart without kprobes)"
     )]
@@ -99,13 +107,23 @@ pub struct Probes {
 /// Mounts tracefs at /sys/kernel/tracing when it is not there (aya reads tracepoint ids
 /// from it). Needs CAP_SYS_ADMIN; on failure the caller reports one clear line.
 pub fn ensure_tracefs() -> Result<(), LoadError> {
-    if Path::new(TRACEFS).join("events").is_dir() || Path::new("/sys/kernel/debug/tracing/events").is_dir() {
+    if Path::new(TRACEFS).join("events").is_dir()
+        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
         return Ok(());
     }
     let target = std::ffi::CString::new(TRACEFS).map_err(|e| LoadError::Tracefs(e.into()))?;
     let fstype = c"tracefs";
     // SAFETY: valid NUL-terminated strings, no data argument.
-    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         return Err(LoadError::Tracefs(std::io::Error::last_os_error()));
     }
@@ -114,9 +132,13 @@ pub fn ensure_tracefs() -> Result<(), LoadError> {
 }
 
 fn tracepoint_exists(category: &str, name: &str) -> bool {
-    [TRACEFS, "/sys/kernel/debug/tracing"]
-        .iter()
-        .any(|root| Path::new(root).join("events").join(category).join(name).is_dir())
+    [TRACEFS, "/sys/kernel/debug/tracing"].iter().any(|root| {
+        Path::new(root)
+            .join("events")
+            .join(category)
+            .join(name)
+            .is_dir()
+    })
 }
 
 /// Loads the object with the options' globals and attaches every tracepoint available.
@@ -138,33 +160,54 @@ pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
         .load(EBPF_OBJECT)?;
 
     if !options.pids.is_empty() {
-        let map = ebpf.map_mut("TARGET_PIDS").ok_or(LoadError::MissingMap("TARGET_PIDS"))?;
+        let map = ebpf
+            .map_mut("TARGET_PIDS")
+            .ok_or(LoadError::MissingMap("TARGET_PIDS"))?;
         let mut targets: HashMap<_, u32, u8> =
-            HashMap::try_from(map).map_err(|source| LoadError::Map { what: "TARGET_PIDS".into(), source })?;
+            HashMap::try_from(map).map_err(|source| LoadError::Map {
+                what: "TARGET_PIDS".into(),
+                source,
+            })?;
         for pid in &options.pids {
-            targets
-                .insert(pid, 1, 0)
-                .map_err(|source| LoadError::Map { what: format!("TARGET_PIDS insert {pid}"), source })?;
+            targets.insert(pid, 1, 0).map_err(|source| LoadError::Map {
+                what: format!("TARGET_PIDS insert {pid}"),
+                source,
+            })?;
         }
     }
 
     if !options.own_listen_ports.is_empty() {
-        let map = ebpf.map_mut("AGENT_PORTS").ok_or(LoadError::MissingMap("AGENT_PORTS"))?;
+        let map = ebpf
+            .map_mut("AGENT_PORTS")
+            .ok_or(LoadError::MissingMap("AGENT_PORTS"))?;
         let mut own: HashMap<_, u16, u8> =
-            HashMap::try_from(map).map_err(|source| LoadError::Map { what: "AGENT_PORTS".into(), source })?;
+            HashMap::try_from(map).map_err(|source| LoadError::Map {
+                what: "AGENT_PORTS".into(),
+                source,
+            })?;
         for port in &options.own_listen_ports {
-            own.insert(port, 1, 0)
-                .map_err(|source| LoadError::Map { what: format!("AGENT_PORTS insert {port}"), source })?;
+            own.insert(port, 1, 0).map_err(|source| LoadError::Map {
+                what: format!("AGENT_PORTS insert {port}"),
+                source,
+            })?;
         }
     }
     if !options.ports.is_empty() {
-        let map = ebpf.map_mut("TARGET_PORTS").ok_or(LoadError::MissingMap("TARGET_PORTS"))?;
+        let map = ebpf
+            .map_mut("TARGET_PORTS")
+            .ok_or(LoadError::MissingMap("TARGET_PORTS"))?;
         let mut targets: HashMap<_, u16, u8> =
-            HashMap::try_from(map).map_err(|source| LoadError::Map { what: "TARGET_PORTS".into(), source })?;
+            HashMap::try_from(map).map_err(|source| LoadError::Map {
+                what: "TARGET_PORTS".into(),
+                source,
+            })?;
         for port in &options.ports {
             targets
                 .insert(port, 1, 0)
-                .map_err(|source| LoadError::Map { what: format!("TARGET_PORTS insert {port}"), source })?;
+                .map_err(|source| LoadError::Map {
+                    what: format!("TARGET_PORTS insert {port}"),
+                    source,
+                })?;
         }
     }
 
@@ -181,13 +224,24 @@ pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
             .program_mut(prog)
             .ok_or(LoadError::MissingProgram(prog))?
             .try_into()
-            .map_err(|source| LoadError::Program { what: format!("{prog} is not a tracepoint"), source })?;
+            .map_err(|source| LoadError::Program {
+                what: format!("{prog} is not a tracepoint"),
+                source,
+            })?;
         let what = || format!("load/attach {category}:{name}");
-        program.load().map_err(|source| LoadError::Program { what: what(), source })?;
+        program.load().map_err(|source| LoadError::Program {
+            what: what(),
+            source,
+        })?;
         match program.attach(category, name) {
             Ok(_) => attached += 1,
             Err(source) if !required => warn!("{}: {source}; running without it", what()),
-            Err(source) => return Err(LoadError::Program { what: what(), source }),
+            Err(source) => {
+                return Err(LoadError::Program {
+                    what: what(),
+                    source,
+                });
+            }
         }
     }
     Ok(Probes { ebpf, attached })
@@ -196,17 +250,32 @@ pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
 impl Probes {
     /// Takes the ring buffer out of the object (once).
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::MissingMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| LoadError::Map { what: "EVENTS".into(), source })
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(LoadError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| LoadError::Map {
+            what: "EVENTS".into(),
+            source,
+        })
     }
 
     /// Sums the kernel side's per-CPU counters.
     pub fn kernel_counters(&self) -> Result<KernelCounters, LoadError> {
-        let map = self.ebpf.map("COUNTERS").ok_or(LoadError::MissingMap("COUNTERS"))?;
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or(LoadError::MissingMap("COUNTERS"))?;
         let counters: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| LoadError::Map { what: "COUNTERS".into(), source })?;
+            PerCpuArray::try_from(map).map_err(|source| LoadError::Map {
+                what: "COUNTERS".into(),
+                source,
+            })?;
         let sum = |index: u32| -> u64 {
-            counters.get(&index, 0).map(|values| values.iter().sum()).unwrap_or(0)
+            counters
+                .get(&index, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
         };
         Ok(KernelCounters {
             events_sent: sum(counter::EVENTS_SENT),

@@ -49,7 +49,10 @@ impl Checks {
 
     /// The first fatal problem's line.
     pub fn fatal(&self) -> Option<&str> {
-        self.0.iter().find(|c| c.level == Level::Fatal).map(|c| c.line.as_str())
+        self.0
+            .iter()
+            .find(|c| c.level == Level::Fatal)
+            .map(|c| c.line.as_str())
     }
 }
 
@@ -71,21 +74,35 @@ pub fn run() -> Checks {
         }
     });
     out.push(match loader::ensure_tracefs() {
-        Ok(()) => Check { level: Level::Ok, line: "tracefs mounted".into() },
-        Err(e) => Check { level: Level::Fatal, line: format!("tracefs not mounted and cannot be mounted ({e}); mount it at /sys/kernel/tracing") },
+        Ok(()) => Check {
+            level: Level::Ok,
+            line: "tracefs mounted".into(),
+        },
+        Err(e) => Check {
+            level: Level::Fatal,
+            line: format!(
+                "tracefs not mounted and cannot be mounted ({e}); mount it at /sys/kernel/tracing"
+            ),
+        },
     });
     Checks(out)
 }
 
 /// `CapEff` of a `/proc/<pid>/status` text.
 pub fn cap_eff(status: &str) -> Option<u64> {
-    status.lines().find_map(|l| u64::from_str_radix(l.strip_prefix("CapEff:")?.trim(), 16).ok())
+    status
+        .lines()
+        .find_map(|l| u64::from_str_radix(l.strip_prefix("CapEff:")?.trim(), 16).ok())
 }
 
 /// The capability check for an effective set (`None`: unreadable, assume fine).
 pub fn capabilities(eff: Option<u64>, kernel: Option<(u32, u32)>) -> Check {
     let Some(eff) = eff else {
-        return Check { level: Level::Degraded, line: "cannot read CapEff from /proc/self/status; assuming the needed capabilities".into() };
+        return Check {
+            level: Level::Degraded,
+            line: "cannot read CapEff from /proc/self/status; assuming the needed capabilities"
+                .into(),
+        };
     };
     let has = |cap: u32| eff & (1u64 << cap) != 0;
     let modern = kernel.is_none_or(|v| v >= (5, 8));
@@ -93,35 +110,71 @@ pub fn capabilities(eff: Option<u64>, kernel: Option<(u32, u32)>) -> Check {
     if !can_load {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
-        let need = if modern { "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)" } else { "CAP_SYS_ADMIN (kernel < 5.8)" };
-        let who = if root { "running as root but" } else { "not running as root and" };
-        let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")]
-            .into_iter()
-            .filter(|(c, _)| !has(*c))
-            .map(|(_, n)| n)
-            .collect();
-        return Check { level: Level::Fatal, line: format!("{who} missing {}: loading eBPF programs needs {need}", missing.join(", ")) };
-    }
-    let missing: Vec<&str> = [(CAP_SYS_PTRACE, "CAP_SYS_PTRACE"), (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH")]
+        let need = if modern {
+            "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)"
+        } else {
+            "CAP_SYS_ADMIN (kernel < 5.8)"
+        };
+        let who = if root {
+            "running as root but"
+        } else {
+            "not running as root and"
+        };
+        let missing: Vec<&str> = [
+            (CAP_BPF, "CAP_BPF"),
+            (CAP_PERFMON, "CAP_PERFMON"),
+            (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+        ]
         .into_iter()
-        .filter(|(c, _)| !has(*c) && !has(CAP_SYS_ADMIN))
+        .filter(|(c, _)| !has(*c))
         .map(|(_, n)| n)
         .collect();
+        return Check {
+            level: Level::Fatal,
+            line: format!(
+                "{who} missing {}: loading eBPF programs needs {need}",
+                missing.join(", ")
+            ),
+        };
+    }
+    let missing: Vec<&str> = [
+        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+        (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
+    ]
+    .into_iter()
+    .filter(|(c, _)| !has(*c) && !has(CAP_SYS_ADMIN))
+    .map(|(_, n)| n)
+    .collect();
     if missing.is_empty() {
-        Check { level: Level::Ok, line: "capabilities sufficient".into() }
+        Check {
+            level: Level::Ok,
+            line: "capabilities sufficient".into(),
+        }
     } else {
         Check {
             level: Level::Degraded,
-            line: format!("missing {}: resource attributes (executable, environment) of other users' processes may be incomplete", missing.join(", ")),
+            line: format!(
+                "missing {}: resource attributes (executable, environment) of other users' processes may be incomplete",
+                missing.join(", ")
+            ),
         }
     }
 }
 
 fn kernel_check(v: (u32, u32)) -> Check {
     if v >= (5, 8) {
-        Check { level: Level::Ok, line: format!("kernel {}.{} supports the BPF ring buffer", v.0, v.1) }
+        Check {
+            level: Level::Ok,
+            line: format!("kernel {}.{} supports the BPF ring buffer", v.0, v.1),
+        }
     } else {
-        Check { level: Level::Fatal, line: format!("kernel {}.{} has no BPF ring buffer (needs >= 5.8)", v.0, v.1) }
+        Check {
+            level: Level::Fatal,
+            line: format!(
+                "kernel {}.{} has no BPF ring buffer (needs >= 5.8)",
+                v.0, v.1
+            ),
+        }
     }
 }
 
@@ -142,8 +195,14 @@ mod tests {
 
     #[test]
     fn capability_lines() {
-        assert_eq!(cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"), Some(0x1ff_ffff_ffff));
-        assert_eq!(capabilities(Some(0x1ff_ffff_ffff), Some((6, 1))).level, Level::Ok);
+        assert_eq!(
+            cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"),
+            Some(0x1ff_ffff_ffff)
+        );
+        assert_eq!(
+            capabilities(Some(0x1ff_ffff_ffff), Some((6, 1))).level,
+            Level::Ok
+        );
         let bpf_perfmon = (1 << CAP_BPF) | (1 << CAP_PERFMON);
         let c = capabilities(Some(bpf_perfmon), Some((6, 1)));
         assert_eq!(c.level, Level::Degraded);
@@ -153,7 +212,11 @@ mod tests {
         assert!(c.line.contains("CAP_SYS_ADMIN"), "{}", c.line);
         let c = capabilities(Some(1 << CAP_BPF), Some((6, 1)));
         assert_eq!(c.level, Level::Fatal);
-        assert!(c.line.contains("missing CAP_PERFMON, CAP_SYS_ADMIN"), "{}", c.line);
+        assert!(
+            c.line.contains("missing CAP_PERFMON, CAP_SYS_ADMIN"),
+            "{}",
+            c.line
+        );
         assert!(!c.line.contains('\n'));
     }
 

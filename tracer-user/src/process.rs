@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::k8s::Kubernetes;
 use crate::span::{Attribute, ProcessResource};
@@ -97,6 +98,8 @@ pub struct ProcessCache {
     capacity: usize,
     proc_root: PathBuf,
     entries: HashMap<u32, Entry>,
+    /// How long a cached identity is trusted without re-reading `/proc/<pid>/stat`.
+    revalidate: Duration,
     /// Last-use tick -> pid, oldest first.
     by_use: BTreeMap<u64, u32>,
     tick: u64,
@@ -105,6 +108,9 @@ pub struct ProcessCache {
 struct Entry {
     /// Tells a reused pid, or an `exec`, from the process cached.
     identity: Identity,
+    /// When `identity` was last compared with `/proc` (spans are created at thousands per
+    /// second; a pid cannot be reused faster than this matters).
+    checked_at: Instant,
     last_use: u64,
     resource: Arc<ProcessResource>,
 }
@@ -112,7 +118,9 @@ struct Entry {
 impl ProcessCache {
     /// A cache of at most `capacity` processes (at least one), reading the real `/proc`.
     pub fn new(host_name: String, capacity: usize) -> Self {
-        Self::with_proc_root(host_name, capacity, PathBuf::from("/proc"))
+        let mut cache = Self::with_proc_root(host_name, capacity, PathBuf::from("/proc"));
+        cache.revalidate = Duration::from_secs(2);
+        cache
     }
 
     /// Like [`ProcessCache::new`], reading `proc_root` instead of `/proc` (for tests, or an
@@ -124,6 +132,7 @@ impl ProcessCache {
             capacity: capacity.max(1),
             proc_root,
             entries: HashMap::new(),
+            revalidate: Duration::ZERO,
             by_use: BTreeMap::new(),
             tick: 0,
         }
@@ -136,12 +145,21 @@ impl ProcessCache {
         self
     }
 
-    /// The resource of `pid`. Each call reads `/proc/<pid>/stat` to check that the pid still
-    /// names the cached process; the rest of `/proc/<pid>` is read only on a miss. A process that has exited before it was ever seen gets a
+    /// The resource of `pid`. `/proc/<pid>/stat` is read at most every 2 s per pid (with `new`) to
+    /// check that the pid still names the cached process; the rest of `/proc/<pid>` is read
+    /// only on a miss. A process that has exited before it was ever seen gets a
     /// minimal resource (`unknown_service:pid-<pid>`), which is not cached; one that exited
     /// after being seen keeps its cached resource until evicted.
     pub fn resource(&mut self, pid: u32) -> Arc<ProcessResource> {
         self.tick += 1;
+        if let Some(entry) = self.entries.get_mut(&pid)
+            && entry.checked_at.elapsed() < self.revalidate
+        {
+            self.by_use.remove(&entry.last_use);
+            entry.last_use = self.tick;
+            self.by_use.insert(self.tick, pid);
+            return entry.resource.clone();
+        }
         let dir = self.proc_root.join(pid.to_string());
         let identity = identity(&dir);
         if let Some(entry) = self.entries.get_mut(&pid)
@@ -149,10 +167,16 @@ impl ProcessCache {
         {
             self.by_use.remove(&entry.last_use);
             entry.last_use = self.tick;
+            entry.checked_at = Instant::now();
             self.by_use.insert(self.tick, pid);
             return entry.resource.clone();
         }
-        let built = identity.and_then(|id| Some((id, read_resource(&dir, pid, &self.host_name, &self.kubernetes)?)));
+        let built = identity.and_then(|id| {
+            Some((
+                id,
+                read_resource(&dir, pid, &self.host_name, &self.kubernetes)?,
+            ))
+        });
         let Some((identity, resource)) = built else {
             return Arc::new(minimal_resource(pid, &self.host_name));
         };
@@ -170,6 +194,7 @@ impl ProcessCache {
             pid,
             Entry {
                 identity,
+                checked_at: Instant::now(),
                 last_use: self.tick,
                 resource: resource.clone(),
             },
@@ -210,7 +235,12 @@ fn minimal_resource(pid: u32, host_name: &str) -> ProcessResource {
 }
 
 /// Reads the resource from `/proc/<pid>`; `None` if the process is gone.
-fn read_resource(dir: &Path, pid: u32, host_name: &str, kubernetes: &Kubernetes) -> Option<ProcessResource> {
+fn read_resource(
+    dir: &Path,
+    pid: u32,
+    host_name: &str,
+    kubernetes: &Kubernetes,
+) -> Option<ProcessResource> {
     // `comm` is readable for as long as the pid exists, zombies included.
     let comm = read_capped(&dir.join("comm")).ok()?;
     let comm = String::from_utf8_lossy(&comm)
@@ -242,7 +272,9 @@ fn read_resource(dir: &Path, pid: u32, host_name: &str, kubernetes: &Kubernetes)
         .map(parse_resource_attributes)
         .unwrap_or_default();
 
-    let cgroup = read_capped(&dir.join("cgroup")).map(|c| String::from_utf8_lossy(&c).into_owned()).unwrap_or_default();
+    let cgroup = read_capped(&dir.join("cgroup"))
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        .unwrap_or_default();
     let pod = kubernetes.identify(dir, &cgroup, &env);
     let service_name = env_var("OTEL_SERVICE_NAME")
         .filter(|s| !s.is_empty())

@@ -22,8 +22,15 @@ pub struct Sampler {
 impl Sampler {
     /// `ratio` is clamped to [0, 1].
     pub fn new(ratio: f64) -> Self {
-        let ratio = if ratio.is_nan() { 1.0 } else { ratio.clamp(0.0, 1.0) };
-        Self { threshold: (ratio * u64::MAX as f64) as u64, all: ratio >= 1.0 }
+        let ratio = if ratio.is_nan() {
+            1.0
+        } else {
+            ratio.clamp(0.0, 1.0)
+        };
+        Self {
+            threshold: (ratio * u64::MAX as f64) as u64,
+            all: ratio >= 1.0,
+        }
     }
 
     /// Whether `span` is exported.
@@ -65,7 +72,10 @@ mod tests {
     }
 
     fn remote(trace: u128, flags: u8) -> SpanRecord {
-        SpanRecord { tracestate: Some(String::new()), ..own(trace, flags) }
+        SpanRecord {
+            tracestate: Some(String::new()),
+            ..own(trace, flags)
+        }
     }
 
     fn own(trace: u128, flags: u8) -> SpanRecord {
@@ -82,7 +92,11 @@ mod tests {
             attributes: vec![],
             status: SpanStatus::Unset,
             links: vec![],
-            resource: Arc::new(ProcessResource { pid: 1, service_name: "s".into(), attributes: vec![] }),
+            resource: Arc::new(ProcessResource {
+                pid: 1,
+                service_name: "s".into(),
+                attributes: vec![],
+            }),
         }
     }
 
@@ -90,8 +104,14 @@ mod tests {
     fn propagated_decision_wins_over_ratio() {
         for ratio in [0.0, 0.5, 1.0] {
             let s = Sampler::new(ratio);
-            assert!(s.keep(&remote(7, 1)), "sampled context kept at ratio {ratio}");
-            assert!(!s.keep(&remote(7, 0)), "unsampled context dropped at ratio {ratio}");
+            assert!(
+                s.keep(&remote(7, 1)),
+                "sampled context kept at ratio {ratio}"
+            );
+            assert!(
+                !s.keep(&remote(7, 0)),
+                "unsampled context dropped at ratio {ratio}"
+            );
         }
     }
 
@@ -103,13 +123,18 @@ mod tests {
         let mut kept = 0;
         let mut rng = 0x1234_5678_9abc_def0_u128;
         for _ in 0..20_000 {
-            rng = rng.wrapping_mul(0x2360_ed05_1fc6_5da4_4385_df64_9fcc_f645).wrapping_add(0x5851_f42d_4c95_7f2d);
+            rng = rng
+                .wrapping_mul(0x2360_ed05_1fc6_5da4_4385_df64_9fcc_f645)
+                .wrapping_add(0x5851_f42d_4c95_7f2d);
             let s = span(rng, 1);
             assert!(!none.keep(&s));
             assert!(all.keep(&s));
             kept += usize::from(quarter.keep(&s));
         }
-        assert!((4_500..5_500).contains(&kept), "about a quarter kept: {kept}");
+        assert!(
+            (4_500..5_500).contains(&kept),
+            "about a quarter kept: {kept}"
+        );
     }
 
     #[test]

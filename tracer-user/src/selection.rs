@@ -14,7 +14,10 @@
 
 use std::collections::HashSet;
 
-use crate::{config::Config, process::{self, ProcessCache}};
+use crate::{
+    config::Config,
+    process::{self, ProcessCache},
+};
 
 /// One set of rules (include or exclude). Empty sets match nothing / restrict nothing.
 #[derive(Clone, Debug, Default)]
@@ -59,7 +62,10 @@ pub struct Selection {
 
 impl std::fmt::Debug for Selection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Selection").field("include", &self.include).field("exclude", &self.exclude).finish()
+        f.debug_struct("Selection")
+            .field("include", &self.include)
+            .field("exclude", &self.exclude)
+            .finish()
     }
 }
 
@@ -67,13 +73,27 @@ impl Selection {
     pub fn new(include: Rules, exclude: Rules) -> Self {
         let services = (!include.services.is_empty() || !exclude.services.is_empty())
             .then(|| ProcessCache::new(process::host_name(), 1024));
-        Self { include, exclude, services }
+        Self {
+            include,
+            exclude,
+            services,
+        }
     }
 
     /// The rules of the configuration.
     pub fn from_config(c: &Config) -> Self {
-        let lower = |v: &[String]| v.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect::<Vec<_>>();
-        let rules = |pids: &[u32], names: &[String], ports: &[u16], cgroups: &[String], containers: &[String], services: &[String]| Rules {
+        let lower = |v: &[String]| {
+            v.iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+        };
+        let rules = |pids: &[u32],
+                     names: &[String],
+                     ports: &[u16],
+                     cgroups: &[String],
+                     containers: &[String],
+                     services: &[String]| Rules {
             pids: pids.iter().copied().collect(),
             executables: lower(names).into_iter().collect(),
             ports: ports.iter().copied().collect(),
@@ -82,8 +102,22 @@ impl Selection {
             services: lower(services).into_iter().collect(),
         };
         Self::new(
-            rules(&c.pids, &c.processes, &c.ports, &c.cgroups, &c.containers, &c.services),
-            rules(&c.exclude_pids, &c.exclude_processes, &c.exclude_ports, &c.exclude_cgroups, &c.exclude_containers, &c.exclude_services),
+            rules(
+                &c.pids,
+                &c.processes,
+                &c.ports,
+                &c.cgroups,
+                &c.containers,
+                &c.services,
+            ),
+            rules(
+                &c.exclude_pids,
+                &c.exclude_processes,
+                &c.exclude_ports,
+                &c.exclude_cgroups,
+                &c.exclude_containers,
+                &c.exclude_services,
+            ),
         )
     }
 
@@ -92,7 +126,9 @@ impl Selection {
         if self.exclude.ports.contains(&local) || self.exclude.ports.contains(&remote) {
             return false;
         }
-        self.include.ports.is_empty() || self.include.ports.contains(&local) || self.include.ports.contains(&remote)
+        self.include.ports.is_empty()
+            || self.include.ports.contains(&local)
+            || self.include.ports.contains(&remote)
     }
 
     /// Whether any rule needs to look at the process (else every process is allowed).
@@ -112,12 +148,16 @@ impl Selection {
     /// Gathers the facts the rules need.
     pub fn facts(&mut self, pid: u32) -> ProcessFacts {
         let mut facts = ProcessFacts::default();
-        let needs_names = !self.include.executables.is_empty() || !self.exclude.executables.is_empty();
+        let needs_names =
+            !self.include.executables.is_empty() || !self.exclude.executables.is_empty();
         if needs_names {
             if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
                 facts.names.push(comm.trim_end().to_owned());
             }
-            if let Some(name) = std::fs::read_link(format!("/proc/{pid}/exe")).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())) {
+            if let Some(name) = std::fs::read_link(format!("/proc/{pid}/exe"))
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            {
                 facts.names.push(name);
             }
         }
@@ -126,7 +166,11 @@ impl Selection {
             || !self.include.containers.is_empty()
             || !self.exclude.containers.is_empty();
         if needs_cgroup && let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
-            facts.cgroup_paths = cgroup.lines().filter_map(|l| l.splitn(3, ':').nth(2)).map(str::to_owned).collect();
+            facts.cgroup_paths = cgroup
+                .lines()
+                .filter_map(|l| l.splitn(3, ':').nth(2))
+                .map(str::to_owned)
+                .collect();
             facts.container_id = process::container_id(&cgroup);
         }
         if let Some(cache) = self.services.as_mut() {
@@ -139,13 +183,19 @@ impl Selection {
     pub fn decide(&self, pid: u32, facts: &ProcessFacts) -> bool {
         let (inc, exc) = (&self.include, &self.exclude);
         let cgroup_match = |prefixes: &[String]| {
-            prefixes.iter().any(|p| facts.cgroup_paths.iter().any(|path| cgroup_prefix(path, p)))
+            prefixes
+                .iter()
+                .any(|p| facts.cgroup_paths.iter().any(|path| cgroup_prefix(path, p)))
         };
         let container_match = |ids: &[String]| {
-            facts.container_id.as_deref().is_some_and(|id| ids.iter().any(|want| id.starts_with(want.as_str())))
+            facts
+                .container_id
+                .as_deref()
+                .is_some_and(|id| ids.iter().any(|want| id.starts_with(want.as_str())))
         };
         let name_match = |names: &HashSet<String>| facts.names.iter().any(|n| names.contains(n));
-        let service_match = |s: &HashSet<String>| facts.service_name.as_ref().is_some_and(|n| s.contains(n));
+        let service_match =
+            |s: &HashSet<String>| facts.service_name.as_ref().is_some_and(|n| s.contains(n));
         let excluded = exc.pids.contains(&pid)
             || name_match(&exc.executables)
             || cgroup_match(&exc.cgroups)
@@ -171,14 +221,20 @@ fn cgroup_prefix(path: &str, prefix: &str) -> bool {
     if trimmed.is_empty() {
         return true;
     }
-    path.strip_prefix(trimmed).is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '-', '.', '_']))
+    path.strip_prefix(trimmed)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '-', '.', '_']))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn facts(names: &[&str], cgroup: &str, container: Option<&str>, service: Option<&str>) -> ProcessFacts {
+    fn facts(
+        names: &[&str],
+        cgroup: &str,
+        container: Option<&str>,
+        service: Option<&str>,
+    ) -> ProcessFacts {
         ProcessFacts {
             names: names.iter().map(|s| s.to_string()).collect(),
             cgroup_paths: vec![cgroup.to_owned()],
@@ -194,23 +250,53 @@ mod tests {
     #[test]
     fn exclude_wins_and_kinds_combine() {
         let sel = Selection::new(
-            Rules { executables: set(&["nginx".to_owned(), "python3".to_owned()]), cgroups: vec!["/kubepods.slice".into()], ..Rules::default() },
-            Rules { pids: set(&[13]), services: set(&["noisy".to_owned()]), ..Rules::default() },
+            Rules {
+                executables: set(&["nginx".to_owned(), "python3".to_owned()]),
+                cgroups: vec!["/kubepods.slice".into()],
+                ..Rules::default()
+            },
+            Rules {
+                pids: set(&[13]),
+                services: set(&["noisy".to_owned()]),
+                ..Rules::default()
+            },
         );
         let pod = "/kubepods.slice/kubepods-pod1.slice/cri-containerd-x.scope";
         assert!(sel.decide(10, &facts(&["nginx"], pod, None, Some("web"))));
-        assert!(!sel.decide(13, &facts(&["nginx"], pod, None, Some("web"))), "pid excluded");
-        assert!(!sel.decide(11, &facts(&["nginx"], pod, None, Some("noisy"))), "service excluded");
-        assert!(!sel.decide(12, &facts(&["curl"], pod, None, None)), "name not included");
-        assert!(!sel.decide(12, &facts(&["nginx"], "/system.slice/nginx.service", None, None)), "cgroup not included");
+        assert!(
+            !sel.decide(13, &facts(&["nginx"], pod, None, Some("web"))),
+            "pid excluded"
+        );
+        assert!(
+            !sel.decide(11, &facts(&["nginx"], pod, None, Some("noisy"))),
+            "service excluded"
+        );
+        assert!(
+            !sel.decide(12, &facts(&["curl"], pod, None, None)),
+            "name not included"
+        );
+        assert!(
+            !sel.decide(
+                12,
+                &facts(&["nginx"], "/system.slice/nginx.service", None, None)
+            ),
+            "cgroup not included"
+        );
     }
 
     #[test]
     fn containers_by_prefix_and_ports() {
         let id = "3f4e5d6c7b8a".repeat(5) + "0123";
         let sel = Selection::new(
-            Rules { containers: vec![id[..12].to_owned()], ports: set(&[80]), ..Rules::default() },
-            Rules { ports: set(&[22]), ..Rules::default() },
+            Rules {
+                containers: vec![id[..12].to_owned()],
+                ports: set(&[80]),
+                ..Rules::default()
+            },
+            Rules {
+                ports: set(&[22]),
+                ..Rules::default()
+            },
         );
         assert!(sel.decide(1, &facts(&[], "/", Some(&id), None)));
         assert!(!sel.decide(1, &facts(&[], "/", None, None)));
@@ -226,7 +312,10 @@ mod tests {
     fn cgroup_prefixes() {
         assert!(cgroup_prefix("/kubepods.slice/a", "/kubepods.slice"));
         assert!(cgroup_prefix("/kubepods.slice", "/kubepods.slice/"));
-        assert!(cgroup_prefix("/kubepods.slice/kubepods-besteffort.slice/x", "/kubepods.slice/kubepods-besteffort"));
+        assert!(cgroup_prefix(
+            "/kubepods.slice/kubepods-besteffort.slice/x",
+            "/kubepods.slice/kubepods-besteffort"
+        ));
         assert!(!cgroup_prefix("/kubepodsX/a", "/kubepods"));
         assert!(!cgroup_prefix("/ab", "/a"));
         assert!(!cgroup_prefix("/system.slice/a", "/kubepods.slice"));
@@ -235,7 +324,14 @@ mod tests {
 
     #[test]
     fn current_process_facts() {
-        let mut sel = Selection::new(Rules { executables: set(&["nothing-like-this".to_owned()]), cgroups: vec!["/".into()], ..Rules::default() }, Rules::default());
+        let mut sel = Selection::new(
+            Rules {
+                executables: set(&["nothing-like-this".to_owned()]),
+                cgroups: vec!["/".into()],
+                ..Rules::default()
+            },
+            Rules::default(),
+        );
         let f = sel.facts(std::process::id());
         assert!(!f.names.is_empty());
         assert!(!f.cgroup_paths.is_empty());

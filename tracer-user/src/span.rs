@@ -21,16 +21,28 @@ pub struct Attribute {
 
 impl Attribute {
     pub fn str(key: &'static str, value: impl Into<String>) -> Self {
-        Self { key, value: AttrValue::Str(value.into()) }
+        Self {
+            key,
+            value: AttrValue::Str(value.into()),
+        }
     }
     pub fn int(key: &'static str, value: i64) -> Self {
-        Self { key, value: AttrValue::Int(value) }
+        Self {
+            key,
+            value: AttrValue::Int(value),
+        }
     }
     pub fn bool(key: &'static str, value: bool) -> Self {
-        Self { key, value: AttrValue::Bool(value) }
+        Self {
+            key,
+            value: AttrValue::Bool(value),
+        }
     }
     pub fn double(key: &'static str, value: f64) -> Self {
-        Self { key, value: AttrValue::Double(value) }
+        Self {
+            key,
+            value: AttrValue::Double(value),
+        }
     }
 }
 

@@ -39,7 +39,9 @@ fn main() {
     }
     let addr = connect.expect("--connect ADDR:PORT is required");
     let stream = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let read_half = stream.try_clone().expect("clone the stream");
     let (reader, writer): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match transport.as_str() {
         "buffered" => (
@@ -82,15 +84,28 @@ enum Arg<'a> {
 
 fn run(i: &mut In, o: &mut Out, call: &str, seqid: i32) -> thrift::Result<String> {
     let parts: Vec<&str> = call.split(':').collect();
-    let int = |k: usize| -> i32 { parts.get(k).and_then(|s| s.parse().ok()).expect("integer argument") };
+    let int = |k: usize| -> i32 {
+        parts
+            .get(k)
+            .and_then(|s| s.parse().ok())
+            .expect("integer argument")
+    };
     let text = |k: usize| -> &str { parts.get(k).copied().unwrap_or("") };
     let (method, args, oneway) = match parts[0] {
-        "add" | "divide" => (parts[0], vec![(1, Arg::I32(int(1))), (2, Arg::I32(int(2)))], false),
+        "add" | "divide" => (
+            parts[0],
+            vec![(1, Arg::I32(int(1))), (2, Arg::I32(int(2)))],
+            false,
+        ),
         "echo" => ("echo", vec![(1, Arg::Str(text(1)))], false),
         "notify" => ("notify", vec![(1, Arg::Str(text(1)))], true),
         other => panic!("unknown method {other}"),
     };
-    let kind = if oneway { TMessageType::OneWay } else { TMessageType::Call };
+    let kind = if oneway {
+        TMessageType::OneWay
+    } else {
+        TMessageType::Call
+    };
     o.write_message_begin(&TMessageIdentifier::new(method, kind, seqid))?;
     o.write_struct_begin(&TStructIdentifier::new(format!("{method}_args")))?;
     for (id, arg) in &args {

@@ -37,7 +37,11 @@ impl Assembler {
 
         if let Some(&claimed) = self.claims.get(&thread) {
             if self.in_progress(claimed, start) {
-                return Some(Guess { parent: claimed, method: "thread_pool", confidence: 0.9 });
+                return Some(Guess {
+                    parent: claimed,
+                    method: "thread_pool",
+                    confidence: 0.9,
+                });
             }
             self.claims.remove(&thread);
             self.claimed.remove(&claimed);
@@ -46,7 +50,12 @@ impl Assembler {
         let candidates: Vec<u64> = self
             .serving_by_pid
             .get(&pid)
-            .map(|list| list.iter().copied().filter(|h| self.in_progress(*h, start)).collect())
+            .map(|list| {
+                list.iter()
+                    .copied()
+                    .filter(|h| self.in_progress(*h, start))
+                    .collect()
+            })
             .unwrap_or_default();
         if candidates.is_empty() {
             return None;
@@ -57,23 +66,55 @@ impl Assembler {
             candidates
                 .iter()
                 .copied()
-                .filter(|h| self.spans.get(h).is_some_and(|s| s.tokens.iter().any(|t| tokens.contains(t))))
+                .filter(|h| {
+                    self.spans
+                        .get(h)
+                        .is_some_and(|s| s.tokens.iter().any(|t| tokens.contains(t)))
+                })
                 .collect()
         };
-        let unclaimed: Vec<u64> = candidates.iter().copied().filter(|h| !self.claimed.contains_key(h)).collect();
-        let guess = match (sharing.as_slice(), candidates.as_slice(), unclaimed.as_slice()) {
-            ([one], _, _) => Guess { parent: *one, method: "content", confidence: 0.95 },
-            (_, [one], _) => Guess { parent: *one, method: "process", confidence: 0.8 },
-            (_, _, [one]) if is_worker => Guess { parent: *one, method: "thread_pool", confidence: 0.7 },
+        let unclaimed: Vec<u64> = candidates
+            .iter()
+            .copied()
+            .filter(|h| !self.claimed.contains_key(h))
+            .collect();
+        let guess = match (
+            sharing.as_slice(),
+            candidates.as_slice(),
+            unclaimed.as_slice(),
+        ) {
+            ([one], _, _) => Guess {
+                parent: *one,
+                method: "content",
+                confidence: 0.95,
+            },
+            (_, [one], _) => Guess {
+                parent: *one,
+                method: "process",
+                confidence: 0.8,
+            },
+            (_, _, [one]) if is_worker => Guess {
+                parent: *one,
+                method: "thread_pool",
+                confidence: 0.7,
+            },
             _ => {
-                let pool = if unclaimed.is_empty() { &candidates } else { &unclaimed };
+                let pool = if unclaimed.is_empty() {
+                    &candidates
+                } else {
+                    &unclaimed
+                };
                 let oldest = pool
                     .iter()
                     .copied()
                     .min_by_key(|h| self.spans.get(h).map_or(u64::MAX, |s| s.start_ns))
                     .unwrap_or(candidates[0]);
                 // Indistinguishable candidates: below any sensible threshold by design.
-                Guess { parent: oldest, method: "ambiguous", confidence: 0.8 / pool.len() as f64 }
+                Guess {
+                    parent: oldest,
+                    method: "ambiguous",
+                    confidence: 0.8 / pool.len() as f64,
+                }
             }
         };
         if is_worker && guess.method != "ambiguous" {
@@ -84,7 +125,9 @@ impl Assembler {
     }
 
     fn in_progress(&self, handle: u64, at: u64) -> bool {
-        self.spans.get(&handle).is_some_and(|s| s.end_ns.is_none() && s.start_ns <= at)
+        self.spans
+            .get(&handle)
+            .is_some_and(|s| s.end_ns.is_none() && s.start_ns <= at)
     }
 
     /// Forgets a finished SERVER span in the process-wide and claim indexes.
@@ -106,7 +149,10 @@ impl Assembler {
 pub(super) fn id_tokens(name: &str, path: Option<&str>) -> Vec<String> {
     let mut tokens: Vec<String> = name
         .split(|c: char| !c.is_ascii_alphanumeric())
-        .chain(path.into_iter().flat_map(|p| p.split(|c: char| !c.is_ascii_alphanumeric())))
+        .chain(
+            path.into_iter()
+                .flat_map(|p| p.split(|c: char| !c.is_ascii_alphanumeric())),
+        )
         .filter(|t| t.len() >= 2 && t.bytes().any(|b| b.is_ascii_digit()))
         .map(str::to_owned)
         .collect();
@@ -122,9 +168,15 @@ mod tests {
 
     #[test]
     fn tokens_are_the_id_like_parts() {
-        assert_eq!(id_tokens("GET /fizz/{id}", Some("/fizz/12345")), vec!["12345"]);
+        assert_eq!(
+            id_tokens("GET /fizz/{id}", Some("/fizz/12345")),
+            vec!["12345"]
+        );
         assert_eq!(id_tokens("req-17/echo", None), vec!["17"]);
         assert!(id_tokens("GET /api/users", Some("/api/users")).is_empty());
-        assert_eq!(id_tokens("x", Some("/v2/orders/ab12cd")), vec!["ab12cd", "v2"]);
+        assert_eq!(
+            id_tokens("x", Some("/v2/orders/ab12cd")),
+            vec!["ab12cd", "v2"]
+        );
     }
 }

@@ -12,13 +12,23 @@ const MS: u64 = 1_000_000;
 struct Fixed;
 impl ResourceSource for Fixed {
     fn resource(&mut self, pid: u32) -> Arc<ProcessResource> {
-        Arc::new(ProcessResource { pid, service_name: format!("svc{pid}"), attributes: vec![] })
+        Arc::new(ProcessResource {
+            pid,
+            service_name: format!("svc{pid}"),
+            attributes: vec![],
+        })
     }
 }
 
 fn assembler() -> Assembler {
     Assembler::new(
-        AssemblerConfig { settle_ns: 100 * MS, request_timeout_ns: 10_000 * MS, max_pending: 1000, realtime_offset_ns: 0, link_threshold: 0.5 },
+        AssemblerConfig {
+            settle_ns: 100 * MS,
+            request_timeout_ns: 10_000 * MS,
+            max_pending: 1000,
+            realtime_offset_ns: 0,
+            link_threshold: 0.5,
+        },
         Arc::new(Metrics::default()),
     )
 }
@@ -28,13 +38,20 @@ fn meta(conn_id: u64, pid: u32, local: &str, remote: &str) -> ConnMeta {
         conn_id,
         pid,
         fd: 3,
-        endpoints: Endpoints { local: local.parse().unwrap(), remote: remote.parse().unwrap() },
+        endpoints: Endpoints {
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+        },
         protocol: Protocol::Http1,
     }
 }
 
 fn at(ns: u64, tid: u32) -> Timing {
-    Timing { enter_ns: ns, exit_ns: ns + 10, tid }
+    Timing {
+        enter_ns: ns,
+        exit_ns: ns + 10,
+        tid,
+    }
 }
 
 fn request(key: u64, path: &str, t: Timing, context: Option<TraceContext>) -> Message {
@@ -50,15 +67,32 @@ fn request(key: u64, path: &str, t: Timing, context: Option<TraceContext>) -> Me
 }
 
 fn response(key: u64, status: u16, t: Timing) -> Message {
-    Message::Response(Response { key, first: t, last: t, http_status: Some(status), error: None, attributes: vec![] })
+    Message::Response(Response {
+        key,
+        first: t,
+        last: t,
+        http_status: Some(status),
+        error: None,
+        attributes: vec![],
+    })
 }
 
 fn feed(a: &mut Assembler, meta: ConnMeta, direction: Direction, message: Message) {
-    a.on_output(ConnOutput::Message { meta, direction, message }, &mut Fixed);
+    a.on_output(
+        ConnOutput::Message {
+            meta,
+            direction,
+            message,
+        },
+        &mut Fixed,
+    );
 }
 
 fn by_name<'a>(spans: &'a [SpanRecord], name: &str, kind: SpanKind) -> &'a SpanRecord {
-    spans.iter().find(|s| s.name == name && s.kind == kind).unwrap_or_else(|| panic!("no {kind:?} {name} in {spans:#?}"))
+    spans
+        .iter()
+        .find(|s| s.name == name && s.kind == kind)
+        .unwrap_or_else(|| panic!("no {kind:?} {name} in {spans:#?}"))
 }
 
 /// caller pid 1 (client 10.0.0.1:4000) -> callee pid 2 (server 10.0.0.2:80)
@@ -66,14 +100,40 @@ fn same_host_pair(server_first: bool) -> Vec<SpanRecord> {
     let mut a = assembler();
     let client = meta(1, 1, "10.0.0.1:4000", "10.0.0.2:80");
     let server = meta(2, 2, "10.0.0.2:80", "10.0.0.1:4000");
-    let sends = || (client, Direction::Egress, request(0, "/x", at(1 * MS, 11), None));
-    let reads = || (server, Direction::Ingress, request(0, "/x", at(2 * MS, 22), None));
-    let order = if server_first { [reads(), sends()] } else { [sends(), reads()] };
+    let sends = || {
+        (
+            client,
+            Direction::Egress,
+            request(0, "/x", at(1 * MS, 11), None),
+        )
+    };
+    let reads = || {
+        (
+            server,
+            Direction::Ingress,
+            request(0, "/x", at(2 * MS, 22), None),
+        )
+    };
+    let order = if server_first {
+        [reads(), sends()]
+    } else {
+        [sends(), reads()]
+    };
     for (m, d, msg) in order {
         feed(&mut a, m, d, msg);
     }
-    feed(&mut a, server, Direction::Egress, response(0, 200, at(5 * MS, 22)));
-    feed(&mut a, client, Direction::Ingress, response(0, 200, at(6 * MS, 11)));
+    feed(
+        &mut a,
+        server,
+        Direction::Egress,
+        response(0, 200, at(5 * MS, 22)),
+    );
+    feed(
+        &mut a,
+        client,
+        Direction::Ingress,
+        response(0, 200, at(6 * MS, 11)),
+    );
     assert!(a.tick(50 * MS).is_empty(), "held until settled");
     a.tick(200 * MS)
 }
@@ -89,7 +149,10 @@ fn links_both_ends_of_a_local_connection_in_either_order() {
         assert_eq!(s.parent_span_id, Some(c.span_id));
         assert_eq!(c.parent_span_id, None);
         assert!(c.start_unix_ns <= s.start_unix_ns && s.end_unix_ns <= c.end_unix_ns);
-        assert!(crate::span::find(&s.attributes, "tracer.link.method") == Some(&crate::span::AttrValue::Str("same_host".into())));
+        assert!(
+            crate::span::find(&s.attributes, "tracer.link.method")
+                == Some(&crate::span::AttrValue::Str("same_host".into()))
+        );
     }
 }
 
@@ -98,16 +161,40 @@ fn client_call_from_a_serving_thread_is_a_child() {
     let mut a = assembler();
     let inbound = meta(1, 7, "127.0.0.1:8000", "127.0.0.1:5000");
     let outbound = meta(2, 7, "127.0.0.1:6000", "93.184.216.34:80");
-    feed(&mut a, inbound, Direction::Ingress, request(0, "/in", at(1 * MS, 70), None));
-    feed(&mut a, outbound, Direction::Egress, request(0, "/out", at(2 * MS, 70), None));
-    feed(&mut a, outbound, Direction::Ingress, response(0, 404, at(3 * MS, 70)));
-    feed(&mut a, inbound, Direction::Egress, response(0, 200, at(4 * MS, 70)));
+    feed(
+        &mut a,
+        inbound,
+        Direction::Ingress,
+        request(0, "/in", at(1 * MS, 70), None),
+    );
+    feed(
+        &mut a,
+        outbound,
+        Direction::Egress,
+        request(0, "/out", at(2 * MS, 70), None),
+    );
+    feed(
+        &mut a,
+        outbound,
+        Direction::Ingress,
+        response(0, 404, at(3 * MS, 70)),
+    );
+    feed(
+        &mut a,
+        inbound,
+        Direction::Egress,
+        response(0, 200, at(4 * MS, 70)),
+    );
     let spans = a.tick(500 * MS);
     let server = by_name(&spans, "GET /in", SpanKind::Server);
     let client = by_name(&spans, "GET /out", SpanKind::Client);
     assert_eq!(client.parent_span_id, Some(server.span_id));
     assert_eq!(client.trace_id, server.trace_id);
-    assert_eq!(client.status, SpanStatus::Error(None), "4xx is an error on a CLIENT span");
+    assert_eq!(
+        client.status,
+        SpanStatus::Error(None),
+        "4xx is an error on a CLIENT span"
+    );
     assert_eq!(server.status, SpanStatus::Unset);
     // A SERVER span with no local caller waited and became a root.
     assert_eq!(server.parent_span_id, None);
@@ -116,10 +203,26 @@ fn client_call_from_a_serving_thread_is_a_child() {
 #[test]
 fn propagated_context_wins() {
     let mut a = assembler();
-    let ctx = TraceContext { trace_id: [7; 16], span_id: [8; 8], flags: 3, tracestate: Some("a=b".into()), format: ContextFormat::W3c };
+    let ctx = TraceContext {
+        trace_id: [7; 16],
+        span_id: [8; 8],
+        flags: 3,
+        tracestate: Some("a=b".into()),
+        format: ContextFormat::W3c,
+    };
     let server = meta(1, 2, "10.0.0.2:80", "10.0.0.1:4000");
-    feed(&mut a, server, Direction::Ingress, request(0, "/c", at(MS, 1), Some(ctx)));
-    feed(&mut a, server, Direction::Egress, response(0, 503, at(2 * MS, 1)));
+    feed(
+        &mut a,
+        server,
+        Direction::Ingress,
+        request(0, "/c", at(MS, 1), Some(ctx)),
+    );
+    feed(
+        &mut a,
+        server,
+        Direction::Egress,
+        response(0, 503, at(2 * MS, 1)),
+    );
     let spans = a.tick(500 * MS);
     assert_eq!(spans[0].trace_id, [7; 16]);
     assert_eq!(spans[0].parent_span_id, Some([8; 8]));
@@ -134,12 +237,42 @@ fn a_thread_serving_two_requests_does_not_guess() {
     let in1 = meta(1, 7, "127.0.0.1:8000", "127.0.0.1:5001");
     let in2 = meta(2, 7, "127.0.0.1:8000", "127.0.0.1:5002");
     let out = meta(3, 7, "127.0.0.1:6000", "127.0.0.1:9000");
-    feed(&mut a, in1, Direction::Ingress, request(0, "/a", at(MS, 70), None));
-    feed(&mut a, in2, Direction::Ingress, request(0, "/b", at(2 * MS, 70), None));
-    feed(&mut a, out, Direction::Egress, request(0, "/down", at(3 * MS, 70), None));
-    feed(&mut a, out, Direction::Ingress, response(0, 200, at(4 * MS, 70)));
-    feed(&mut a, in1, Direction::Egress, response(0, 200, at(5 * MS, 70)));
-    feed(&mut a, in2, Direction::Egress, response(0, 200, at(6 * MS, 70)));
+    feed(
+        &mut a,
+        in1,
+        Direction::Ingress,
+        request(0, "/a", at(MS, 70), None),
+    );
+    feed(
+        &mut a,
+        in2,
+        Direction::Ingress,
+        request(0, "/b", at(2 * MS, 70), None),
+    );
+    feed(
+        &mut a,
+        out,
+        Direction::Egress,
+        request(0, "/down", at(3 * MS, 70), None),
+    );
+    feed(
+        &mut a,
+        out,
+        Direction::Ingress,
+        response(0, 200, at(4 * MS, 70)),
+    );
+    feed(
+        &mut a,
+        in1,
+        Direction::Egress,
+        response(0, 200, at(5 * MS, 70)),
+    );
+    feed(
+        &mut a,
+        in2,
+        Direction::Egress,
+        response(0, 200, at(6 * MS, 70)),
+    );
     let spans = a.tick(500 * MS);
     let down = by_name(&spans, "GET /down", SpanKind::Client);
     let a_span = by_name(&spans, "GET /a", SpanKind::Server);
@@ -148,7 +281,10 @@ fn a_thread_serving_two_requests_does_not_guess() {
     assert_eq!(down.links.len(), 1);
     assert!(down.links[0].span_id == a_span.span_id || down.links[0].span_id == b.span_id);
     let confidence = crate::span::find(&down.attributes, "tracer.link.confidence");
-    assert!(matches!(confidence, Some(crate::span::AttrValue::Double(c)) if *c < 0.5), "{confidence:?}");
+    assert!(
+        matches!(confidence, Some(crate::span::AttrValue::Double(c)) if *c < 0.5),
+        "{confidence:?}"
+    );
 }
 
 /// uvicorn / waitress: one thread reads requests, pool workers make the calls.
@@ -160,25 +296,84 @@ fn worker_threads_of_a_pool_link_by_id_tokens_and_keep_their_claim() {
     let out1 = meta(3, 7, "127.0.0.1:6001", "127.0.0.1:9000");
     let out2 = meta(4, 7, "127.0.0.1:6002", "127.0.0.1:9000");
     // Reader thread 70 reads both requests; workers 71 and 72 make the calls.
-    feed(&mut a, in1, Direction::Ingress, request(0, "/hub/1001", at(MS, 70), None));
-    feed(&mut a, in2, Direction::Ingress, request(0, "/hub/1002", at(2 * MS, 70), None));
-    feed(&mut a, out2, Direction::Egress, request(0, "/fizz/1002", at(3 * MS, 72), None));
-    feed(&mut a, out1, Direction::Egress, request(0, "/fizz/1001", at(4 * MS, 71), None));
-    feed(&mut a, out2, Direction::Ingress, response(0, 200, at(5 * MS, 72)));
-    feed(&mut a, out1, Direction::Ingress, response(0, 200, at(6 * MS, 71)));
+    feed(
+        &mut a,
+        in1,
+        Direction::Ingress,
+        request(0, "/hub/1001", at(MS, 70), None),
+    );
+    feed(
+        &mut a,
+        in2,
+        Direction::Ingress,
+        request(0, "/hub/1002", at(2 * MS, 70), None),
+    );
+    feed(
+        &mut a,
+        out2,
+        Direction::Egress,
+        request(0, "/fizz/1002", at(3 * MS, 72), None),
+    );
+    feed(
+        &mut a,
+        out1,
+        Direction::Egress,
+        request(0, "/fizz/1001", at(4 * MS, 71), None),
+    );
+    feed(
+        &mut a,
+        out2,
+        Direction::Ingress,
+        response(0, 200, at(5 * MS, 72)),
+    );
+    feed(
+        &mut a,
+        out1,
+        Direction::Ingress,
+        response(0, 200, at(6 * MS, 71)),
+    );
     // A second call by worker 72 carries no id: its claim decides.
-    feed(&mut a, out2, Direction::Egress, request(1, "/buzz", at(7 * MS, 72), None));
-    feed(&mut a, out2, Direction::Ingress, response(1, 200, at(8 * MS, 72)));
-    feed(&mut a, in1, Direction::Egress, response(0, 200, at(9 * MS, 70)));
-    feed(&mut a, in2, Direction::Egress, response(0, 200, at(10 * MS, 70)));
+    feed(
+        &mut a,
+        out2,
+        Direction::Egress,
+        request(1, "/buzz", at(7 * MS, 72), None),
+    );
+    feed(
+        &mut a,
+        out2,
+        Direction::Ingress,
+        response(1, 200, at(8 * MS, 72)),
+    );
+    feed(
+        &mut a,
+        in1,
+        Direction::Egress,
+        response(0, 200, at(9 * MS, 70)),
+    );
+    feed(
+        &mut a,
+        in2,
+        Direction::Egress,
+        response(0, 200, at(10 * MS, 70)),
+    );
     let spans = a.tick(500 * MS);
     let hub1 = by_name(&spans, "GET /hub/1001", SpanKind::Server);
     let hub2 = by_name(&spans, "GET /hub/1002", SpanKind::Server);
-    assert_eq!(by_name(&spans, "GET /fizz/1001", SpanKind::Client).parent_span_id, Some(hub1.span_id));
-    assert_eq!(by_name(&spans, "GET /fizz/1002", SpanKind::Client).parent_span_id, Some(hub2.span_id));
+    assert_eq!(
+        by_name(&spans, "GET /fizz/1001", SpanKind::Client).parent_span_id,
+        Some(hub1.span_id)
+    );
+    assert_eq!(
+        by_name(&spans, "GET /fizz/1002", SpanKind::Client).parent_span_id,
+        Some(hub2.span_id)
+    );
     let buzz = by_name(&spans, "GET /buzz", SpanKind::Client);
     assert_eq!(buzz.parent_span_id, Some(hub2.span_id));
-    assert_eq!(crate::span::find(&buzz.attributes, "tracer.link.method"), Some(&crate::span::AttrValue::Str("thread_pool".into())));
+    assert_eq!(
+        crate::span::find(&buzz.attributes, "tracer.link.method"),
+        Some(&crate::span::AttrValue::Str("thread_pool".into()))
+    );
 }
 
 #[test]
@@ -186,30 +381,76 @@ fn pipelined_requests_pair_in_order_and_unanswered_ones_close_as_errors() {
     let mut a = assembler();
     let server = meta(1, 2, "127.0.0.1:80", "127.0.0.1:4000");
     for (k, p) in ["/1", "/2", "/3"].iter().enumerate() {
-        feed(&mut a, server, Direction::Ingress, request(k as u64, p, at(MS, 1), None));
+        feed(
+            &mut a,
+            server,
+            Direction::Ingress,
+            request(k as u64, p, at(MS, 1), None),
+        );
     }
-    feed(&mut a, server, Direction::Egress, response(0, 200, at(2 * MS, 1)));
-    feed(&mut a, server, Direction::Egress, response(1, 500, at(3 * MS, 1)));
-    a.on_output(ConnOutput::Closed { meta: server, at_ns: 4 * MS }, &mut Fixed);
+    feed(
+        &mut a,
+        server,
+        Direction::Egress,
+        response(0, 200, at(2 * MS, 1)),
+    );
+    feed(
+        &mut a,
+        server,
+        Direction::Egress,
+        response(1, 500, at(3 * MS, 1)),
+    );
+    a.on_output(
+        ConnOutput::Closed {
+            meta: server,
+            at_ns: 4 * MS,
+        },
+        &mut Fixed,
+    );
     let spans = a.tick(500 * MS);
     assert_eq!(spans.len(), 3);
-    assert_eq!(by_name(&spans, "GET /1", SpanKind::Server).status, SpanStatus::Unset);
-    assert_eq!(by_name(&spans, "GET /2", SpanKind::Server).status, SpanStatus::Error(None));
-    assert!(matches!(by_name(&spans, "GET /3", SpanKind::Server).status, SpanStatus::Error(Some(_))));
+    assert_eq!(
+        by_name(&spans, "GET /1", SpanKind::Server).status,
+        SpanStatus::Unset
+    );
+    assert_eq!(
+        by_name(&spans, "GET /2", SpanKind::Server).status,
+        SpanStatus::Error(None)
+    );
+    assert!(matches!(
+        by_name(&spans, "GET /3", SpanKind::Server).status,
+        SpanStatus::Error(Some(_))
+    ));
 }
 
 #[test]
 fn pending_spans_are_bounded_and_flush_releases_everything() {
     let mut a = Assembler::new(
-        AssemblerConfig { settle_ns: 100 * MS, request_timeout_ns: 10_000 * MS, max_pending: 2, realtime_offset_ns: 0, link_threshold: 0.5 },
+        AssemblerConfig {
+            settle_ns: 100 * MS,
+            request_timeout_ns: 10_000 * MS,
+            max_pending: 2,
+            realtime_offset_ns: 0,
+            link_threshold: 0.5,
+        },
         Arc::new(Metrics::default()),
     );
     let server = meta(1, 2, "127.0.0.1:80", "127.0.0.1:4000");
     for k in 0..5 {
-        feed(&mut a, server, Direction::Ingress, request(k, "/p", at(MS, 1), None));
+        feed(
+            &mut a,
+            server,
+            Direction::Ingress,
+            request(k, "/p", at(MS, 1), None),
+        );
     }
     assert_eq!(a.pending(), 2);
-    assert_eq!(a.metrics.spans_dropped_pending.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(
+        a.metrics
+            .spans_dropped_pending
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
     let spans = a.flush(2 * MS);
     assert_eq!(spans.len(), 2);
     assert_eq!(a.pending(), 0);
@@ -221,12 +462,42 @@ fn a_request_seen_on_one_side_only_does_not_shift_same_host_pairing() {
     let client = meta(1, 1, "10.0.0.1:4000", "10.0.0.2:80");
     let server = meta(2, 2, "10.0.0.2:80", "10.0.0.1:4000");
     // The server was blocked in read() when the agent attached: it never shows /one.
-    feed(&mut a, client, Direction::Egress, request(0, "/one", at(MS, 11), None));
-    feed(&mut a, client, Direction::Ingress, response(0, 200, at(2 * MS, 11)));
-    feed(&mut a, client, Direction::Egress, request(1, "/two", at(3 * MS, 11), None));
-    feed(&mut a, server, Direction::Ingress, request(0, "/two", at(4 * MS, 22), None));
-    feed(&mut a, server, Direction::Egress, response(0, 200, at(5 * MS, 22)));
-    feed(&mut a, client, Direction::Ingress, response(1, 200, at(6 * MS, 11)));
+    feed(
+        &mut a,
+        client,
+        Direction::Egress,
+        request(0, "/one", at(MS, 11), None),
+    );
+    feed(
+        &mut a,
+        client,
+        Direction::Ingress,
+        response(0, 200, at(2 * MS, 11)),
+    );
+    feed(
+        &mut a,
+        client,
+        Direction::Egress,
+        request(1, "/two", at(3 * MS, 11), None),
+    );
+    feed(
+        &mut a,
+        server,
+        Direction::Ingress,
+        request(0, "/two", at(4 * MS, 22), None),
+    );
+    feed(
+        &mut a,
+        server,
+        Direction::Egress,
+        response(0, 200, at(5 * MS, 22)),
+    );
+    feed(
+        &mut a,
+        client,
+        Direction::Ingress,
+        response(1, 200, at(6 * MS, 11)),
+    );
     let spans = a.tick(500 * MS);
     let c2 = by_name(&spans, "GET /two", SpanKind::Client);
     let s2 = by_name(&spans, "GET /two", SpanKind::Server);

@@ -183,8 +183,16 @@ impl Out {
     }
     fn list<T: ToString>(&mut self, key: &'static str, values: Option<Vec<T>>) {
         let Some(values) = values else { return };
-        let id = KEYS.iter().find(|(k, _)| *k == key).map(|(_, id)| *id).expect("key listed in KEYS");
-        self.0.push(Entry { key, id, values: values.iter().map(ToString::to_string).collect() });
+        let id = KEYS
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, id)| *id)
+            .expect("key listed in KEYS");
+        self.0.push(Entry {
+            key,
+            id,
+            values: values.iter().map(ToString::to_string).collect(),
+        });
     }
 }
 
@@ -196,20 +204,41 @@ fn encode_header_value(v: &str) -> String {
 /// Parses the file text into entries; the error is one line naming the key.
 pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
     let line = |span: Option<std::ops::Range<usize>>| {
-        span.map(|r| format!("line {}: ", text[..r.start.min(text.len())].matches('\n').count() + 1)).unwrap_or_default()
+        span.map(|r| {
+            format!(
+                "line {}: ",
+                text[..r.start.min(text.len())].matches('\n').count() + 1
+            )
+        })
+        .unwrap_or_default()
     };
-    let de = toml::Deserializer::parse(text).map_err(|e| format!("{}{}", line(e.span()), one_line(e.message())))?;
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| format!("{}{}", line(e.span()), one_line(e.message())))?;
     let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let message = one_line(e.inner().message());
         let at = line(e.inner().span());
         // For an unknown key the path may end at its table or at the key itself.
-        match message.strip_prefix("unknown field `").and_then(|m| m.split_once('`')) {
-            Some((_, _)) if path != "." && !path.is_empty() && path.rsplit('.').next() == message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) => {
+        match message
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split_once('`'))
+        {
+            Some((_, _))
+                if path != "."
+                    && !path.is_empty()
+                    && path.rsplit('.').next()
+                        == message
+                            .strip_prefix("unknown field `")
+                            .and_then(|m| m.split('`').next()) =>
+            {
                 format!("{at}unknown key `{path}` (see deploy/CONFIGURATION.md)")
             }
-            Some((field, _)) if path == "." || path.is_empty() => format!("{at}unknown key `{field}` (see deploy/CONFIGURATION.md)"),
-            Some((field, _)) => format!("{at}unknown key `{path}.{field}` (see deploy/CONFIGURATION.md)"),
+            Some((field, _)) if path == "." || path.is_empty() => {
+                format!("{at}unknown key `{field}` (see deploy/CONFIGURATION.md)")
+            }
+            Some((field, _)) => {
+                format!("{at}unknown key `{path}.{field}` (see deploy/CONFIGURATION.md)")
+            }
             None => format!("{at}key `{path}`: {message}"),
         }
     })?;
@@ -220,7 +249,12 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
         out.put("exporter.protocol", e.protocol);
         out.put(
             "exporter.headers",
-            e.headers.map(|h| h.iter().map(|(k, v)| format!("{k}={}", encode_header_value(v))).collect::<Vec<_>>().join(",")),
+            e.headers.map(|h| {
+                h.iter()
+                    .map(|(k, v)| format!("{k}={}", encode_header_value(v)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
         );
         out.put("exporter.timeout_ms", e.timeout_ms);
         out.put("exporter.batch_size", e.batch_size);
@@ -230,7 +264,12 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
     }
     for (table, sel) in [("include", file.include), ("exclude", file.exclude)] {
         let Some(sel) = sel else { continue };
-        let key = |k: &str| KEYS.iter().map(|(key, _)| *key).find(|key| *key == format!("{table}.{k}")).expect("listed");
+        let key = |k: &str| {
+            KEYS.iter()
+                .map(|(key, _)| *key)
+                .find(|key| *key == format!("{table}.{k}"))
+                .expect("listed")
+        };
         out.list(key("pids"), sel.pids);
         out.list(key("executables"), sel.executables);
         out.list(key("ports"), sel.ports);

@@ -134,9 +134,17 @@ impl ParserOptions {
     pub fn with_headers(record_query: bool, names: &[String]) -> Self {
         let record_headers = names
             .iter()
-            .map(|n| (n.clone(), &*Box::leak(format!("http.request.header.{n}").into_boxed_str())))
+            .map(|n| {
+                (
+                    n.clone(),
+                    &*Box::leak(format!("http.request.header.{n}").into_boxed_str()),
+                )
+            })
             .collect();
-        Self { record_query, record_headers }
+        Self {
+            record_query,
+            record_headers,
+        }
     }
 }
 

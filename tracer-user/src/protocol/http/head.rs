@@ -197,7 +197,10 @@ pub(super) enum Parsed<T> {
     Partial,
 }
 
-pub(super) fn parse_request(buf: &[u8], record: &[(String, &'static str)]) -> Result<Parsed<RequestHead>, HeadError> {
+pub(super) fn parse_request(
+    buf: &[u8],
+    record: &[(String, &'static str)],
+) -> Result<Parsed<RequestHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let len = match request.parse(buf).map_err(HeadError::Syntax)? {
@@ -223,7 +226,10 @@ pub(super) fn parse_request(buf: &[u8], record: &[(String, &'static str)]) -> Re
         host: header("host").filter(|h| !h.is_empty()),
         user_agent: header("user-agent").filter(|ua| !ua.is_empty()),
         context: context::from_headers(request.headers.iter().map(|h| (h.name, h.value))),
-        recorded: record.iter().filter_map(|(name, key)| Some((*key, header(name)?))).collect(),
+        recorded: record
+            .iter()
+            .filter_map(|(name, key)| Some((*key, header(name)?)))
+            .collect(),
         framing: FramingHeaders::from_headers(request.headers),
     };
     Ok(Parsed::Complete(head, len))
@@ -290,10 +296,23 @@ mod tests {
     #[test]
     fn chosen_request_headers_are_recorded() {
         let buf = b"GET / HTTP/1.1\r\nX-Request-Id:  abc \r\nTraceparent: 00-x\r\n\r\n";
-        let record = [("x-request-id".to_owned(), "http.request.header.x-request-id"), ("x-absent".to_owned(), "k")];
-        let Ok(Parsed::Complete(head, _)) = parse_request(buf, &record) else { panic!("complete") };
-        assert_eq!(head.recorded, vec![("http.request.header.x-request-id", "abc".to_owned())]);
-        let Ok(Parsed::Complete(head, _)) = parse_request(buf, &[]) else { panic!("complete") };
+        let record = [
+            (
+                "x-request-id".to_owned(),
+                "http.request.header.x-request-id",
+            ),
+            ("x-absent".to_owned(), "k"),
+        ];
+        let Ok(Parsed::Complete(head, _)) = parse_request(buf, &record) else {
+            panic!("complete")
+        };
+        assert_eq!(
+            head.recorded,
+            vec![("http.request.header.x-request-id", "abc".to_owned())]
+        );
+        let Ok(Parsed::Complete(head, _)) = parse_request(buf, &[]) else {
+            panic!("complete")
+        };
         assert!(head.recorded.is_empty());
     }
 
@@ -314,10 +333,11 @@ mod tests {
 
     #[test]
     fn framing_rules() {
-        let req = |h: &str| match parse_request(format!("GET / HTTP/1.1\r\n{h}\r\n").as_bytes(), &[]) {
-            Ok(Parsed::Complete(head, _)) => head.framing(),
-            other => panic!("{other:?}"),
-        };
+        let req =
+            |h: &str| match parse_request(format!("GET / HTTP/1.1\r\n{h}\r\n").as_bytes(), &[]) {
+                Ok(Parsed::Complete(head, _)) => head.framing(),
+                other => panic!("{other:?}"),
+            };
         assert_eq!(req(""), Ok(Framing::Length(0)));
         assert_eq!(
             req("Transfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n"),
@@ -359,20 +379,27 @@ mod tests {
 
     #[test]
     fn cut_heads_keep_complete_lines() {
-        let head = parse_cut(b"GET /a?b HTTP/1.1\r\nHost: h:81\r\nUser-Ag", |b| parse_request(b, &[]))
-            .expect("line captured");
+        let head = parse_cut(b"GET /a?b HTTP/1.1\r\nHost: h:81\r\nUser-Ag", |b| {
+            parse_request(b, &[])
+        })
+        .expect("line captured");
         assert_eq!(
             (head.target.as_str(), head.host.as_deref(), head.user_agent),
             ("/a?b", Some("h:81"), None)
         );
-        let bad_header =
-            parse_cut(b"GET /a HTTP/1.1\r\n\x01bad\r\nX", |b| parse_request(b, &[])).expect("first line");
+        let bad_header = parse_cut(b"GET /a HTTP/1.1\r\n\x01bad\r\nX", |b| {
+            parse_request(b, &[])
+        })
+        .expect("first line");
         assert_eq!(bad_header.target, "/a");
         assert_eq!(
             parse_cut(b"HTTP/1.1 503 Unavail\r\nServer: x", parse_response).map(|r| r.status),
             Some(503)
         );
-        assert_eq!(parse_cut(b"GET /very/long/pa", |b| parse_request(b, &[])), None);
+        assert_eq!(
+            parse_cut(b"GET /very/long/pa", |b| parse_request(b, &[])),
+            None
+        );
     }
 
     #[test]

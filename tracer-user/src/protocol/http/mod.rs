@@ -460,7 +460,9 @@ impl HttpParser {
         };
         self.set_role(dir, role);
         match role {
-            Role::Request => match head::parse_cut(&head.buf, |b| head::parse_request(b, &self.options.record_headers)) {
+            Role::Request => match head::parse_cut(&head.buf, |b| {
+                head::parse_request(b, &self.options.record_headers)
+            }) {
                 Some(parsed) => {
                     Open::Request(self.open_request(&parsed, head.first, timing)).emit(out)
                 }

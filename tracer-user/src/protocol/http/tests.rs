@@ -165,7 +165,10 @@ fn request_and_response_attributes() {
 
 #[test]
 fn query_recorded_when_enabled() {
-    let mut conn = Conn::with(ParserOptions { record_query: true, ..Default::default() });
+    let mut conn = Conn::with(ParserOptions {
+        record_query: true,
+        ..Default::default()
+    });
     conn.send(REQ, b"GET /search?q=x HTTP/1.0\r\n\r\n");
     let messages = conn.take();
     let [Message::Request(req)] = messages.as_slice() else {

@@ -4,8 +4,8 @@
 //! goes to `message`, which builds the requests and responses for span assembly.
 
 use super::wire::{
-    Field, MessageHead, MessageType, Reader, Value, WireError, WireResult, check_depth, keep_field, keep_int, keep_str,
-    keep_struct, length, read_name, require_elements,
+    Field, MessageHead, MessageType, Reader, Value, WireError, WireResult, check_depth, keep_field,
+    keep_int, keep_str, keep_struct, length, read_name, require_elements,
 };
 
 const STOP: u8 = 0;
@@ -47,7 +47,11 @@ pub(super) fn read_head(r: &mut Reader<'_>) -> WireResult<MessageHead> {
 }
 
 /// Walks a struct to its STOP, keeping its fields in `keep` when given.
-pub(super) fn walk_struct(r: &mut Reader<'_>, depth: usize, mut keep: Option<&mut Vec<Field>>) -> WireResult<()> {
+pub(super) fn walk_struct(
+    r: &mut Reader<'_>,
+    depth: usize,
+    mut keep: Option<&mut Vec<Field>>,
+) -> WireResult<()> {
     check_depth(depth)?;
     loop {
         let ty = r.u8()?;
@@ -55,7 +59,9 @@ pub(super) fn walk_struct(r: &mut Reader<'_>, depth: usize, mut keep: Option<&mu
             return Ok(());
         }
         let id = r.i16()?;
-        let slot = keep.as_deref_mut().and_then(|fields| keep_field(fields, id));
+        let slot = keep
+            .as_deref_mut()
+            .and_then(|fields| keep_field(fields, id));
         walk_value(r, ty, depth, slot)?;
     }
 }
@@ -74,7 +80,12 @@ fn min_size(ty: u8) -> WireResult<u64> {
     }
 }
 
-fn walk_value(r: &mut Reader<'_>, ty: u8, depth: usize, slot: Option<&mut Value>) -> WireResult<()> {
+fn walk_value(
+    r: &mut Reader<'_>,
+    ty: u8,
+    depth: usize,
+    slot: Option<&mut Value>,
+) -> WireResult<()> {
     match ty {
         BOOL | BYTE => keep_int(slot, i64::from(r.u8()? as i8)),
         I16 => keep_int(slot, i64::from(r.i16()?)),

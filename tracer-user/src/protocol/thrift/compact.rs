@@ -4,8 +4,8 @@
 //! summary goes to `message`, which builds the requests and responses for span assembly.
 
 use super::wire::{
-    Field, MessageHead, MessageType, Reader, Value, WireError, WireResult, check_depth, keep_field, keep_int, keep_str,
-    keep_struct, length, read_name, require_elements,
+    Field, MessageHead, MessageType, Reader, Value, WireError, WireResult, check_depth, keep_field,
+    keep_int, keep_str, keep_struct, length, read_name, require_elements,
 };
 
 pub(super) const PROTOCOL_ID: u8 = 0x82;
@@ -51,7 +51,11 @@ fn read_int(r: &mut Reader<'_>) -> WireResult<i64> {
 }
 
 /// Walks a struct to its STOP, keeping its fields in `keep` when given.
-pub(super) fn walk_struct(r: &mut Reader<'_>, depth: usize, mut keep: Option<&mut Vec<Field>>) -> WireResult<()> {
+pub(super) fn walk_struct(
+    r: &mut Reader<'_>,
+    depth: usize,
+    mut keep: Option<&mut Vec<Field>>,
+) -> WireResult<()> {
     check_depth(depth)?;
     let mut last_id: i16 = 0;
     loop {
@@ -67,7 +71,9 @@ pub(super) fn walk_struct(r: &mut Reader<'_>, depth: usize, mut keep: Option<&mu
             last_id.wrapping_add(i16::from(delta))
         };
         last_id = id;
-        let slot = keep.as_deref_mut().and_then(|fields| keep_field(fields, id));
+        let slot = keep
+            .as_deref_mut()
+            .and_then(|fields| keep_field(fields, id));
         match ty {
             BOOL_TRUE => keep_int(slot, 1),
             BOOL_FALSE => keep_int(slot, 0),
@@ -79,14 +85,21 @@ pub(super) fn walk_struct(r: &mut Reader<'_>, depth: usize, mut keep: Option<&mu
 /// Smallest encoding of a container element of type `ty`.
 fn min_size(ty: u8) -> WireResult<u64> {
     match ty {
-        BOOL_TRUE | BOOL_FALSE | BYTE | I16 | I32 | I64 | BINARY | LIST | SET | MAP | STRUCT => Ok(1),
+        BOOL_TRUE | BOOL_FALSE | BYTE | I16 | I32 | I64 | BINARY | LIST | SET | MAP | STRUCT => {
+            Ok(1)
+        }
         DOUBLE => Ok(8),
         UUID => Ok(16),
         _ => Err(WireError::Invalid),
     }
 }
 
-fn walk_value(r: &mut Reader<'_>, ty: u8, depth: usize, slot: Option<&mut Value>) -> WireResult<()> {
+fn walk_value(
+    r: &mut Reader<'_>,
+    ty: u8,
+    depth: usize,
+    slot: Option<&mut Value>,
+) -> WireResult<()> {
     match ty {
         // Inside containers a bool takes one byte.
         BOOL_TRUE | BOOL_FALSE | BYTE => keep_int(slot, i64::from(r.u8()? as i8)),
@@ -114,7 +127,11 @@ fn walk_list(r: &mut Reader<'_>, depth: usize) -> WireResult<()> {
     let header = r.u8()?;
     let elem = header & 0x0f;
     let short_count = header >> 4;
-    let count = if short_count == 0x0f { length(i64::from(r.varint32()?))? } else { usize::from(short_count) };
+    let count = if short_count == 0x0f {
+        length(i64::from(r.varint32()?))?
+    } else {
+        usize::from(short_count)
+    };
     if count == 0 {
         return Ok(());
     }

@@ -73,7 +73,11 @@ pub fn looks_like_thrift(first: &[u8]) -> bool {
 
 /// Detects the format of the message at the start of `data`.
 pub(super) fn sniff(data: &[u8]) -> Sniff {
-    let verdicts = [sniff_unframed(Proto::Binary, data), sniff_unframed(Proto::Compact, data), sniff_framed(data)];
+    let verdicts = [
+        sniff_unframed(Proto::Binary, data),
+        sniff_unframed(Proto::Compact, data),
+        sniff_framed(data),
+    ];
     if let Some(yes) = verdicts.iter().find(|v| matches!(v, Sniff::Yes(_))) {
         *yes
     } else if verdicts.contains(&Sniff::NeedMore) {
@@ -85,14 +89,21 @@ pub(super) fn sniff(data: &[u8]) -> Sniff {
 
 fn verdict(transport: Transport, protocol: Proto, head: WireResult<MessageHead>) -> Sniff {
     match head {
-        Ok(_) => Sniff::Yes(Format { transport, protocol }),
+        Ok(_) => Sniff::Yes(Format {
+            transport,
+            protocol,
+        }),
         Err(WireError::Short { .. }) => Sniff::NeedMore,
         Err(WireError::Invalid) => Sniff::No,
     }
 }
 
 fn sniff_unframed(protocol: Proto, data: &[u8]) -> Sniff {
-    verdict(Transport::Buffered, protocol, read_head(protocol, &mut Reader::new(data)))
+    verdict(
+        Transport::Buffered,
+        protocol,
+        read_head(protocol, &mut Reader::new(data)),
+    )
 }
 
 fn sniff_framed(data: &[u8]) -> Sniff {
@@ -108,18 +119,33 @@ fn sniff_framed(data: &[u8]) -> Sniff {
         sniff_header(frame)
     } else {
         let protocol = payload_protocol(frame);
-        verdict(Transport::Framed, protocol, read_head(protocol, &mut Reader::new(frame)))
+        verdict(
+            Transport::Framed,
+            protocol,
+            read_head(protocol, &mut Reader::new(frame)),
+        )
     };
     let whole = frame.len() as u64 + LENGTH_PREFIX as u64 == total;
-    if found == Sniff::NeedMore && whole { Sniff::No } else { found }
+    if found == Sniff::NeedMore && whole {
+        Sniff::No
+    } else {
+        found
+    }
 }
 
 fn sniff_header(frame: &[u8]) -> Sniff {
     match theader::parse_header(frame) {
-        Ok(info) if info.transformed => Sniff::Yes(Format { transport: Transport::Header, protocol: info.protocol }),
+        Ok(info) if info.transformed => Sniff::Yes(Format {
+            transport: Transport::Header,
+            protocol: info.protocol,
+        }),
         Ok(info) => {
             let mut r = Reader::new(frame.get(info.payload..).unwrap_or_default());
-            verdict(Transport::Header, info.protocol, read_head(info.protocol, &mut r))
+            verdict(
+                Transport::Header,
+                info.protocol,
+                read_head(info.protocol, &mut r),
+            )
         }
         Err(WireError::Short { .. }) => Sniff::NeedMore,
         Err(WireError::Invalid) => Sniff::No,
@@ -128,7 +154,11 @@ fn sniff_header(frame: &[u8]) -> Sniff {
 
 /// Compact messages start with their protocol id; anything else is tried as binary.
 fn payload_protocol(payload: &[u8]) -> Proto {
-    if payload.first() == Some(&compact::PROTOCOL_ID) { Proto::Compact } else { Proto::Binary }
+    if payload.first() == Some(&compact::PROTOCOL_ID) {
+        Proto::Compact
+    } else {
+        Proto::Binary
+    }
 }
 
 fn read_head(protocol: Proto, r: &mut Reader<'_>) -> WireResult<MessageHead> {
@@ -170,7 +200,11 @@ pub(super) struct Decoded {
 
 /// Reads a message header and walks its body. The body summary is kept even when the walk
 /// stops early; the walk's own result comes alongside.
-fn read_message(protocol: Proto, transport: Transport, r: &mut Reader<'_>) -> WireResult<(Decoded, WireResult<()>)> {
+fn read_message(
+    protocol: Proto,
+    transport: Transport,
+    r: &mut Reader<'_>,
+) -> WireResult<(Decoded, WireResult<()>)> {
     let head = read_head(protocol, r)?;
     let mut body = Vec::new();
     let walked = match protocol {
@@ -178,7 +212,14 @@ fn read_message(protocol: Proto, transport: Transport, r: &mut Reader<'_>) -> Wi
         Proto::Compact => compact::walk_struct(r, 0, Some(&mut body)),
     };
     let complete = walked.is_ok();
-    let decoded = Decoded { head, body, complete, protocol, transport, headers: Vec::new() };
+    let decoded = Decoded {
+        head,
+        body,
+        complete,
+        protocol,
+        transport,
+        headers: Vec::new(),
+    };
     Ok((decoded, walked))
 }
 
@@ -187,7 +228,11 @@ fn read_message(protocol: Proto, transport: Transport, r: &mut Reader<'_>) -> Wi
 pub(super) enum Step {
     /// A whole message (or frame) of `len` bytes. `decoded` is `None` when a frame could not
     /// be decoded; `error` when something in it was wrong (the stream is still in sync).
-    Done { len: usize, decoded: Option<Decoded>, error: bool },
+    Done {
+        len: usize,
+        decoded: Option<Decoded>,
+        error: bool,
+    },
     /// The message goes on past the buffer: at least `need` more bytes.
     Partial { need: usize },
     /// Not a message: the stream is lost.
@@ -205,8 +250,14 @@ pub(super) fn step(format: Format, buf: &[u8]) -> Step {
 fn step_unframed(protocol: Proto, buf: &[u8]) -> Step {
     let mut r = Reader::new(buf);
     match read_message(protocol, Transport::Buffered, &mut r) {
-        Ok((decoded, Ok(()))) => Step::Done { len: r.pos(), decoded: Some(decoded), error: false },
-        Ok((_, Err(WireError::Short { need }))) | Err(WireError::Short { need }) => Step::Partial { need },
+        Ok((decoded, Ok(()))) => Step::Done {
+            len: r.pos(),
+            decoded: Some(decoded),
+            error: false,
+        },
+        Ok((_, Err(WireError::Short { need }))) | Err(WireError::Short { need }) => {
+            Step::Partial { need }
+        }
         Ok((_, Err(WireError::Invalid))) | Err(WireError::Invalid) => Step::Invalid,
     }
 }
@@ -225,20 +276,29 @@ fn step_framed(format: Format, buf: &[u8]) -> Step {
     let decoded = decode_frame(format, frame_body(buf, total));
     let error = decoded.as_ref().is_none_or(|d| !d.complete);
     let len = usize::try_from(total).unwrap_or(buf.len());
-    Step::Done { len, decoded, error }
+    Step::Done {
+        len,
+        decoded,
+        error,
+    }
 }
 
 /// Decodes the message in a frame body (all of it, or the captured prefix).
 fn decode_frame(format: Format, frame: &[u8]) -> Option<Decoded> {
     if frame.starts_with(&theader::MAGIC) && format.transport == Transport::Header {
-        let info = theader::parse_header(frame).ok().filter(|info| !info.transformed)?;
+        let info = theader::parse_header(frame)
+            .ok()
+            .filter(|info| !info.transformed)?;
         let payload = frame.get(info.payload..)?;
-        let (mut decoded, _) = read_message(info.protocol, Transport::Header, &mut Reader::new(payload)).ok()?;
+        let (mut decoded, _) =
+            read_message(info.protocol, Transport::Header, &mut Reader::new(payload)).ok()?;
         decoded.headers = info.headers;
         Some(decoded)
     } else {
         let protocol = payload_protocol(frame);
-        read_message(protocol, Transport::Framed, &mut Reader::new(frame)).ok().map(|(decoded, _)| decoded)
+        read_message(protocol, Transport::Framed, &mut Reader::new(frame))
+            .ok()
+            .map(|(decoded, _)| decoded)
     }
 }
 
@@ -247,7 +307,8 @@ fn decode_frame(format: Format, frame: &[u8]) -> Option<Decoded> {
 pub(super) fn cut_message(format: Format, buf: &[u8]) -> (Option<Decoded>, Option<u64>) {
     match format.transport {
         Transport::Buffered => {
-            let decoded = read_message(format.protocol, Transport::Buffered, &mut Reader::new(buf)).ok();
+            let decoded =
+                read_message(format.protocol, Transport::Buffered, &mut Reader::new(buf)).ok();
             (
                 decoded.map(|(mut d, _)| {
                     d.complete = false;

@@ -34,7 +34,14 @@ pub(super) fn to_message(decoded: Decoded, first: Timing, last: Timing) -> Messa
             if !decoded.complete {
                 attributes.push(Attribute::bool("rpc.thrift.truncated", true));
             }
-            Message::Response(Response { key, first, last, http_status: None, error, attributes })
+            Message::Response(Response {
+                key,
+                first,
+                last,
+                http_status: None,
+                error,
+                attributes,
+            })
         }
     }
 }
@@ -42,7 +49,9 @@ pub(super) fn to_message(decoded: Decoded, first: Timing, last: Timing) -> Messa
 /// Splits a multiplexed `Service:method` name.
 fn split_name(name: &str) -> (Option<&str>, &str) {
     match name.split_once(':') {
-        Some((service, method)) if !service.is_empty() && !method.is_empty() => (Some(service), method),
+        Some((service, method)) if !service.is_empty() && !method.is_empty() => {
+            (Some(service), method)
+        }
         _ => (None, name),
     }
 }
@@ -61,8 +70,14 @@ fn request_attributes(decoded: &Decoded) -> Vec<Attribute> {
         attributes.push(Attribute::str("rpc.service", service));
     }
     attributes.push(Attribute::str("rpc.method", method));
-    attributes.push(Attribute::str("rpc.thrift.protocol", decoded.protocol.name()));
-    attributes.push(Attribute::str("rpc.thrift.transport", decoded.transport.name()));
+    attributes.push(Attribute::str(
+        "rpc.thrift.protocol",
+        decoded.protocol.name(),
+    ));
+    attributes.push(Attribute::str(
+        "rpc.thrift.transport",
+        decoded.transport.name(),
+    ));
     if !decoded.complete {
         attributes.push(Attribute::bool("rpc.thrift.truncated", true));
     }
@@ -71,11 +86,17 @@ fn request_attributes(decoded: &Decoded) -> Vec<Attribute> {
 
 /// Trace context from THeader info headers, when one of them can carry it.
 fn context(headers: &[(String, Vec<u8>)]) -> Option<TraceContext> {
-    let relevant = headers.iter().any(|(key, _)| CONTEXT_HEADERS.iter().any(|c| key.eq_ignore_ascii_case(c)));
+    let relevant = headers
+        .iter()
+        .any(|(key, _)| CONTEXT_HEADERS.iter().any(|c| key.eq_ignore_ascii_case(c)));
     if !relevant {
         return None;
     }
-    from_headers(headers.iter().map(|(key, value)| (key.as_str(), value.as_slice())))
+    from_headers(
+        headers
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_slice())),
+    )
 }
 
 /// The error a response reports, and the result-struct field of a declared exception.

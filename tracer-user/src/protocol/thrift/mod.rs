@@ -98,7 +98,9 @@ impl Health {
     }
 
     fn check(&mut self) {
-        if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW || self.unsynced_chunks >= MAX_UNSYNCED_CHUNKS {
+        if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW
+            || self.unsynced_chunks >= MAX_UNSYNCED_CHUNKS
+        {
             self.gave_up = true;
         }
     }
@@ -141,8 +143,16 @@ struct Side {
 
 impl Side {
     /// Takes one chunk: `data` was captured, `uncaptured` more bytes followed it.
-    fn feed(&mut self, data: &[u8], uncaptured: u64, timing: Timing, health: &mut Health, out: &mut Vec<Message>) {
-        let Some((data, uncaptured)) = self.pass_skipped(data, uncaptured, timing, health, out) else {
+    fn feed(
+        &mut self,
+        data: &[u8],
+        uncaptured: u64,
+        timing: Timing,
+        health: &mut Health,
+        out: &mut Vec<Message>,
+    ) {
+        let Some((data, uncaptured)) = self.pass_skipped(data, uncaptured, timing, health, out)
+        else {
             return;
         };
         if self.mode == Mode::Lost {
@@ -207,15 +217,25 @@ impl Side {
             data = &data[n..];
             self.drain(timing, health, out);
         }
-        if self.mode == Mode::Lost { 0 } else { uncaptured }
+        if self.mode == Mode::Lost {
+            0
+        } else {
+            uncaptured
+        }
     }
 
     /// Cuts every whole message off the front of the buffer.
     fn drain(&mut self, timing: Timing, health: &mut Health, out: &mut Vec<Message>) {
         while !self.buf.is_empty() && self.buf.len() >= self.want {
-            let Some(format) = self.format(health) else { return };
+            let Some(format) = self.format(health) else {
+                return;
+            };
             match framing::step(format, &self.buf) {
-                Step::Done { len, decoded, error } => {
+                Step::Done {
+                    len,
+                    decoded,
+                    error,
+                } => {
                     if let Some(decoded) = decoded {
                         emit(decoded, self.start, timing, health, out);
                     }
@@ -259,7 +279,13 @@ impl Side {
 
     /// The chunk moved `uncaptured` bytes more than the buffer got: emit what can be read of
     /// the message they belong to, then skip its rest by its length or lose the stream.
-    fn cut(&mut self, uncaptured: u64, timing: Timing, health: &mut Health, out: &mut Vec<Message>) {
+    fn cut(
+        &mut self,
+        uncaptured: u64,
+        timing: Timing,
+        health: &mut Health,
+        out: &mut Vec<Message>,
+    ) {
         let format = match self.mode {
             Mode::Synced(format) if !self.buf.is_empty() => format,
             Mode::Lost => return,
@@ -319,7 +345,13 @@ impl Side {
     }
 }
 
-fn emit(decoded: Decoded, first: Timing, last: Timing, health: &mut Health, out: &mut Vec<Message>) {
+fn emit(
+    decoded: Decoded,
+    first: Timing,
+    last: Timing,
+    health: &mut Health,
+    out: &mut Vec<Message>,
+) {
     health.decoded();
     out.push(message::to_message(decoded, first, last));
 }

@@ -58,7 +58,12 @@ fn zigzag(v: i64) -> u64 {
 
 impl Enc {
     fn message(p: P, name: &str, kind: u8, seqid: i32) -> Self {
-        let mut e = Enc { p, out: Vec::new(), last_id: 0, outer_ids: Vec::new() };
+        let mut e = Enc {
+            p,
+            out: Vec::new(),
+            last_id: 0,
+            outer_ids: Vec::new(),
+        };
         match p {
             P::Strict => {
                 e.out.extend_from_slice(&[0x80, 0x01, 0x00, kind]);
@@ -97,7 +102,11 @@ impl Enc {
             T::List => (15, 9),
             T::Uuid => (16, 13),
         };
-        if self.p == P::Compact { compact } else { binary }
+        if self.p == P::Compact {
+            compact
+        } else {
+            binary
+        }
     }
 
     fn field_header(&mut self, code: u8, id: i16) {
@@ -214,12 +223,22 @@ impl Enc {
 
 /// A call with one string argument and one i32.
 fn call(p: P, name: &str, seqid: i32) -> Vec<u8> {
-    Enc::message(p, name, CALL, seqid).field(T::Str, 1).string("hello").field(T::I32, 2).i32(42).stop().bytes()
+    Enc::message(p, name, CALL, seqid)
+        .field(T::Str, 1)
+        .string("hello")
+        .field(T::I32, 2)
+        .i32(42)
+        .stop()
+        .bytes()
 }
 
 /// A successful reply carrying an i64.
 fn reply(p: P, name: &str, seqid: i32) -> Vec<u8> {
-    Enc::message(p, name, REPLY, seqid).field(T::I64, 0).int(7, 8).stop().bytes()
+    Enc::message(p, name, REPLY, seqid)
+        .field(T::I64, 0)
+        .int(7, 8)
+        .stop()
+        .bytes()
 }
 
 /// A body with every type, nested, to exercise the walkers.
@@ -240,12 +259,22 @@ fn rich_call(p: P, seqid: i32) -> Vec<u8> {
     e.field(T::Set, 11).list(T::Str, 2).string("a").string("bc");
     e.field(T::Map, 12).map(T::Str, T::Struct, 2);
     for key in ["k1", "k2"] {
-        e.string(key).begin_struct().field(T::I32, 1).i32(5).bool_field(2, true).stop();
+        e.string(key)
+            .begin_struct()
+            .field(T::I32, 1)
+            .i32(5)
+            .bool_field(2, true)
+            .stop();
     }
     e.field(T::Map, 13).map(T::I32, T::I32, 0);
     e.field(T::List, 14).list(T::Bool, 3).raw(&[1, 2, 1]);
     // Field ids far apart (compact: absolute ids), negative too.
-    e.field(T::Struct, 200).field(T::Str, -5).string("deep").field(T::List, 300).list(T::List, 1).list(T::Double, 1);
+    e.field(T::Struct, 200)
+        .field(T::Str, -5)
+        .string("deep")
+        .field(T::List, 300)
+        .list(T::List, 1)
+        .list(T::Double, 1);
     e.raw(&2.0f64.to_be_bytes()).stop();
     e.stop().bytes()
 }
@@ -260,7 +289,12 @@ fn framed(message: &[u8]) -> Vec<u8> {
 }
 
 /// A THeader frame (protocol id 0 binary, 2 compact) with info headers around `payload`.
-fn theader(protocol_id: u64, transforms: &[u64], headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
+fn theader(
+    protocol_id: u64,
+    transforms: &[u64],
+    headers: &[(&str, &str)],
+    payload: &[u8],
+) -> Vec<u8> {
     let mut section = Vec::new();
     varint(&mut section, protocol_id);
     varint(&mut section, transforms.len() as u64);
@@ -290,7 +324,11 @@ fn theader(protocol_id: u64, transforms: &[u64], headers: &[(&str, &str)], paylo
 // ---------------------------------------------------------------- harness
 
 fn timing(i: u64) -> Timing {
-    Timing { enter_ns: i * 10, exit_ns: i * 10 + 1, tid: 7 }
+    Timing {
+        enter_ns: i * 10,
+        exit_ns: i * 10 + 1,
+        tid: 7,
+    }
 }
 
 /// One connection: each `send` is one syscall with its own timing.
@@ -302,14 +340,26 @@ struct Conn {
 
 impl Conn {
     fn new() -> Self {
-        Conn { parser: ThriftParser::new(), syscalls: 0, out: Vec::new() }
+        Conn {
+            parser: ThriftParser::new(),
+            syscalls: 0,
+            out: Vec::new(),
+        }
     }
 
     /// One syscall that moved `len` bytes of which `data` was captured; returns its timing.
     fn send_cut(&mut self, dir: Direction, data: &[u8], len: u64) -> Timing {
         self.syscalls += 1;
         let t = timing(self.syscalls);
-        self.parser.feed(dir, &Chunk { data, len, timing: t }, &mut self.out);
+        self.parser.feed(
+            dir,
+            &Chunk {
+                data,
+                len,
+                timing: t,
+            },
+            &mut self.out,
+        );
         t
     }
 
@@ -369,10 +419,16 @@ fn assert_clean(conn: &Conn) {
 // ---------------------------------------------------------------- encodings
 
 fn check_call_and_reply(p: P, wrap: Wrap, protocol: &str, transport: &str) {
-    let conn = exchange(&wrap(&call(p, "getUser", 5)), &wrap(&reply(p, "getUser", 5)));
+    let conn = exchange(
+        &wrap(&call(p, "getUser", 5)),
+        &wrap(&reply(p, "getUser", 5)),
+    );
     assert_clean(&conn);
     let req = conn.requests()[0];
-    assert_eq!((req.key, req.name.as_str(), req.expects_response), (5, "getUser", true));
+    assert_eq!(
+        (req.key, req.name.as_str(), req.expects_response),
+        (5, "getUser", true)
+    );
     assert_eq!(str_attr(req, "rpc.system"), Some("thrift"));
     assert_eq!(str_attr(req, "rpc.method"), Some("getUser"));
     assert_eq!(str_attr(req, "rpc.service"), None);
@@ -380,7 +436,10 @@ fn check_call_and_reply(p: P, wrap: Wrap, protocol: &str, transport: &str) {
     assert_eq!(str_attr(req, "rpc.thrift.transport"), Some(transport));
     assert_eq!((req.first, req.last), (timing(1), timing(1)));
     let resp = conn.responses()[0];
-    assert_eq!((resp.key, resp.error.as_deref(), resp.first, resp.last), (5, None, timing(2), timing(2)));
+    assert_eq!(
+        (resp.key, resp.error.as_deref(), resp.first, resp.last),
+        (5, None, timing(2), timing(2))
+    );
 }
 
 #[test]
@@ -429,26 +488,59 @@ fn walks_every_type_to_the_message_end() {
         let mut conn = Conn::new();
         conn.send(Direction::Ingress, &stream);
         assert_clean(&conn);
-        let keys: Vec<_> = conn.requests().iter().map(|r| (r.key, r.name.clone())).collect();
-        assert_eq!(keys, [(1, "everything".into()), (2, "everything".into()), (3, "after".into())], "{p:?}");
+        let keys: Vec<_> = conn
+            .requests()
+            .iter()
+            .map(|r| (r.key, r.name.clone()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (1, "everything".into()),
+                (2, "everything".into()),
+                (3, "after".into())
+            ],
+            "{p:?}"
+        );
     }
 }
 
 #[test]
 fn theader_info_headers_are_parsed() {
-    let headers = [("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"), ("client", "web")];
+    let headers = [
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("client", "web"),
+    ];
     let frame = theader(0, &[], &headers, &call(P::Strict, "get", 1));
     let info = parse_header(&frame[4..]).expect("header");
     assert_eq!(info.protocol, Proto::Binary);
     assert!(!info.transformed);
-    let pairs: Vec<(&str, &[u8])> = info.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
-    assert_eq!(pairs, [(headers[0].0, headers[0].1.as_bytes()), (headers[1].0, headers[1].1.as_bytes())]);
+    let pairs: Vec<(&str, &[u8])> = info
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            (headers[0].0, headers[0].1.as_bytes()),
+            (headers[1].0, headers[1].1.as_bytes())
+        ]
+    );
 }
 
 #[test]
 fn theader_without_trace_headers_decodes() {
     let conn = exchange(
-        &theader(2, &[], &[("client", "web"), ("tenant", "x")], &call(P::Compact, "get", 9)),
+        &theader(
+            2,
+            &[],
+            &[("client", "web"), ("tenant", "x")],
+            &call(P::Compact, "get", 9),
+        ),
         &theader(2, &[], &[], &reply(P::Compact, "get", 9)),
     );
     assert_clean(&conn);
@@ -464,15 +556,23 @@ fn theader_transformed_payload_is_skipped_in_sync() {
     conn.send(Direction::Egress, &stream);
     assert_eq!(conn.requests().len(), 1);
     assert_eq!(conn.requests()[0].key, 2);
-    assert_eq!(conn.stats(), ParseStats { errors: 1, resyncs: 0 });
+    assert_eq!(
+        conn.stats(),
+        ParseStats {
+            errors: 1,
+            resyncs: 0
+        }
+    );
 }
 
 // ---------------------------------------------------------------- message semantics
 
 #[test]
 fn multiplexed_name() {
-    let conn =
-        exchange(&framed(&call(P::Strict, "Calculator:add", 1)), &framed(&reply(P::Strict, "Calculator:add", 1)));
+    let conn = exchange(
+        &framed(&call(P::Strict, "Calculator:add", 1)),
+        &framed(&reply(P::Strict, "Calculator:add", 1)),
+    );
     let req = conn.requests()[0];
     assert_eq!(req.name, "Calculator/add");
     assert_eq!(str_attr(req, "rpc.service"), Some("Calculator"));
@@ -490,7 +590,10 @@ fn out_of_order_replies_pair_by_seqid() {
     }
     let keys: Vec<u64> = conn.responses().iter().map(|r| r.key).collect();
     assert_eq!(keys, [12, 10, 11]);
-    assert_eq!(conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(), [10, 11, 12]);
+    assert_eq!(
+        conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(),
+        [10, 11, 12]
+    );
 }
 
 #[test]
@@ -502,7 +605,11 @@ fn negative_seqid_keys_stay_distinct() {
 
 #[test]
 fn oneway_expects_no_response() {
-    let msg = Enc::message(P::Strict, "log", ONEWAY, 3).field(T::Str, 1).string("line").stop().bytes();
+    let msg = Enc::message(P::Strict, "log", ONEWAY, 3)
+        .field(T::Str, 1)
+        .string("line")
+        .stop()
+        .bytes();
     let mut conn = Conn::new();
     conn.send(Direction::Egress, &msg);
     assert!(!conn.requests()[0].expects_response);
@@ -522,8 +629,14 @@ fn app_exception(p: P, message: Option<&str>, kind: Option<i32>) -> Vec<u8> {
 #[test]
 fn exception_reply_reports_message_else_type() {
     for p in [P::Strict, P::Compact] {
-        let conn = exchange(&call(p, "get", 4), &app_exception(p, Some("Invalid method name: 'get'"), Some(1)));
-        assert_eq!(conn.responses()[0].error.as_deref(), Some("Invalid method name: 'get'"));
+        let conn = exchange(
+            &call(p, "get", 4),
+            &app_exception(p, Some("Invalid method name: 'get'"), Some(1)),
+        );
+        assert_eq!(
+            conn.responses()[0].error.as_deref(),
+            Some("Invalid method name: 'get'")
+        );
         let conn = exchange(&call(p, "get", 4), &app_exception(p, None, Some(6)));
         assert_eq!(conn.responses()[0].error.as_deref(), Some("INTERNAL_ERROR"));
         let conn = exchange(&call(p, "get", 4), &app_exception(p, None, None));
@@ -546,11 +659,23 @@ fn declared_exception_is_an_error() {
         let conn = exchange(&call(p, "get", 8), &with_message);
         let resp = conn.responses()[0];
         assert_eq!(resp.error.as_deref(), Some("no such user"), "{p:?}");
-        assert_eq!(find(&resp.attributes, "rpc.thrift.exception_field"), Some(&AttrValue::Int(2)));
+        assert_eq!(
+            find(&resp.attributes, "rpc.thrift.exception_field"),
+            Some(&AttrValue::Int(2))
+        );
 
-        let bare = Enc::message(p, "get", REPLY, 8).field(T::Struct, 1).field(T::I32, 1).i32(3).stop().stop().bytes();
+        let bare = Enc::message(p, "get", REPLY, 8)
+            .field(T::Struct, 1)
+            .field(T::I32, 1)
+            .i32(3)
+            .stop()
+            .stop()
+            .bytes();
         let conn = exchange(&call(p, "get", 8), &bare);
-        assert_eq!(conn.responses()[0].error.as_deref(), Some("declared exception (field 1)"));
+        assert_eq!(
+            conn.responses()[0].error.as_deref(),
+            Some("declared exception (field 1)")
+        );
     }
 }
 
@@ -586,8 +711,14 @@ fn byte_at_a_time() {
         let reqs = conn.requests();
         assert_eq!(reqs.len(), 2, "{p:?}");
         let first_len = wrap(&rich_call(p, 1)).len();
-        assert_eq!((reqs[0].first, reqs[0].last), (timings[0], timings[first_len - 1]));
-        assert_eq!((reqs[1].first, reqs[1].last), (timings[first_len], timings[stream.len() - 1]));
+        assert_eq!(
+            (reqs[0].first, reqs[0].last),
+            (timings[0], timings[first_len - 1])
+        );
+        assert_eq!(
+            (reqs[1].first, reqs[1].last),
+            (timings[first_len], timings[stream.len() - 1])
+        );
     }
 }
 
@@ -604,7 +735,10 @@ fn several_messages_per_chunk_and_split_across_chunks() {
     let b = conn.send(Direction::Egress, &stream[cut..]);
     assert_clean(&conn);
     let reqs = conn.requests();
-    assert_eq!(reqs.iter().map(|r| r.key).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+    assert_eq!(
+        reqs.iter().map(|r| r.key).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4]
+    );
     assert_eq!((reqs[1].first, reqs[1].last), (a, a));
     assert_eq!((reqs[2].first, reqs[2].last), (a, b));
     assert_eq!((reqs[3].first, reqs[3].last), (b, b));
@@ -612,7 +746,11 @@ fn several_messages_per_chunk_and_split_across_chunks() {
 
 #[test]
 fn frame_larger_than_capture_is_skipped_and_pairing_goes_on() {
-    let big = Enc::message(P::Strict, "upload", CALL, 1).field(T::Str, 1).string(&"x".repeat(10_000)).stop().bytes();
+    let big = Enc::message(P::Strict, "upload", CALL, 1)
+        .field(T::Str, 1)
+        .string(&"x".repeat(10_000))
+        .stop()
+        .bytes();
     let big = framed(&big);
     let mut conn = Conn::new();
     // The kernel captured 64 bytes of the first syscall, then the rest came in two more.
@@ -627,16 +765,32 @@ fn frame_larger_than_capture_is_skipped_and_pairing_goes_on() {
     conn.send(Direction::Ingress, &framed(&reply(P::Strict, "small", 2)));
     assert_clean(&conn);
     let reqs = conn.requests();
-    assert_eq!(reqs.iter().map(|r| (r.key, r.name.as_str())).collect::<Vec<_>>(), [(1, "upload"), (2, "small")]);
+    assert_eq!(
+        reqs.iter()
+            .map(|r| (r.key, r.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "upload"), (2, "small")]
+    );
     assert_eq!((reqs[0].first, reqs[0].last), (first, last));
-    assert_eq!(attr(reqs[0], "rpc.thrift.truncated"), Some(&AttrValue::Bool(true)));
-    assert_eq!(conn.responses().iter().map(|r| r.key).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        attr(reqs[0], "rpc.thrift.truncated"),
+        Some(&AttrValue::Bool(true))
+    );
+    assert_eq!(
+        conn.responses().iter().map(|r| r.key).collect::<Vec<_>>(),
+        [1, 2]
+    );
 }
 
 #[test]
 fn frame_cut_with_another_frame_after_it_in_the_syscall_loses_the_stream() {
-    let mut stream =
-        framed(&Enc::message(P::Compact, "a", CALL, 1).field(T::Str, 1).string(&"y".repeat(500)).stop().bytes());
+    let mut stream = framed(
+        &Enc::message(P::Compact, "a", CALL, 1)
+            .field(T::Str, 1)
+            .string(&"y".repeat(500))
+            .stop()
+            .bytes(),
+    );
     assert!(stream.len() > 40);
     stream.extend(framed(&call(P::Compact, "b", 2)));
     let mut conn = Conn::new();
@@ -644,41 +798,79 @@ fn frame_cut_with_another_frame_after_it_in_the_syscall_loses_the_stream() {
     // whose start nobody saw: the stream is lost until the next syscall.
     conn.send_cut(Direction::Egress, &stream[..40], stream.len() as u64);
     conn.send(Direction::Egress, &framed(&call(P::Compact, "c", 3)));
-    assert_eq!(conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(), [1, 3]);
-    assert_eq!(conn.stats(), ParseStats { errors: 1, resyncs: 1 });
+    assert_eq!(
+        conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(),
+        [1, 3]
+    );
+    assert_eq!(
+        conn.stats(),
+        ParseStats {
+            errors: 1,
+            resyncs: 1
+        }
+    );
 }
 
 #[test]
 fn unframed_message_cut_by_capture_emits_head_then_resyncs() {
-    let big = Enc::message(P::Compact, "put", CALL, 6).field(T::Str, 1).string(&"z".repeat(5_000)).stop().bytes();
+    let big = Enc::message(P::Compact, "put", CALL, 6)
+        .field(T::Str, 1)
+        .string(&"z".repeat(5_000))
+        .stop()
+        .bytes();
     let mut conn = Conn::new();
     let t = conn.send_cut(Direction::Egress, &big[..100], big.len() as u64);
     // The next syscall is a new message.
     conn.send(Direction::Egress, &call(P::Compact, "get", 7));
     let reqs = conn.requests();
     assert_eq!(reqs.iter().map(|r| r.key).collect::<Vec<_>>(), [6, 7]);
-    assert_eq!((reqs[0].name.as_str(), reqs[0].first, reqs[0].last), ("put", t, t));
+    assert_eq!(
+        (reqs[0].name.as_str(), reqs[0].first, reqs[0].last),
+        ("put", t, t)
+    );
     assert_eq!(conn.stats().resyncs, 1);
     assert!(!conn.parser.gave_up());
 }
 
 #[test]
 fn resync_drops_chunks_that_do_not_start_a_message() {
-    let big = Enc::message(P::Strict, "put", CALL, 6).field(T::Str, 1).string(&"z".repeat(5_000)).stop().bytes();
+    let big = Enc::message(P::Strict, "put", CALL, 6)
+        .field(T::Str, 1)
+        .string(&"z".repeat(5_000))
+        .stop()
+        .bytes();
     let mut conn = Conn::new();
     conn.send_cut(Direction::Egress, &big[..100], 1_000);
     conn.send(Direction::Egress, &big[1_000..2_000]);
     conn.send(Direction::Egress, &big[2_000..]);
     conn.send(Direction::Egress, &call(P::Strict, "get", 7));
-    assert_eq!(conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(), [6, 7]);
-    assert_eq!(conn.stats(), ParseStats { errors: 1, resyncs: 1 });
+    assert_eq!(
+        conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(),
+        [6, 7]
+    );
+    assert_eq!(
+        conn.stats(),
+        ParseStats {
+            errors: 1,
+            resyncs: 1
+        }
+    );
 }
 
 #[test]
 fn garbage_is_counted_then_parser_gives_up() {
     let mut conn = Conn::new();
-    conn.send(Direction::Egress, b"\x00\x00\x00\x03\x01\x02\x03 definitely not thrift");
-    assert_eq!(conn.stats(), ParseStats { errors: 1, resyncs: 1 });
+    conn.send(
+        Direction::Egress,
+        b"\x00\x00\x00\x03\x01\x02\x03 definitely not thrift",
+    );
+    assert_eq!(
+        conn.stats(),
+        ParseStats {
+            errors: 1,
+            resyncs: 1
+        }
+    );
     assert!(!conn.parser.gave_up());
     for i in 0..100u8 {
         conn.send(Direction::Egress, &[i; 17]);
@@ -692,8 +884,17 @@ fn garbage_between_good_messages_recovers() {
     conn.send(Direction::Egress, &framed(&call(P::Strict, "a", 1)));
     conn.send(Direction::Egress, b"\xff\xff\xff\xffjunk");
     conn.send(Direction::Egress, &framed(&call(P::Strict, "b", 2)));
-    assert_eq!(conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(), [1, 2]);
-    assert_eq!(conn.stats(), ParseStats { errors: 1, resyncs: 1 });
+    assert_eq!(
+        conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(
+        conn.stats(),
+        ParseStats {
+            errors: 1,
+            resyncs: 1
+        }
+    );
 }
 
 #[test]
@@ -705,8 +906,17 @@ fn truncated_frame_is_counted_and_stream_stays_in_sync() {
     frame.extend(framed(&call(P::Strict, "ok", 2)));
     let mut conn = Conn::new();
     conn.send(Direction::Egress, &frame);
-    assert_eq!(conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(), [1, 2]);
-    assert_eq!(conn.stats(), ParseStats { errors: 1, resyncs: 0 });
+    assert_eq!(
+        conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(
+        conn.stats(),
+        ParseStats {
+            errors: 1,
+            resyncs: 0
+        }
+    );
 }
 
 #[test]
@@ -720,7 +930,11 @@ fn connection_closing_mid_message_emits_nothing() {
 
 #[test]
 fn buffer_is_capped_for_unframed_messages() {
-    let huge = Enc::message(P::Strict, "put", CALL, 1).field(T::Str, 1).string(&"q".repeat(300_000)).stop().bytes();
+    let huge = Enc::message(P::Strict, "put", CALL, 1)
+        .field(T::Str, 1)
+        .string(&"q".repeat(300_000))
+        .stop()
+        .bytes();
     let mut conn = Conn::new();
     for piece in huge.chunks(4096) {
         conn.send(Direction::Egress, piece);
@@ -730,20 +944,31 @@ fn buffer_is_capped_for_unframed_messages() {
     assert_eq!(conn.requests().len(), 1);
     assert_eq!(conn.stats().resyncs, 1);
     conn.send(Direction::Egress, &call(P::Strict, "next", 2));
-    assert_eq!(conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(),
+        [1, 2]
+    );
 }
 
 #[test]
 fn large_frame_beyond_buffer_cap_is_skipped_by_length() {
-    let huge =
-        framed(&Enc::message(P::Strict, "put", CALL, 1).field(T::Str, 1).string(&"q".repeat(300_000)).stop().bytes());
+    let huge = framed(
+        &Enc::message(P::Strict, "put", CALL, 1)
+            .field(T::Str, 1)
+            .string(&"q".repeat(300_000))
+            .stop()
+            .bytes(),
+    );
     let mut conn = Conn::new();
     for piece in huge.chunks(65536) {
         conn.send(Direction::Egress, piece);
     }
     conn.send(Direction::Egress, &framed(&call(P::Strict, "next", 2)));
     assert_clean(&conn);
-    assert_eq!(conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(),
+        [1, 2]
+    );
 }
 
 #[test]
@@ -767,7 +992,10 @@ fn huge_container_counts_wait_for_bytes_instead_of_looping() {
     let mut conn = Conn::new();
     conn.send(Direction::Egress, &e.bytes());
     assert!(conn.requests().is_empty());
-    assert_eq!(conn.parser.egress.want, e.bytes().len() + (i32::MAX as usize) * 8);
+    assert_eq!(
+        conn.parser.egress.want,
+        e.bytes().len() + (i32::MAX as usize) * 8
+    );
 }
 
 // ---------------------------------------------------------------- detection
@@ -779,8 +1007,18 @@ fn detects_every_encoding() {
         assert!(looks_like_thrift(&reply(p, "get", 1)), "{p:?}");
         assert!(looks_like_thrift(&framed(&call(p, "get", 1))), "{p:?}");
     }
-    assert!(looks_like_thrift(&theader(0, &[], &[("a", "b")], &call(P::Strict, "get", 1))));
-    assert!(looks_like_thrift(&theader(2, &[], &[], &call(P::Compact, "get", 1))));
+    assert!(looks_like_thrift(&theader(
+        0,
+        &[],
+        &[("a", "b")],
+        &call(P::Strict, "get", 1)
+    )));
+    assert!(looks_like_thrift(&theader(
+        2,
+        &[],
+        &[],
+        &call(P::Compact, "get", 1)
+    )));
     // Only the head is needed: a capture cut after the name and seqid still detects.
     let msg = call(P::Strict, "get", 1);
     assert!(looks_like_thrift(&msg[..15]));
@@ -799,9 +1037,18 @@ fn http_and_text_are_not_thrift() {
         b"*1\r\n$4\r\nPING\r\n",
     ];
     for sample in samples {
-        assert!(!looks_like_thrift(sample), "{:?}", String::from_utf8_lossy(sample));
+        assert!(
+            !looks_like_thrift(sample),
+            "{:?}",
+            String::from_utf8_lossy(sample)
+        );
         // Rejected outright, not kept waiting for more bytes.
-        assert_ne!(sniff(sample), Sniff::NeedMore, "{:?}", String::from_utf8_lossy(sample));
+        assert_ne!(
+            sniff(sample),
+            Sniff::NeedMore,
+            "{:?}",
+            String::from_utf8_lossy(sample)
+        );
     }
 }
 
@@ -828,7 +1075,9 @@ impl Rng {
 #[test]
 fn random_bytes_are_not_thrift() {
     let mut rng = Rng(0x1234_5678_9abc_def1);
-    let hits = (0..100_000).filter(|_| looks_like_thrift(&rng.bytes(64))).count();
+    let hits = (0..100_000)
+        .filter(|_| looks_like_thrift(&rng.bytes(64)))
+        .count();
     assert_eq!(hits, 0);
 }
 
@@ -844,7 +1093,11 @@ fn random_splits_give_the_same_messages() {
     for (p, wrap) in encodings {
         let mut stream = Vec::new();
         for seqid in 0..20 {
-            stream.extend(wrap(&if seqid % 3 == 0 { rich_call(p, seqid) } else { call(p, "m", seqid) }));
+            stream.extend(wrap(&if seqid % 3 == 0 {
+                rich_call(p, seqid)
+            } else {
+                call(p, "m", seqid)
+            }));
         }
         for _ in 0..50 {
             let mut conn = Conn::new();
@@ -855,7 +1108,10 @@ fn random_splits_give_the_same_messages() {
                 rest = &rest[n..];
             }
             assert_clean(&conn);
-            assert_eq!(conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(), (0..20).collect::<Vec<_>>());
+            assert_eq!(
+                conn.requests().iter().map(|r| r.key).collect::<Vec<_>>(),
+                (0..20).collect::<Vec<_>>()
+            );
         }
     }
 }
@@ -864,8 +1120,11 @@ fn random_splits_give_the_same_messages() {
 fn arbitrary_chunks_never_panic() {
     // The same shape as the fuzz target, bounded, for machines without cargo-fuzz.
     let mut rng = Rng(7);
-    let seeds: Vec<Vec<u8>> =
-        vec![rich_call(P::Strict, 1), rich_call(P::Compact, 2), framed(&call(P::NonStrict, "m", 3))];
+    let seeds: Vec<Vec<u8>> = vec![
+        rich_call(P::Strict, 1),
+        rich_call(P::Compact, 2),
+        framed(&call(P::NonStrict, "m", 3)),
+    ];
     for round in 0..2_000 {
         let mut data = seeds[round % seeds.len()].clone();
         for _ in 0..rng.below(8) {
@@ -877,9 +1136,21 @@ fn arbitrary_chunks_never_panic() {
         let mut rest = &data[..];
         while !rest.is_empty() {
             let n = 1 + rng.below(rest.len());
-            let extra = if rng.below(4) == 0 { rng.below(100_000) as u64 } else { 0 };
-            let dir = if rng.below(2) == 0 { Direction::Egress } else { Direction::Ingress };
-            let chunk = Chunk { data: &rest[..n], len: n as u64 + extra, timing: timing(0) };
+            let extra = if rng.below(4) == 0 {
+                rng.below(100_000) as u64
+            } else {
+                0
+            };
+            let dir = if rng.below(2) == 0 {
+                Direction::Egress
+            } else {
+                Direction::Ingress
+            };
+            let chunk = Chunk {
+                data: &rest[..n],
+                len: n as u64 + extra,
+                timing: timing(0),
+            };
             parser.feed(dir, &chunk, &mut out);
             rest = &rest[n..];
         }

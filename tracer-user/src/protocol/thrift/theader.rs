@@ -44,8 +44,14 @@ pub(super) fn parse_header(frame: &[u8]) -> WireResult<HeaderInfo> {
     let section = r.take(words * 4)?;
     let payload = r.pos();
     // The section is complete: running short inside it means it is malformed.
-    let (protocol, transformed, headers) = parse_section(section).map_err(|_| WireError::Invalid)?;
-    Ok(HeaderInfo { protocol, transformed, headers, payload })
+    let (protocol, transformed, headers) =
+        parse_section(section).map_err(|_| WireError::Invalid)?;
+    Ok(HeaderInfo {
+        protocol,
+        transformed,
+        headers,
+        payload,
+    })
 }
 
 fn parse_section(section: &[u8]) -> WireResult<(Proto, bool, InfoHeaders)> {

@@ -175,8 +175,13 @@ pub(super) fn read_name(r: &mut Reader<'_>, len: i64) -> WireResult<String> {
 }
 
 fn name_prefix_ok(bytes: &[u8]) -> bool {
-    let first_ok = bytes.first().is_none_or(|b| b.is_ascii_alphabetic() || *b == b'_');
-    first_ok && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-' | b'$'))
+    let first_ok = bytes
+        .first()
+        .is_none_or(|b| b.is_ascii_alphabetic() || *b == b'_');
+    first_ok
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-' | b'$'))
 }
 
 /// One field kept from a struct.
@@ -201,7 +206,10 @@ pub(super) fn keep_field(fields: &mut Vec<Field>, id: i16) -> Option<&mut Value>
     if fields.len() >= KEPT_FIELDS {
         return None;
     }
-    fields.push(Field { id, value: Value::Other });
+    fields.push(Field {
+        id,
+        value: Value::Other,
+    });
     fields.last_mut().map(|f| &mut f.value)
 }
 
@@ -238,5 +246,9 @@ pub(super) fn require_elements(r: &Reader<'_>, count: usize, min_size: u64) -> W
 
 /// Fails when nesting goes deeper than `MAX_DEPTH`.
 pub(super) fn check_depth(depth: usize) -> WireResult<()> {
-    if depth >= MAX_DEPTH { Err(WireError::Invalid) } else { Ok(()) }
+    if depth >= MAX_DEPTH {
+        Err(WireError::Invalid)
+    } else {
+        Ok(())
+    }
 }

@@ -1,0 +1,54 @@
+"""A single-threaded asyncio HTTP/1.1 hub for correlation tests: every request is served on
+the one event-loop thread, so thread causality cannot say which inbound request caused an
+outbound call.
+
+Usage: async_hub.py --port P --downstream-port D [--copy-id] [--hold MS]
+
+For `GET /in/<id>` it waits --hold ms (so concurrent requests overlap), then GETs
+`/down/<id>` (with --copy-id) or plain `/down` from 127.0.0.1:D over a fresh connection, and
+answers 200. Raw sockets only: no dependency beyond the standard library.
+"""
+import argparse
+import asyncio
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--port", type=int, required=True)
+parser.add_argument("--downstream-port", type=int, required=True)
+parser.add_argument("--copy-id", action="store_true")
+parser.add_argument("--hold", type=int, default=300)
+args = parser.parse_args()
+
+
+async def read_head(reader):
+    head = await reader.readuntil(b"\r\n\r\n")
+    return head.split(b" ")[1].decode()
+
+
+async def call_downstream(path):
+    reader, writer = await asyncio.open_connection("127.0.0.1", args.downstream_port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: downstream\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    await reader.read()
+    writer.close()
+
+
+async def handle(reader, writer):
+    try:
+        while True:
+            path = await read_head(reader)
+            rid = path.rsplit("/", 1)[-1]
+            await asyncio.sleep(args.hold / 1000)
+            await call_downstream(f"/down/{rid}" if args.copy_id else "/down")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", args.port)
+    async with server:
+        await server.serve_forever()
+
+
+asyncio.run(main())

@@ -1,0 +1,108 @@
+//! End-to-end tests of parent inference where neither propagated context nor thread
+//! causality decides: a single-threaded asyncio hub serving two overlapping requests. With an
+//! id copied from the inbound path into the outbound one the agent links by `content`; with
+//! nothing to tell the two requests apart it must refuse to guess: the outbound CLIENT spans
+//! stay roots, each with a span link to a candidate and a confidence below the threshold.
+
+use std::net::SocketAddr;
+
+use tracer_tests::agent::{Agent, AgentArgs};
+use tracer_tests::check;
+use tracer_tests::peers::{self, Peer};
+use tracer_tests::receiver::{AttrValue, ReceivedSpan, Receiver};
+use tracer_tests::{QUIET, SPAN_TIMEOUT, require_root};
+
+fn loopback(port: u16) -> SocketAddr {
+    ([127, 0, 0, 1], port).into()
+}
+
+/// Starts a Rust downstream server and the asyncio hub, drives /in/101 and /in/202 at once,
+/// and returns (hub SERVER spans, hub CLIENT spans) once all have arrived.
+fn run_hub(copy_id: bool) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>, Agent) {
+    require_root();
+    let receiver = Box::leak(Box::new(Receiver::start()));
+    let (hub_port, down_port) = (peers::free_port(), peers::free_port());
+    let _down = Box::leak(Box::new(peers::rust_server(down_port)));
+    let mut cmd = peers::python_script("async_hub.py");
+    cmd.args([
+        "--port",
+        &hub_port.to_string(),
+        "--downstream-port",
+        &down_port.to_string(),
+    ]);
+    if copy_id {
+        cmd.arg("--copy-id");
+    }
+    let hub = Box::leak(Box::new(Peer::server("async_hub", cmd, loopback(hub_port))));
+    let agent = Agent::start(&AgentArgs::grpc(receiver).ports(&[hub_port, down_port]));
+
+    let mut load = peers::python_script("concurrent_get.py");
+    load.args([
+        format!("http://127.0.0.1:{hub_port}/in/101"),
+        format!("http://127.0.0.1:{hub_port}/in/202"),
+    ]);
+    peers::run_client(load);
+
+    let hub_pid = i64::from(hub.pid());
+    let servers = receiver.wait_exactly("hub SERVER /in/*", 2, SPAN_TIMEOUT, QUIET, |s| {
+        s.is_server() && s.pid() == Some(hub_pid)
+    });
+    let clients = receiver.wait_exactly("hub CLIENT /down*", 2, SPAN_TIMEOUT, QUIET, |s| {
+        s.is_client() && s.pid() == Some(hub_pid)
+    });
+    (servers, clients, agent)
+}
+
+fn confidence(span: &ReceivedSpan) -> f64 {
+    match span.attributes.get("tracer.link.confidence") {
+        Some(AttrValue::Double(c)) => *c,
+        _ => f64::NAN,
+    }
+}
+
+#[test]
+fn event_loop_calls_are_linked_by_an_id_copied_into_the_outbound_path() {
+    let (servers, clients, mut agent) = run_hub(true);
+    for id in ["101", "202"] {
+        let inbound = format!("/in/{id}");
+        let outbound = format!("/down/{id}");
+        let server = check::one(&servers, &inbound, |s| {
+            s.url_path() == Some(inbound.as_str())
+        });
+        let client = check::one(&clients, &outbound, |s| {
+            s.url_path() == Some(outbound.as_str())
+        });
+        check::child_of(client, server);
+        check::within(client, server);
+        check::attr_str(client, "tracer.link.method", "content");
+        assert!(
+            confidence(client) >= 0.9,
+            "content links are confident\n    {client}"
+        );
+    }
+    agent.stop();
+}
+
+#[test]
+fn indistinguishable_concurrent_candidates_give_roots_with_links_not_wrong_parents() {
+    let (servers, clients, mut agent) = run_hub(false);
+    let server_ids: Vec<&str> = servers.iter().map(|s| s.span_id.as_str()).collect();
+    for client in &clients {
+        check::root(client);
+        check::attr_str(client, "tracer.link.method", "ambiguous");
+        assert!(
+            confidence(client) < 0.5,
+            "below the default threshold\n    {client}"
+        );
+        assert_eq!(
+            client.links.len(),
+            1,
+            "one span link to the best candidate\n    {client}"
+        );
+        assert!(
+            server_ids.contains(&client.links[0].1.as_str()),
+            "the link points at one of the in-progress requests\n    {client}"
+        );
+    }
+    agent.stop();
+}
