@@ -24,10 +24,12 @@
 //! are exported `settle` after they end, once every ancestor's position is decided.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::SocketAddr,
     sync::Arc,
 };
+
+use rustc_hash::FxHashMap;
 
 use crate::{
     conntable::{ConnMeta, ConnOutput},
@@ -110,21 +112,21 @@ struct Exported {
 pub struct Assembler {
     config: AssemblerConfig,
     metrics: Arc<Metrics>,
-    spans: HashMap<u64, PendingSpan>,
+    spans: FxHashMap<u64, PendingSpan>,
     next_handle: u64,
     /// Requests awaiting their response: conn id -> request key -> span.
-    open: HashMap<u64, HashMap<u64, u64>>,
+    open: FxHashMap<u64, FxHashMap<u64, u64>>,
     /// SERVER spans in progress per thread (pid, tid).
-    serving: HashMap<(u32, u32), Vec<u64>>,
+    serving: FxHashMap<(u32, u32), Vec<u64>>,
     /// SERVER spans in progress per process.
-    serving_by_pid: HashMap<u32, Vec<u64>>,
+    serving_by_pid: FxHashMap<u32, Vec<u64>>,
     /// Worker thread -> the request it is handling (thread pools), and the reverse.
-    claims: HashMap<(u32, u32), u64>,
-    claimed: HashMap<u64, (u32, u32)>,
+    claims: FxHashMap<(u32, u32), u64>,
+    claimed: FxHashMap<u64, (u32, u32)>,
     /// Same-host matching queues per connection tuple.
-    unmatched_clients: HashMap<Tuple, VecDeque<u64>>,
-    unmatched_servers: HashMap<Tuple, VecDeque<u64>>,
-    exported: HashMap<u64, Exported>,
+    unmatched_clients: FxHashMap<Tuple, VecDeque<u64>>,
+    unmatched_servers: FxHashMap<Tuple, VecDeque<u64>>,
+    exported: FxHashMap<u64, Exported>,
 }
 
 /// Longest parent chain followed (guards against cycles from wrong guesses).
@@ -135,16 +137,16 @@ impl Assembler {
         Self {
             config,
             metrics,
-            spans: HashMap::new(),
+            spans: FxHashMap::default(),
             next_handle: 1,
-            open: HashMap::new(),
-            serving: HashMap::new(),
-            serving_by_pid: HashMap::new(),
-            claims: HashMap::new(),
-            claimed: HashMap::new(),
-            unmatched_clients: HashMap::new(),
-            unmatched_servers: HashMap::new(),
-            exported: HashMap::new(),
+            open: FxHashMap::default(),
+            serving: FxHashMap::default(),
+            serving_by_pid: FxHashMap::default(),
+            claims: FxHashMap::default(),
+            claimed: FxHashMap::default(),
+            unmatched_clients: FxHashMap::default(),
+            unmatched_servers: FxHashMap::default(),
+            exported: FxHashMap::default(),
         }
     }
 
@@ -673,8 +675,8 @@ impl Assembler {
 /// (name and path) always, and for Thrift the same sequence id; the oldest such one (requests
 /// on a connection are ordered).
 fn take_match(
-    queues: &mut HashMap<Tuple, VecDeque<u64>>,
-    spans: &HashMap<u64, PendingSpan>,
+    queues: &mut FxHashMap<Tuple, VecDeque<u64>>,
+    spans: &FxHashMap<u64, PendingSpan>,
     tuple: Tuple,
     (key, print): (u64, u64),
     protocol: Protocol,

@@ -4,7 +4,9 @@
 //! and feeds each direction's chunks to that protocol's parser. Emits parsed messages (and
 //! closes) for span assembly. Idle connections are evicted; the table is bounded.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use crate::{
     event::{ConnOp, ConnRecord, DataRecord, Endpoints, Event},
@@ -121,10 +123,10 @@ impl Connection {
 }
 
 pub struct ConnTable {
-    conns: HashMap<u64, Connection>,
+    conns: FxHashMap<u64, Connection>,
     filter: Filter,
     /// Process selection decisions per pid.
-    name_allowed: HashMap<u32, bool>,
+    name_allowed: FxHashMap<u32, bool>,
     options: ParserOptions,
     max_connections: usize,
     idle_ns: u64,
@@ -141,9 +143,9 @@ impl ConnTable {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             filter,
-            name_allowed: HashMap::new(),
+            name_allowed: FxHashMap::default(),
             options,
             max_connections,
             idle_ns,
