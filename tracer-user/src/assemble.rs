@@ -107,6 +107,9 @@ struct Exported {
     span_id: [u8; 8],
     flags: u8,
     at_ns: u64,
+    /// Kernel times of an exported CLIENT span, which its same-host SERVER child (often
+    /// exported later: its last write can return after the client's read) is clamped to.
+    client_times: Option<(u64, u64)>,
 }
 
 pub struct Assembler {
@@ -597,11 +600,10 @@ impl Assembler {
         // Clamp to a same-host CLIENT parent: its reader cannot have received the last byte
         // before it was written, so the write's true time is within the parent's span.
         let parent_times = match self.spans.get(&handle).map(|s| &s.parent) {
-            Some(Parent::Local(p)) => self
-                .spans
-                .get(p)
-                .filter(|p| p.kind == SpanKind::Client)
-                .map(|p| (p.start_ns, p.end_ns)),
+            Some(Parent::Local(p)) => match self.spans.get(p) {
+                Some(parent) => (parent.kind == SpanKind::Client).then_some((parent.start_ns, parent.end_ns)),
+                None => self.exported.get(p).and_then(|e| e.client_times).map(|(s, e)| (s, Some(e))),
+            },
             _ => None,
         };
         let links: Vec<SpanLink> = {
@@ -665,6 +667,7 @@ impl Assembler {
                 span_id: span.span_id,
                 flags,
                 at_ns: now_ns,
+                client_times: (span.kind == SpanKind::Client).then_some((start, end)),
             },
         );
         Some(record)

@@ -503,3 +503,22 @@ fn a_request_seen_on_one_side_only_does_not_shift_same_host_pairing() {
     let s2 = by_name(&spans, "GET /two", SpanKind::Server);
     assert_eq!(s2.parent_span_id, Some(c2.span_id));
 }
+
+/// The callee's last write can return after the caller's read did: the CLIENT span ends and
+/// is exported first, and the SERVER span exported later is still clamped inside it.
+#[test]
+fn a_server_exported_after_its_client_is_still_nested_in_it() {
+    let mut a = assembler();
+    let client = meta(1, 1, "10.0.0.1:4000", "10.0.0.2:80");
+    let server = meta(2, 2, "10.0.0.2:80", "10.0.0.1:4000");
+    feed(&mut a, client, Direction::Egress, request(0, "/x", at(MS, 11), None));
+    feed(&mut a, server, Direction::Ingress, request(0, "/x", at(2 * MS, 22), None));
+    feed(&mut a, client, Direction::Ingress, response(0, 200, at(5 * MS, 11)));
+    let first = a.tick(105 * MS + 20);
+    assert_eq!(first.len(), 1, "the CLIENT span leaves first");
+    feed(&mut a, server, Direction::Egress, response(0, 200, at(106 * MS, 22)));
+    let second = a.tick(500 * MS);
+    let (c, s) = (&first[0], &second[0]);
+    assert_eq!(s.parent_span_id, Some(c.span_id));
+    assert!(c.start_unix_ns <= s.start_unix_ns && s.end_unix_ns <= c.end_unix_ns, "{c:?}\n{s:?}");
+}
