@@ -4,10 +4,11 @@
 //!
 //! Candidates are the SERVER spans of the same process in progress when the CLIENT request
 //! starts. In order:
-//! 1. `thread_pool` (0.9): this worker thread already made a call for a request that is still
-//!    in progress: a pool worker handles one request at a time.
-//! 2. `content` (0.95): exactly one candidate shares an id-like token (something with a digit)
+//! 1. `content` (0.95): exactly one candidate shares an id-like token (something with a digit)
 //!    with the outbound request — ids copied from the inbound path into the outbound one.
+//! 2. `thread_pool` (0.9): this worker thread already made a call for a request that is still
+//!    in progress: a pool worker handles one request at a time. (Content goes first: a worker
+//!    can pick up its next request before another thread has written the previous response.)
 //! 3. `process` (0.8): exactly one request is in progress in the process.
 //! 4. `thread_pool` (0.7): exactly one candidate is not yet claimed by another worker thread.
 //! 5. otherwise `ambiguous`: the oldest unclaimed candidate with confidence 0.8/n (n >= 2).
@@ -35,18 +36,6 @@ impl Assembler {
         let thread = (pid, tid);
         let is_worker = !self.serving.contains_key(&thread);
 
-        if let Some(&claimed) = self.claims.get(&thread) {
-            if self.in_progress(claimed, start) {
-                return Some(Guess {
-                    parent: claimed,
-                    method: "thread_pool",
-                    confidence: 0.9,
-                });
-            }
-            self.claims.remove(&thread);
-            self.claimed.remove(&claimed);
-        }
-
         let candidates: Vec<u64> = self
             .serving_by_pid
             .get(&pid)
@@ -73,27 +62,43 @@ impl Assembler {
                 })
                 .collect()
         };
+        // Content first: a pool worker may pick up its next request before the previous one's
+        // response is written by another thread, so its claim can be stale.
+        if let [one] = sharing.as_slice() {
+            let parent = *one;
+            if is_worker {
+                self.claim(thread, parent);
+            }
+            return Some(Guess {
+                parent,
+                method: "content",
+                confidence: 0.95,
+            });
+        }
+        if let Some(&claimed) = self.claims.get(&thread) {
+            if self.in_progress(claimed, start) {
+                return Some(Guess {
+                    parent: claimed,
+                    method: "thread_pool",
+                    confidence: 0.9,
+                });
+            }
+            self.claims.remove(&thread);
+            self.claimed.remove(&claimed);
+        }
+
         let unclaimed: Vec<u64> = candidates
             .iter()
             .copied()
             .filter(|h| !self.claimed.contains_key(h))
             .collect();
-        let guess = match (
-            sharing.as_slice(),
-            candidates.as_slice(),
-            unclaimed.as_slice(),
-        ) {
-            ([one], _, _) => Guess {
-                parent: *one,
-                method: "content",
-                confidence: 0.95,
-            },
-            (_, [one], _) => Guess {
+        let guess = match (candidates.as_slice(), unclaimed.as_slice()) {
+            ([one], _) => Guess {
                 parent: *one,
                 method: "process",
                 confidence: 0.8,
             },
-            (_, _, [one]) if is_worker => Guess {
+            (_, [one]) if is_worker => Guess {
                 parent: *one,
                 method: "thread_pool",
                 confidence: 0.7,
@@ -118,10 +123,17 @@ impl Assembler {
             }
         };
         if is_worker && guess.method != "ambiguous" {
-            self.claims.insert(thread, guess.parent);
-            self.claimed.insert(guess.parent, thread);
+            self.claim(thread, guess.parent);
         }
         Some(guess)
+    }
+
+    /// Records that worker `thread` handles the request `parent` (replacing its old claim).
+    fn claim(&mut self, thread: (u32, u32), parent: u64) {
+        if let Some(old) = self.claims.insert(thread, parent) {
+            self.claimed.remove(&old);
+        }
+        self.claimed.insert(parent, thread);
     }
 
     fn in_progress(&self, handle: u64, at: u64) -> bool {
