@@ -23,11 +23,7 @@
 //! A SERVER span with no context waits (at most the settle time) for its CLIENT span; spans
 //! are exported `settle` after they end, once every ancestor's position is decided.
 
-use std::{
-    collections::VecDeque,
-    net::SocketAddr,
-    sync::Arc,
-};
+use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
 
 use rustc_hash::FxHashMap;
 
@@ -126,6 +122,8 @@ pub struct Assembler {
     /// Worker thread -> the request it is handling (thread pools), and the reverse.
     claims: FxHashMap<(u32, u32), u64>,
     claimed: FxHashMap<u64, (u32, u32)>,
+    /// CLIENT spans per process still waiting for a request in progress to be placed under.
+    unplaced: FxHashMap<u32, Vec<u64>>,
     /// Same-host matching queues per connection tuple.
     unmatched_clients: FxHashMap<Tuple, VecDeque<u64>>,
     unmatched_servers: FxHashMap<Tuple, VecDeque<u64>>,
@@ -147,6 +145,7 @@ impl Assembler {
             serving_by_pid: FxHashMap::default(),
             claims: FxHashMap::default(),
             claimed: FxHashMap::default(),
+            unplaced: FxHashMap::default(),
             unmatched_clients: FxHashMap::default(),
             unmatched_servers: FxHashMap::default(),
             exported: FxHashMap::default(),
@@ -282,6 +281,7 @@ impl Assembler {
         );
         self.serving.entry((pid, tid)).or_default().push(handle);
         self.serving_by_pid.entry(pid).or_default().push(handle);
+        self.retry_unplaced(pid, start);
         let matched = take_match(
             &mut self.unmatched_clients,
             &self.spans,
@@ -339,7 +339,11 @@ impl Assembler {
                 .unwrap_or_default();
             match candidates.as_slice() {
                 [only] => self.link(handle, *only, "thread", 1.0),
-                _ => self.place_by_inference(handle),
+                _ => {
+                    if !self.place_by_inference(handle) {
+                        self.defer_placement(handle, pid);
+                    }
+                }
             }
         }
         let waiting = take_match(
@@ -362,9 +366,9 @@ impl Assembler {
 
     /// Links by inference when confident enough; otherwise keeps the span a root with a span
     /// link to the candidate (never a wrong child with a confident face).
-    fn place_by_inference(&mut self, handle: u64) {
+    fn place_by_inference(&mut self, handle: u64) -> bool {
         let Some(guess) = self.infer_parent(handle) else {
-            return;
+            return false;
         };
         if guess.confidence >= self.config.link_threshold {
             self.link(handle, guess.parent, guess.method, guess.confidence);
@@ -372,6 +376,44 @@ impl Assembler {
             span.link_method = guess.method;
             span.confidence = guess.confidence;
             span.link_candidates.push(guess.parent);
+        }
+        true
+    }
+
+    /// A CLIENT span of `pid` that found no request in progress waits (undecided, at most the
+    /// settle time): the request that caused it may still be arriving — a server dispatches a
+    /// request to a worker on its head, while the request message completes with its body.
+    fn defer_placement(&mut self, handle: u64, pid: u32) {
+        if let Some(span) = self.spans.get_mut(&handle) {
+            span.decided = false;
+        }
+        self.unplaced.entry(pid).or_default().push(handle);
+    }
+
+    /// A new SERVER span of `pid` that started at `start`: tries again to place the CLIENT
+    /// spans of that process that started after it and are still waiting.
+    fn retry_unplaced(&mut self, pid: u32, start: u64) {
+        let Some(waiting) = self.unplaced.remove(&pid) else {
+            return;
+        };
+        let mut still = Vec::new();
+        for client in waiting {
+            let Some(span) = self.spans.get(&client) else {
+                continue;
+            };
+            if span.decided {
+                continue;
+            }
+            if span.start_ns >= start && self.place_by_inference(client) {
+                if let Some(span) = self.spans.get_mut(&client) {
+                    span.decided = true;
+                }
+            } else {
+                still.push(client);
+            }
+        }
+        if !still.is_empty() {
+            self.unplaced.insert(pid, still);
         }
     }
 
@@ -463,6 +505,11 @@ impl Assembler {
             });
             !q.is_empty()
         });
+        let spans = &self.spans;
+        self.unplaced.retain(|_, list| {
+            list.retain(|h| spans.get(h).is_some_and(|s| !s.decided));
+            !list.is_empty()
+        });
         // Requests that never got an answer.
         let timeout = self.config.request_timeout_ns;
         let stale: Vec<u64> = self
@@ -517,6 +564,7 @@ impl Assembler {
         self.serving_by_pid.clear();
         self.claims.clear();
         self.claimed.clear();
+        self.unplaced.clear();
         let far_future = now_ns
             .saturating_add(self.config.settle_ns)
             .saturating_add(1);
@@ -601,8 +649,14 @@ impl Assembler {
         // before it was written, so the write's true time is within the parent's span.
         let parent_times = match self.spans.get(&handle).map(|s| &s.parent) {
             Some(Parent::Local(p)) => match self.spans.get(p) {
-                Some(parent) => (parent.kind == SpanKind::Client).then_some((parent.start_ns, parent.end_ns)),
-                None => self.exported.get(p).and_then(|e| e.client_times).map(|(s, e)| (s, Some(e))),
+                Some(parent) => {
+                    (parent.kind == SpanKind::Client).then_some((parent.start_ns, parent.end_ns))
+                }
+                None => self
+                    .exported
+                    .get(p)
+                    .and_then(|e| e.client_times)
+                    .map(|(s, e)| (s, Some(e))),
             },
             _ => None,
         };

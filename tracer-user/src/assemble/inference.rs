@@ -136,10 +136,11 @@ impl Assembler {
         self.claimed.insert(parent, thread);
     }
 
+    /// Whether the span had started and not yet ended at kernel time `at`.
     fn in_progress(&self, handle: u64, at: u64) -> bool {
         self.spans
             .get(&handle)
-            .is_some_and(|s| s.end_ns.is_none() && s.start_ns <= at)
+            .is_some_and(|s| s.start_ns <= at && s.end_ns.is_none_or(|end| end >= at))
     }
 
     /// Forgets a finished SERVER span in the process-wide and claim indexes.

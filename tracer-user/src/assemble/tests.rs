@@ -511,14 +511,75 @@ fn a_server_exported_after_its_client_is_still_nested_in_it() {
     let mut a = assembler();
     let client = meta(1, 1, "10.0.0.1:4000", "10.0.0.2:80");
     let server = meta(2, 2, "10.0.0.2:80", "10.0.0.1:4000");
-    feed(&mut a, client, Direction::Egress, request(0, "/x", at(MS, 11), None));
-    feed(&mut a, server, Direction::Ingress, request(0, "/x", at(2 * MS, 22), None));
-    feed(&mut a, client, Direction::Ingress, response(0, 200, at(5 * MS, 11)));
+    feed(
+        &mut a,
+        client,
+        Direction::Egress,
+        request(0, "/x", at(MS, 11), None),
+    );
+    feed(
+        &mut a,
+        server,
+        Direction::Ingress,
+        request(0, "/x", at(2 * MS, 22), None),
+    );
+    feed(
+        &mut a,
+        client,
+        Direction::Ingress,
+        response(0, 200, at(5 * MS, 11)),
+    );
     let first = a.tick(105 * MS + 20);
     assert_eq!(first.len(), 1, "the CLIENT span leaves first");
-    feed(&mut a, server, Direction::Egress, response(0, 200, at(106 * MS, 22)));
+    feed(
+        &mut a,
+        server,
+        Direction::Egress,
+        response(0, 200, at(106 * MS, 22)),
+    );
     let second = a.tick(500 * MS);
     let (c, s) = (&first[0], &second[0]);
     assert_eq!(s.parent_span_id, Some(c.span_id));
-    assert!(c.start_unix_ns <= s.start_unix_ns && s.end_unix_ns <= c.end_unix_ns, "{c:?}\n{s:?}");
+    assert!(
+        c.start_unix_ns <= s.start_unix_ns && s.end_unix_ns <= c.end_unix_ns,
+        "{c:?}\n{s:?}"
+    );
+}
+
+/// A server hands a request to a pool worker on its head; the request message completes with
+/// its body, after the worker's downstream call was seen. The call waits and is placed.
+#[test]
+fn a_call_seen_before_the_request_that_caused_it_waits_for_it() {
+    let mut a = assembler();
+    let inbound = meta(1, 7, "127.0.0.1:8000", "127.0.0.1:5001");
+    let outbound = meta(2, 7, "127.0.0.1:6001", "127.0.0.1:9000");
+    // Worker 71's call (written at 3 ms) is reported before the inbound request (head read at
+    // 1 ms by thread 70, body complete at 4 ms).
+    feed(
+        &mut a,
+        outbound,
+        Direction::Egress,
+        request(0, "/down", at(3 * MS, 71), None),
+    );
+    let mut late = request(0, "/in", at(MS, 70), None);
+    if let Message::Request(r) = &mut late {
+        r.last = at(4 * MS, 70);
+    }
+    feed(&mut a, inbound, Direction::Ingress, late);
+    feed(
+        &mut a,
+        outbound,
+        Direction::Ingress,
+        response(0, 200, at(5 * MS, 71)),
+    );
+    feed(
+        &mut a,
+        inbound,
+        Direction::Egress,
+        response(0, 200, at(6 * MS, 70)),
+    );
+    let spans = a.tick(500 * MS);
+    let server = by_name(&spans, "GET /in", SpanKind::Server);
+    let client = by_name(&spans, "GET /down", SpanKind::Client);
+    assert_eq!(client.parent_span_id, Some(server.span_id));
 }
