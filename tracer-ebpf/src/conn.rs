@@ -13,11 +13,12 @@ use aya_ebpf::{
 use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventHeader, SockAddrs, conn_op, counter, kind};
 
 use crate::maps::{
-    AGENT_PORTS, AGENT_TGID, CONNS, EVENTS, FILTER_PORTS, INFLIGHT, Inflight, bump, is_traced,
-    port_allowed,
+    AGENT_PORTS, AGENT_SOCKS, AGENT_TGID, CONNS, EVENTS, FILTER_PORTS, INFLIGHT, Inflight, bump,
+    is_traced, port_allowed,
 };
 
 const EINPROGRESS: i64 = 115;
+const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 /// `Inflight::syscall` values for the life-cycle calls (data syscalls use 1..=11).
@@ -167,9 +168,11 @@ pub fn exit_accept4(ctx: TracePointContext) -> u32 {
 /// `sock:inet_sock_set_state`: `skaddr` at 8 (ptr), `newstate` at 20 (i32), `sport` at 24
 /// (u16, host order).
 ///
-/// Also notes the local port of every connection the agent itself opens, at `SYN_SENT`, in
-/// the agent's own context and before any byte moves: noting it at the first send would race
-/// with the peer's first read (the send tracepoint fires after the data is queued).
+/// Also learns the local port of every connection the agent itself opens, before any byte
+/// moves (noting it at the first send would race with the peer's first read: the send
+/// tracepoint fires after the data is queued). At SYN_SENT the task is the agent but the port
+/// is not assigned yet, so the socket is remembered; at ESTABLISHED (often in softirq, any
+/// task) the remembered socket's port is noted.
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from the tracepoint's format file.
@@ -181,6 +184,14 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     };
     if newstate == TCP_SYN_SENT {
         if (bpf_get_current_pid_tgid() >> 32) as u32 == AGENT_TGID.load() {
+            let _ = AGENT_SOCKS.insert(&sk, &1, 0);
+        }
+        return 0;
+    }
+    if newstate == TCP_ESTABLISHED {
+        // SAFETY: read-only lookup.
+        if unsafe { AGENT_SOCKS.get(&sk) }.is_some() {
+            let _ = AGENT_SOCKS.remove(&sk);
             // SAFETY: offset from the format file.
             if let Ok(sport) = unsafe { ctx.read_at::<u16>(24) } {
                 let _ = AGENT_PORTS.insert(&sport, &1, 0);
@@ -191,6 +202,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if newstate != TCP_CLOSE {
         return 0;
     }
+    // A refused connect goes SYN_SENT -> CLOSE: forget it before its memory is reused.
+    let _ = AGENT_SOCKS.remove(&sk);
     // SAFETY: read-only copy.
     let Some(state) = (unsafe { CONNS.get(&sk) }).copied() else {
         return 0;

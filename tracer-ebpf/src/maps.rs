@@ -79,6 +79,12 @@ pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(6553
 #[map]
 pub static AGENT_PORTS: LruHashMap<u16, u8> = LruHashMap::with_max_entries(4096, 0);
 
+/// Sockets the agent is connecting (`struct sock *`, noted at SYN_SENT in the agent's own
+/// context, when the local port is not assigned yet): their port joins `AGENT_PORTS` when they
+/// reach ESTABLISHED, before any byte can move.
+#[map]
+pub static AGENT_SOCKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1024, 0);
+
 /// When 1, only connections with a local or remote port listed in `TARGET_PORTS` are traced.
 #[unsafe(no_mangle)]
 pub static FILTER_PORTS: Global<u32> = Global::new(0);
