@@ -14,7 +14,7 @@ use tracer_common::{
 
 use crate::maps::{
     AGENT_PORTS, CAPTURE_BYTES, CONNS, ConnState, EVENTS, Inflight, SCRATCH, SOCK_OFFSETS, bump,
-    port_allowed,
+    port_allowed, wakeup_flags,
 };
 
 /// Where the syscall's bytes live in user memory.
@@ -223,7 +223,7 @@ pub fn emit_data(
     let size = core::mem::size_of::<DataEvent>() + captured;
     // SAFETY: `size` is at most the header plus MAX_CAPTURE, inside the scratch value.
     let record = unsafe { core::slice::from_raw_parts(scratch as *const u8, size) };
-    if EVENTS.output::<[u8]>(record, 0).is_ok() {
+    if EVENTS.output::<[u8]>(record, wakeup_flags()).is_ok() {
         bump(counter::EVENTS_SENT);
     } else {
         bump(counter::RINGBUF_FULL);

@@ -14,7 +14,7 @@ use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventHeader, SockAddrs, conn_o
 
 use crate::maps::{
     AGENT_PORTS, AGENT_SOCKS, AGENT_TGID, CONNS, EVENTS, FILTER_PORTS, INFLIGHT, Inflight, bump,
-    is_traced, port_allowed,
+    is_traced, port_allowed, wakeup_flags,
 };
 
 const EINPROGRESS: i64 = 115;
@@ -97,7 +97,7 @@ fn emit_conn(pid_tgid: u64, fd: i32, conn_id: u64, what: u8, addrs: SockAddrs) {
         _pad: [0; 7],
         addrs,
     });
-    entry.submit(0);
+    entry.submit(wakeup_flags());
     bump(counter::CONN_EVENTS);
 }
 

@@ -33,6 +33,27 @@ pub static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
+/// Unread bytes in `EVENTS` from which a new record wakes the reader (set by the loader to a
+/// fraction of the ring). Below it records are written without a wakeup and the reader
+/// drains on its own short timer: one wakeup per batch instead of one per record.
+#[unsafe(no_mangle)]
+pub static WAKEUP_BYTES: Global<u64> = Global::new(1 << 20);
+
+/// `bpf_ringbuf_query` / output flags (uapi `BPF_RB_*`).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Output flags for the next record: wake the reader only once a batch has piled up.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 /// A syscall between its enter and exit tracepoints, keyed by `pid_tgid`.
 #[repr(C)]
 #[derive(Clone, Copy)]

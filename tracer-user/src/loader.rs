@@ -141,6 +141,9 @@ fn tracepoint_exists(category: &str, name: &str) -> bool {
     })
 }
 
+/// The reader is woken once this fraction of the ring buffer holds unread records.
+const WAKEUP_FRACTION: u32 = 8;
+
 /// Loads the object with the options' globals and attaches every tracepoint available.
 pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
     if EBPF_OBJECT.is_empty() {
@@ -150,12 +153,15 @@ pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
     let filter_pids: u32 = u32::from(!options.pids.is_empty());
     let filter_ports: u32 = u32::from(!options.ports.is_empty());
     let capture = options.capture_bytes.min(tracer_common::MAX_CAPTURE as u32);
+    // Records below this much unread data do not wake the reader, which drains on its timer.
+    let wakeup_bytes = u64::from(options.ringbuf_bytes / WAKEUP_FRACTION);
     let mut ebpf = EbpfLoader::new()
         .override_global("AGENT_TGID", &options.agent_pid, true)
         .override_global("CAPTURE_BYTES", &capture, true)
         .override_global("FILTER_PIDS", &filter_pids, true)
         .override_global("FILTER_PORTS", &filter_ports, true)
         .override_global("SOCK_OFFSETS", &options.sock_offsets, true)
+        .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
         .map_max_entries("EVENTS", options.ringbuf_bytes)
         .load(EBPF_OBJECT)?;
 
