@@ -346,8 +346,8 @@ fn bad_configuration_file_is_refused_with_the_key_named() {
         ("ratio.toml", "[sampling]\nratio = 1.5\n", "sampling.ratio"),
         (
             "type.toml",
-            "[buffers]\nevent_queue = \"big\"\n",
-            "buffers.event_queue",
+            "[buffers]\nexport_queue = \"big\"\n",
+            "buffers.export_queue",
         ),
         (
             "unknown.toml",

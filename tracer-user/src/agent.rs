@@ -1,5 +1,6 @@
 //! The agent's life: start-up checks, loading the probes, wiring the pipeline stages
-//! (reader -> connection table -> span assembly -> exporter), periodic housekeeping and
+//! (ring-buffer reader -> connection table -> span assembly -> exporter, the first three on
+//! one task, records handled in place as they are drained), periodic housekeeping and
 //! self-telemetry, and an orderly stop on SIGINT/SIGTERM (detach, flush, exit 0).
 
 use std::{
@@ -13,7 +14,6 @@ use std::{
 use anyhow::Context as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
     time::{MissedTickBehavior, interval},
 };
 use tracing::{info, warn};
@@ -23,7 +23,6 @@ use crate::{
     btf,
     config::Config,
     conntable::{ConnOutput, ConnTable, Filter},
-    event::Event,
     export::{ExportConfig, Exporter, parse_headers, parse_protocol},
     health,
     k8s::{self, Kubernetes},
@@ -33,7 +32,7 @@ use crate::{
     preflight,
     process::{self, ProcessCache},
     protocol::ParserOptions,
-    reader,
+    reader::{self, RingReader},
     sampling::Sampler,
     selection::Selection,
     span::{ProcessResource, SpanRecord},
@@ -47,8 +46,6 @@ impl ResourceSource for ProcessCache {
 
 /// How often span assembly and the connection table do their housekeeping.
 const TICK: Duration = Duration::from_millis(100);
-/// Events taken from the reader's queue per wake-up.
-const EVENT_BATCH: usize = 1024;
 /// How long the exporter may take to flush at exit.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -108,8 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let exporter = Exporter::start(export_config(&config)?, metrics.clone())
         .context("starting the exporter")?;
-    let (tx, mut rx) = mpsc::channel::<Event>(config.event_queue.max(1));
-    let reader = tokio::spawn(reader::run(ring, tx, metrics.clone()));
+    let mut ring = RingReader::new(ring, metrics.clone()).context("polling the ring buffer")?;
 
     let mut table = ConnTable::new(
         Filter {
@@ -149,8 +145,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let stats_every = Duration::from_secs(config.stats_interval_secs.max(1));
     let mut stats = interval(stats_every);
     stats.tick().await;
+    let mut drain_timer = interval(reader::DRAIN_INTERVAL);
+    drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut outputs: Vec<ConnOutput> = Vec::new();
-    let mut batch: Vec<Event> = Vec::with_capacity(EVENT_BATCH);
     let mut ticks: u64 = 0;
 
     ready.store(true, Ordering::Relaxed);
@@ -165,21 +162,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     loop {
         tokio::select! {
-            received = rx.recv_many(&mut batch, EVENT_BATCH) => {
-                if received == 0 {
+            woken = ring.woken() => {
+                if let Err(e) = woken {
+                    warn!("ring buffer poll failed: {e}; stopping");
                     break;
                 }
-                for event in batch.drain(..) {
-                    table.on_event(&event, &mut outputs);
-                    for output in outputs.drain(..) {
-                        assembler.on_output(output, &mut processes);
-                    }
-                }
+                drain(&mut ring, &mut table, &mut assembler, &mut processes, &mut outputs);
+            }
+            _ = drain_timer.tick() => {
+                drain(&mut ring, &mut table, &mut assembler, &mut processes, &mut outputs);
             }
             _ = tick.tick() => {
                 let now = monotonic_ns();
                 ticks += 1;
-                if ticks % 10 == 0 {
+                if ticks.is_multiple_of(10) {
                     // Keeps /metrics current (the kernel side counts per CPU, read on demand).
                     refresh_kernel_counters(&probes, &metrics);
                 }
@@ -198,13 +194,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     info!("stopping: detaching probes and flushing spans");
-    reader.abort();
-    let _ = reader.await;
     refresh_kernel_counters(&probes, &metrics);
+    drain(
+        &mut ring,
+        &mut table,
+        &mut assembler,
+        &mut processes,
+        &mut outputs,
+    );
+    drop(ring);
     drop(probes);
-    while let Ok(event) = rx.try_recv() {
-        table.on_event(&event, &mut outputs);
-    }
     table.close_all(&mut outputs);
     for output in outputs.drain(..) {
         assembler.on_output(output, &mut processes);
@@ -215,6 +214,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     exporter.shutdown(FLUSH_DEADLINE).await;
     log_totals(&metrics);
     Ok(())
+}
+
+/// Drains the ring buffer (a bounded number of batches, so that ticks and signals keep
+/// their turn under any load) through the connection table into span assembly.
+fn drain(
+    ring: &mut RingReader,
+    table: &mut ConnTable,
+    assembler: &mut Assembler,
+    processes: &mut ProcessCache,
+    outputs: &mut Vec<ConnOutput>,
+) {
+    const MAX_BATCHES: usize = 16;
+    for _ in 0..MAX_BATCHES {
+        let read = ring.drain(|event| {
+            table.on_event(event, outputs);
+            for output in outputs.drain(..) {
+                assembler.on_output(output, processes);
+            }
+        });
+        if read < reader::DRAIN_BATCH {
+            break;
+        }
+    }
 }
 
 fn export_config(config: &Config) -> anyhow::Result<ExportConfig> {

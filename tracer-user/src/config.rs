@@ -161,10 +161,6 @@ pub struct Config {
     #[arg(long, env = "TRACER_RINGBUF_BYTES", default_value_t = 8 << 20, value_parser = parse_ringbuf_size)]
     pub ringbuf_bytes: u32,
 
-    /// Decoded events queued between the reader and the pipeline before drops.
-    #[arg(long, env = "TRACER_EVENT_QUEUE", default_value_t = 65_536)]
-    pub event_queue: usize,
-
     /// Connections tracked at most.
     #[arg(long, env = "TRACER_MAX_CONNECTIONS", default_value_t = 65_536)]
     pub max_connections: usize,

@@ -163,7 +163,7 @@ impl ConnTable {
     }
 
     /// Processes one event, appending what it produced to `out`.
-    pub fn on_event(&mut self, event: &Event, out: &mut Vec<ConnOutput>) {
+    pub fn on_event(&mut self, event: &Event<'_>, out: &mut Vec<ConnOutput>) {
         match event {
             Event::Data(rec) => self.on_data(rec, out),
             Event::Conn(rec) => self.on_conn(rec, out),
@@ -187,7 +187,7 @@ impl ConnTable {
             .or_insert_with(|| selection.process_allowed(pid))
     }
 
-    fn on_data(&mut self, rec: &DataRecord, out: &mut Vec<ConnOutput>) {
+    fn on_data(&mut self, rec: &DataRecord<'_>, out: &mut Vec<ConnOutput>) {
         if !self.conns.contains_key(&rec.conn_id) {
             let Some(endpoints) = rec.endpoints else {
                 inc(&self.metrics.events_malformed);
@@ -242,7 +242,7 @@ impl ConnTable {
             // frame body without its length) would otherwise be taken for the wrong format.
             let joined = if held.direction == Some(rec.direction) && !held.chunks.is_empty() {
                 let mut joined = held.bytes.clone();
-                joined.extend_from_slice(&rec.payload);
+                joined.extend_from_slice(rec.payload);
                 protocol::detect(&joined)
             } else {
                 None
@@ -252,7 +252,7 @@ impl ConnTable {
                     replay = std::mem::take(&mut held.chunks);
                     Some(protocol)
                 }
-                None => protocol::detect(&rec.payload),
+                None => protocol::detect(rec.payload),
             };
             match detected {
                 Some(protocol) => {
@@ -263,7 +263,7 @@ impl ConnTable {
                     };
                 }
                 None => {
-                    held.hold(rec.direction, &rec.payload, rec.bytes, timing);
+                    held.hold(rec.direction, rec.payload, rec.bytes, timing);
                     *tries += 1;
                     if *tries >= DETECT_TRIES {
                         inc(&self.metrics.unknown_protocol);
@@ -294,7 +294,7 @@ impl ConnTable {
             );
         }
         let chunk = Chunk {
-            data: &rec.payload,
+            data: rec.payload,
             len: rec.bytes,
             timing,
         };
@@ -412,7 +412,7 @@ mod tests {
     use super::*;
     use crate::protocol::{Direction, Message};
 
-    fn record(direction: Direction, payload: &[u8], at: u64) -> Event {
+    fn record(direction: Direction, payload: &[u8], at: u64) -> Event<'_> {
         Event::Data(DataRecord {
             pid: 10,
             tid: 11,
@@ -428,7 +428,7 @@ mod tests {
                 local: "127.0.0.1:9090".parse().unwrap(),
                 remote: "127.0.0.1:40000".parse().unwrap(),
             }),
-            payload: payload.to_vec(),
+            payload,
         })
     }
 

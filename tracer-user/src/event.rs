@@ -1,5 +1,6 @@
-//! Decoding of ring-buffer records into owned events. First stage after the reader: checks
-//! length and kind before reading, never trusts the bytes beyond what they say.
+//! Decoding of ring-buffer records into events. First stage after the reader: checks length
+//! and kind before reading, never trusts the bytes beyond what they say. A data event borrows
+//! its payload from the ring buffer record (no copy, no allocation per event).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -53,8 +54,8 @@ impl Endpoints {
 }
 
 /// One socket read or write.
-#[derive(Clone, Debug)]
-pub struct DataRecord {
+#[derive(Clone, Copy, Debug)]
+pub struct DataRecord<'a> {
     pub pid: u32,
     pub tid: u32,
     pub fd: i32,
@@ -69,7 +70,7 @@ pub struct DataRecord {
     pub body_not_captured: bool,
     pub endpoints: Option<Endpoints>,
     /// The captured prefix.
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,13 +95,13 @@ pub struct ConnRecord {
 }
 
 #[derive(Clone, Debug)]
-pub enum Event {
-    Data(DataRecord),
+pub enum Event<'a> {
+    Data(DataRecord<'a>),
     Conn(ConnRecord),
 }
 
 /// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
     let header: EventHeader = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
     match header.kind {
         kind::DATA => decode_data(bytes),
@@ -109,7 +110,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     }
 }
 
-fn decode_data(bytes: &[u8]) -> Result<Event, DecodeError> {
+fn decode_data(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
     let ev: DataEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
     let body = &bytes[size_of::<DataEvent>()..];
     let said = ev.captured as usize;
@@ -136,11 +137,11 @@ fn decode_data(bytes: &[u8]) -> Result<Event, DecodeError> {
         syscall: ev.syscall,
         body_not_captured: ev.flags & data_flags::BODY_NOT_CAPTURED != 0,
         endpoints: Endpoints::from_abi(&ev.addrs),
-        payload: body[..said].to_vec(),
+        payload: &body[..said],
     }))
 }
 
-fn decode_conn(bytes: &[u8]) -> Result<Event, DecodeError> {
+fn decode_conn(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
     let ev: ConnEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
     let op = match ev.what {
         conn_op::CONNECT => ConnOp::Connect,
@@ -160,7 +161,7 @@ fn decode_conn(bytes: &[u8]) -> Result<Event, DecodeError> {
 }
 
 /// Encodes a data record the way the kernel side does (for replay tests and benchmarks).
-pub fn encode_data(rec: &DataRecord) -> Vec<u8> {
+pub fn encode_data(rec: &DataRecord<'_>) -> Vec<u8> {
     let mut addrs = SockAddrs::default();
     if let Some(e) = rec.endpoints {
         let put = |ip: IpAddr, out: &mut [u8; 16]| match ip {
@@ -203,7 +204,7 @@ pub fn encode_data(rec: &DataRecord) -> Vec<u8> {
         std::slice::from_raw_parts(&ev as *const DataEvent as *const u8, size_of::<DataEvent>())
     };
     let mut out = head.to_vec();
-    out.extend_from_slice(&rec.payload);
+    out.extend_from_slice(rec.payload);
     out
 }
 
@@ -211,7 +212,7 @@ pub fn encode_data(rec: &DataRecord) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn sample() -> DataRecord {
+    fn sample() -> DataRecord<'static> {
         DataRecord {
             pid: 10,
             tid: 11,
@@ -227,7 +228,7 @@ mod tests {
                 local: "127.0.0.1:8080".parse().unwrap(),
                 remote: "127.0.0.1:5555".parse().unwrap(),
             }),
-            payload: b"GET / HTTP/1.1\r\n".to_vec(),
+            payload: b"GET / HTTP/1.1\r\n",
         }
     }
 

@@ -33,7 +33,6 @@ counters! {
     events_received => ("events_received_total", "reader"),
     events_malformed => ("events_dropped_total", "reader"),
     events_filtered => ("events_filtered_total", "reader"),
-    events_dropped_queue => ("events_dropped_total", "pipeline_queue"),
     connections_opened => ("connections_total", "conntable"),
     connections_evicted => ("connections_evicted_total", "conntable"),
     connections_dropped => ("events_dropped_total", "conntable"),

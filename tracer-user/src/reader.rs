@@ -1,55 +1,67 @@
-//! Reader stage: drains the kernel ring buffer through tokio's `AsyncFd`, decodes each record
-//! at once and hands it to the pipeline over a bounded channel. It never waits for the
-//! pipeline: when the channel is full the event is dropped and counted.
+//! Reader stage: the kernel ring buffer, drained in place by the pipeline. Each record is
+//! decoded where it lies and handed to a callback (the connection table) before the next one
+//! is read: no copy, no allocation and no queue between the ring buffer and the pipeline, so
+//! the ring buffer (sized by `--ringbuf-bytes`) is the only buffer and the kernel counts what
+//! does not fit.
+//!
+//! Wakeups: the kernel side wakes the reader only once a fraction of the ring holds unread
+//! records; otherwise the pipeline drains every [`DRAIN_INTERVAL`], one batch per wakeup.
 
-use std::sync::Arc;
+use std::{io, sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    sync::mpsc,
-};
-use tracing::{debug, warn};
+use tokio::io::{Interest, unix::AsyncFd};
+use tracing::debug;
 
 use crate::{
     event::{Event, decode},
     metrics::{Metrics, inc},
 };
 
-/// Runs until the channel's receiver is gone or the ring buffer fd fails.
-pub async fn run(ring: RingBuf<MapData>, tx: mpsc::Sender<Event>, metrics: Arc<Metrics>) {
-    // SAFETY: the RingBuf owns its map fd; it stays open and unchanged for as long as the
-    // AsyncFd owns the RingBuf.
-    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            warn!("cannot poll the ring buffer: {e}");
-            return;
-        }
-    };
-    loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(guard) => guard,
-            Err(e) => {
-                warn!("ring buffer poll failed: {e}");
-                return;
-            }
-        };
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            inc(&metrics.events_received);
+/// How often the pipeline drains the ring buffer when the kernel has not woken it.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Records handled per drain before the pipeline looks at its other duties (ticks, signals).
+pub const DRAIN_BATCH: usize = 4096;
+
+pub struct RingReader {
+    fd: AsyncFd<RingBuf<MapData>>,
+    metrics: Arc<Metrics>,
+}
+
+impl RingReader {
+    pub fn new(ring: RingBuf<MapData>, metrics: Arc<Metrics>) -> io::Result<Self> {
+        // SAFETY: the RingBuf owns its map fd; it stays open and unchanged for as long as the
+        // AsyncFd owns the RingBuf.
+        let fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }?;
+        Ok(Self { fd, metrics })
+    }
+
+    /// Waits for the kernel's wakeup. Readiness is cleared before the caller drains, so a
+    /// record written meanwhile wakes the reader again.
+    pub async fn woken(&mut self) -> io::Result<()> {
+        let mut guard = self.fd.readable_mut().await?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Hands up to one batch of records to `handle`, in ring order; returns how many were read
+    /// (fewer than a batch: the ring is empty).
+    pub fn drain(&mut self, mut handle: impl FnMut(&Event<'_>)) -> usize {
+        let ring = self.fd.get_mut();
+        for read in 0..DRAIN_BATCH {
+            let Some(item) = ring.next() else {
+                return read;
+            };
+            inc(&self.metrics.events_received);
             match decode(&item) {
-                Ok(event) => match tx.try_send(event) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => inc(&metrics.events_dropped_queue),
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
-                },
+                Ok(event) => handle(&event),
                 Err(e) => {
-                    inc(&metrics.events_malformed);
+                    inc(&self.metrics.events_malformed);
                     debug!("dropping malformed record: {e}");
                 }
             }
         }
-        guard.clear_ready();
+        DRAIN_BATCH
     }
 }

@@ -620,8 +620,8 @@ impl Ctx {
                 &["--ringbuf-bytes", "8192"][..],
             ),
             (
-                "wrk saturation, --event-queue 16",
-                &["--event-queue", "16"][..],
+                "wrk saturation, --max-pending-spans 1000",
+                &["--max-pending-spans", "1000"][..],
             ),
         ] {
             check_stop()?;

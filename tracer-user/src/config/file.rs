@@ -36,7 +36,6 @@
 //!
 //! [buffers]
 //! ringbuf_bytes = 8388608
-//! event_queue = 65536
 //! connections = 65536
 //! pending_spans = 100000
 //! export_queue = 8192
@@ -117,7 +116,6 @@ struct Capture {
 #[serde(deny_unknown_fields)]
 struct Buffers {
     ringbuf_bytes: Option<u32>,
-    event_queue: Option<u64>,
     connections: Option<u64>,
     pending_spans: Option<u64>,
     export_queue: Option<u64>,
@@ -160,7 +158,6 @@ pub const KEYS: &[(&str, &str)] = &[
     ("capture.record_query", "record_query"),
     ("capture.request_headers", "record_headers"),
     ("buffers.ringbuf_bytes", "ringbuf_bytes"),
-    ("buffers.event_queue", "event_queue"),
     ("buffers.connections", "max_connections"),
     ("buffers.pending_spans", "max_pending_spans"),
     ("buffers.export_queue", "export_queue"),
@@ -284,7 +281,6 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
     }
     if let Some(b) = file.buffers {
         out.put("buffers.ringbuf_bytes", b.ringbuf_bytes);
-        out.put("buffers.event_queue", b.event_queue);
         out.put("buffers.connections", b.connections);
         out.put("buffers.pending_spans", b.pending_spans);
         out.put("buffers.export_queue", b.export_queue);
