@@ -544,8 +544,10 @@ impl Assembler {
             // Children exported later find this span's identity in `exported`.
             self.spans.remove(&handle);
         }
+        // A child ends before its parent (a same-host SERVER span at most a little after its
+        // CLIENT span): a few settle times of memory suffice, whatever the span rate.
         self.exported.retain(|_, e| {
-            now_ns.saturating_sub(e.at_ns) <= settle.saturating_mul(4).max(10_000_000_000)
+            now_ns.saturating_sub(e.at_ns) <= settle.saturating_mul(4).max(2_000_000_000)
         });
         out
     }
@@ -685,14 +687,14 @@ impl Assembler {
         let span = self.spans.get(&handle)?;
         let mut start = span.start_ns;
         let mut end = span.end_ns?;
-        if let Some((parent_start, parent_end)) = parent_times {
-            if span.link_method == "same_host" {
-                start = start.max(parent_start);
-                if let Some(parent_end) = parent_end {
-                    end = end.min(parent_end);
-                }
-                end = end.max(start);
+        if let Some((parent_start, parent_end)) = parent_times
+            && span.link_method == "same_host"
+        {
+            start = start.max(parent_start);
+            if let Some(parent_end) = parent_end {
+                end = end.min(parent_end);
             }
+            end = end.max(start);
         }
         let mut attributes = span.attributes.clone();
         if span.link_method != "root" || !span.link_candidates.is_empty() {

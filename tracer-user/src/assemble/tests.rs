@@ -104,7 +104,7 @@ fn same_host_pair(server_first: bool) -> Vec<SpanRecord> {
         (
             client,
             Direction::Egress,
-            request(0, "/x", at(1 * MS, 11), None),
+            request(0, "/x", at(MS, 11), None),
         )
     };
     let reads = || {
@@ -165,7 +165,7 @@ fn client_call_from_a_serving_thread_is_a_child() {
         &mut a,
         inbound,
         Direction::Ingress,
-        request(0, "/in", at(1 * MS, 70), None),
+        request(0, "/in", at(MS, 70), None),
     );
     feed(
         &mut a,

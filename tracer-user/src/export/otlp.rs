@@ -105,7 +105,7 @@ pub fn span(record: SpanRecord) -> Span {
         kind: kind as i32,
         start_time_unix_nano: record.start_unix_ns,
         end_time_unix_nano: record.end_unix_ns,
-        attributes: record.attributes.iter().map(attribute).collect(),
+        attributes: record.attributes.into_iter().map(owned_attribute).collect(),
         links: record.links.iter().map(link).collect(),
         status: Some(status),
         ..Default::default()
@@ -123,6 +123,11 @@ fn link(link: &SpanLink) -> span::Link {
 
 fn attribute(a: &Attribute) -> KeyValue {
     key_value(a.key, any(a.value.clone()))
+}
+
+/// Moves the value instead of copying it (span attributes are consumed with their record).
+fn owned_attribute(a: Attribute) -> KeyValue {
+    key_value(a.key, any(a.value))
 }
 
 fn key_value(key: &str, value: AnyValue) -> KeyValue {
