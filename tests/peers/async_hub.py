@@ -5,8 +5,9 @@ outbound call.
 Usage: async_hub.py --port P --downstream-port D [--copy-id] [--hold MS]
 
 For `GET /in/<id>` it waits --hold ms (so concurrent requests overlap), then GETs
-`/down/<id>` (with --copy-id) or plain `/down` from 127.0.0.1:D over a fresh connection, and
-answers 200. Raw sockets only: no dependency beyond the standard library.
+`/down/<id>` (with --copy-id) or plain `/down` from 127.0.0.1:D over a fresh connection,
+waits --hold ms again (so every downstream call lies within every request: timing cannot
+tell them apart) and answers 200. Raw sockets only: no dependency beyond the standard library.
 """
 import argparse
 import asyncio
@@ -39,6 +40,7 @@ async def handle(reader, writer):
             rid = path.rsplit("/", 1)[-1]
             await asyncio.sleep(args.hold / 1000)
             await call_downstream(f"/down/{rid}" if args.copy_id else "/down")
+            await asyncio.sleep(args.hold / 1000)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):

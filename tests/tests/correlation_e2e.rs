@@ -106,3 +106,84 @@ fn indistinguishable_concurrent_candidates_give_roots_with_links_not_wrong_paren
     }
     agent.stop();
 }
+
+/// GET `path` from the hub over a fresh connection and read the whole answer.
+fn get(port: u16, path: &str) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(loopback(port)).expect("connect to the hub");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "hub answered {answer:?}"
+    );
+}
+
+#[test]
+fn overlapping_calls_without_ids_are_assigned_by_the_learned_delay() {
+    require_root();
+    let receiver = Box::leak(Box::new(Receiver::start()));
+    let (hub_port, down_port) = (peers::free_port(), peers::free_port());
+    let _down = Box::leak(Box::new(peers::rust_server(down_port)));
+    let mut cmd = peers::python_script("async_hub.py");
+    cmd.args([
+        "--port",
+        &hub_port.to_string(),
+        "--downstream-port",
+        &down_port.to_string(),
+        "--hold",
+        "100",
+    ]);
+    let hub = Box::leak(Box::new(Peer::server("async_hub", cmd, loopback(hub_port))));
+    let mut agent = Agent::start(&AgentArgs::grpc(receiver).ports(&[hub_port, down_port]));
+    // One request at a time: the agent learns the delay from a request to its call (~100 ms).
+    // One endpoint throughout: delays are learned per (request name, call name).
+    for _ in 0..12 {
+        get(hub_port, "/in/x");
+    }
+    // Two overlapping requests 50 ms apart: both are in progress during both calls, and only
+    // the learned delay tells which call belongs to which request.
+    let first = std::thread::spawn(move || get(hub_port, "/in/x"));
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    get(hub_port, "/in/x");
+    first.join().unwrap();
+
+    let hub_pid = i64::from(hub.pid());
+    let servers = receiver.wait_exactly("hub SERVER /in/*", 14, SPAN_TIMEOUT, QUIET, |s| {
+        s.is_server() && s.pid() == Some(hub_pid)
+    });
+    let clients = receiver.wait_exactly("hub CLIENT /down", 14, SPAN_TIMEOUT, QUIET, |s| {
+        s.is_client() && s.pid() == Some(hub_pid)
+    });
+    let mut by_start: Vec<&ReceivedSpan> = servers.iter().collect();
+    by_start.sort_by_key(|s| s.start_ns);
+    for (server, path) in by_start[12..].iter().zip(["first /in/x", "second /in/x"]) {
+        let children: Vec<&ReceivedSpan> = clients
+            .iter()
+            .filter(|c| c.parent_span_id.as_deref() == Some(server.span_id.as_str()))
+            .collect();
+        let all: Vec<String> = clients.iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            children.len(),
+            1,
+            "one call under {path}\n    {server}\n  calls:\n{}",
+            all.join("\n")
+        );
+        check::attr_str(children[0], "tracer.link.method", "timing");
+        assert!(
+            confidence(children[0]) >= 0.9,
+            "a clearly better delay is confident\n    {}",
+            children[0]
+        );
+        check::within(children[0], server);
+    }
+    agent.stop();
+}

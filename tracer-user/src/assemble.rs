@@ -10,8 +10,11 @@
 //!    the CLIENT span with the same endpoints and the same place on the connection (request
 //!    order for HTTP, sequence id for Thrift).
 //! 3. `thread`: a CLIENT request written by a thread that is serving exactly one SERVER span
-//!    is that span's child. When the thread serves several at once (an event loop), the
-//!    CLIENT span stays a root with a span link to the latest candidate and a low confidence.
+//!    is that span's child.
+//! 4. inference (`assemble/inference.rs`) when the thread serves none or several: thread-pool
+//!    claims, shared id tokens, a single candidate, and otherwise an assignment of the
+//!    process's waiting calls after a settling window, by timing; a link below the
+//!    confidence threshold becomes a root with a span link to the candidate.
 //!
 //! Timeline of the same-host case (either record may reach the agent first, because the
 //! reader's `read` can return before the writer's `write` syscall exits):
@@ -94,6 +97,12 @@ struct PendingSpan {
     /// What both ends of a connection see alike in the request (name and path), so that a
     /// request seen on one side only cannot shift the same-host pairing of the next ones.
     fingerprint: u64,
+    /// Hash of `name`: the endpoint, for learned delays and calls per request.
+    name_key: u64,
+    /// SERVER: calls linked to it so far, per call name (`name_key`, count).
+    calls: Vec<(u64, u16)>,
+    /// Deferred CLIENT: the requests of its process in progress when it started.
+    candidates: Vec<u64>,
 }
 
 /// Identity of a span already exported, for children that finish after it.
@@ -128,6 +137,8 @@ pub struct Assembler {
     unmatched_clients: FxHashMap<Tuple, VecDeque<u64>>,
     unmatched_servers: FxHashMap<Tuple, VecDeque<u64>>,
     exported: FxHashMap<u64, Exported>,
+    /// Learned delay from a request's start to each call it makes, per endpoint pair.
+    delays: inference::DelayModel,
 }
 
 /// Longest parent chain followed (guards against cycles from wrong guesses).
@@ -149,6 +160,7 @@ impl Assembler {
             unmatched_clients: FxHashMap::default(),
             unmatched_servers: FxHashMap::default(),
             exported: FxHashMap::default(),
+            delays: inference::DelayModel::default(),
         }
     }
 
@@ -201,6 +213,7 @@ impl Assembler {
             SpanKind::Client => req.first.enter_ns,
         };
         let print = fingerprint(&req.name, &req.attributes);
+        let name_key = hash_of(&req.name);
         let path = match crate::span::find(&req.attributes, "url.path") {
             Some(crate::span::AttrValue::Str(p)) => Some(p.as_str()),
             _ => None,
@@ -232,6 +245,9 @@ impl Assembler {
             key: req.key,
             tokens,
             fingerprint: print,
+            name_key,
+            calls: Vec::new(),
+            candidates: Vec::new(),
         };
         if !req.expects_response {
             span.end_ns = Some(req.last.exit_ns);
@@ -281,7 +297,7 @@ impl Assembler {
         );
         self.serving.entry((pid, tid)).or_default().push(handle);
         self.serving_by_pid.entry(pid).or_default().push(handle);
-        self.retry_unplaced(pid, start);
+        self.retry_unplaced(pid, start, handle);
         let matched = take_match(
             &mut self.unmatched_clients,
             &self.spans,
@@ -339,11 +355,7 @@ impl Assembler {
                 .unwrap_or_default();
             match candidates.as_slice() {
                 [only] => self.link(handle, *only, "thread", 1.0),
-                _ => {
-                    if !self.place_by_inference(handle) {
-                        self.defer_placement(handle, pid);
-                    }
-                }
+                _ => self.infer_or_defer(handle, pid),
             }
         }
         let waiting = take_match(
@@ -364,35 +376,45 @@ impl Assembler {
         }
     }
 
-    /// Links by inference when confident enough; otherwise keeps the span a root with a span
-    /// link to the candidate (never a wrong child with a confident face).
-    fn place_by_inference(&mut self, handle: u64) -> bool {
-        let Some(guess) = self.infer_parent(handle) else {
-            return false;
-        };
+    /// Links by inference when one candidate stands out; otherwise the span waits for the
+    /// settling window, where the calls of the process are assigned together.
+    fn infer_or_defer(&mut self, handle: u64, pid: u32) {
+        match self.infer_parent(handle) {
+            Some(guess) if guess.method != "ambiguous" => self.commit_guess(handle, guess),
+            _ => self.defer_placement(handle, pid),
+        }
+    }
+
+    /// Links when confident enough; otherwise keeps the span a root with a span link to the
+    /// candidate (never a wrong child with a confident face).
+    fn commit_guess(&mut self, handle: u64, guess: inference::Guess) {
         if guess.confidence >= self.config.link_threshold {
             self.link(handle, guess.parent, guess.method, guess.confidence);
         } else if let Some(span) = self.spans.get_mut(&handle) {
+            span.decided = true;
             span.link_method = guess.method;
             span.confidence = guess.confidence;
             span.link_candidates.push(guess.parent);
         }
-        true
     }
 
-    /// A CLIENT span of `pid` that found no request in progress waits (undecided, at most the
-    /// settle time): the request that caused it may still be arriving — a server dispatches a
-    /// request to a worker on its head, while the request message completes with its body.
+    /// A CLIENT span of `pid` whose parent is not clear waits (undecided, at most a settling
+    /// window): the request that caused it may still be arriving — a server dispatches a
+    /// request to a worker on its head, while the request message completes with its body —
+    /// or several requests are candidates, which [`Self::solve_deferred`] assigns together.
     fn defer_placement(&mut self, handle: u64, pid: u32) {
+        let candidates = self.candidates_at(handle);
         if let Some(span) = self.spans.get_mut(&handle) {
             span.decided = false;
+            span.candidates = candidates;
         }
         self.unplaced.entry(pid).or_default().push(handle);
     }
 
-    /// A new SERVER span of `pid` that started at `start`: tries again to place the CLIENT
-    /// spans of that process that started after it and are still waiting.
-    fn retry_unplaced(&mut self, pid: u32, start: u64) {
+    /// A new SERVER span `server` of `pid` that started at `start`: a candidate for the
+    /// CLIENT spans of that process that started after it and are still waiting; those that
+    /// now have a clear parent are placed.
+    fn retry_unplaced(&mut self, pid: u32, start: u64, server: u64) {
         let Some(waiting) = self.unplaced.remove(&pid) else {
             return;
         };
@@ -404,12 +426,16 @@ impl Assembler {
             if span.decided {
                 continue;
             }
-            if span.start_ns >= start && self.place_by_inference(client) {
-                if let Some(span) = self.spans.get_mut(&client) {
-                    span.decided = true;
-                }
-            } else {
+            if span.start_ns < start {
                 still.push(client);
+                continue;
+            }
+            if let Some(span) = self.spans.get_mut(&client) {
+                span.candidates.push(server);
+            }
+            match self.infer_parent(client) {
+                Some(guess) if guess.method != "ambiguous" => self.commit_guess(client, guess),
+                _ => still.push(client),
             }
         }
         if !still.is_empty() {
@@ -418,11 +444,16 @@ impl Assembler {
     }
 
     fn link(&mut self, child: u64, parent: u64, method: &'static str, confidence: f64) {
-        if let Some(span) = self.spans.get_mut(&child) {
-            span.parent = Parent::Local(parent);
-            span.decided = true;
-            span.link_method = method;
-            span.confidence = confidence;
+        let Some(span) = self.spans.get_mut(&child) else {
+            return;
+        };
+        span.parent = Parent::Local(parent);
+        span.decided = true;
+        span.link_method = method;
+        span.confidence = confidence;
+        if span.kind == SpanKind::Client {
+            let (start, name_key) = (span.start_ns, span.name_key);
+            self.count_call(parent, start, name_key, method);
         }
     }
 
@@ -481,6 +512,7 @@ impl Assembler {
     /// (`now_ns` on the kernel's monotonic clock).
     pub fn tick(&mut self, now_ns: u64) -> Vec<SpanRecord> {
         let settle = self.config.settle_ns;
+        self.solve_deferred(now_ns);
         // SERVER spans that waited long enough for a same-host CLIENT span become roots.
         for span in self.spans.values_mut() {
             if !span.decided && now_ns.saturating_sub(span.start_ns) > settle {
@@ -755,6 +787,11 @@ fn take_match(
         queues.remove(&tuple);
     }
     handle
+}
+
+fn hash_of(name: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<rustc_hash::FxHasher>::default().hash_one(name)
 }
 
 fn fingerprint(name: &str, attributes: &[Attribute]) -> u64 {

@@ -16,8 +16,90 @@
 //! A worker thread's link claims the request for that thread (steps 1 and 4); threads that
 //! serve requests themselves (event loops) never claim. The caller turns a guess below the
 //! confidence threshold into a root with a span link to the candidate.
+//!
+//! When that leaves several candidates (step 5), the CLIENT span is not decided greedily: it
+//! waits a settling window (a fifth of the settle time) and then every waiting call of the
+//! process is assigned at once ([`Assembler::solve_deferred`], method `timing`), as a maximum-
+//! likelihood matching of calls to the requests in progress when each call started:
+//! - a call must end before its request ends (timing containment);
+//! - a request takes as many calls of one endpoint as requests of its kind were seen to make
+//!   (learned; one until learned), minus those already linked to it;
+//! - the delay from the request's start to the call's start is scored against a per-endpoint-
+//!   pair distribution learned online from links made by exact methods (`thread`, `content`,
+//!   `process`, `thread_pool`), as TraceWeaver does; until enough are learned, a mild
+//!   preference for first-come-first-served order.
+//! The confidence of an assigned call is the likelihood share of its request among its
+//! feasible candidates (0.95 x share when learned; 0.8 / candidates when not), so that
+//! indistinguishable candidates stay below the threshold and give roots with span links.
 
-use super::Assembler;
+use pathfinding::{kuhn_munkres::kuhn_munkres, matrix::Matrix};
+use rustc_hash::FxHashMap;
+
+use super::{Assembler, Parent, SpanKind};
+
+/// Delays learned before they are trusted.
+const MIN_LEARNED: u32 = 10;
+/// Endpoint pairs remembered at most (the table is cleared when full).
+const MAX_PAIRS: usize = 4096;
+/// Calls assigned in one solve at most (the rest wait for the next tick).
+const MAX_SOLVE: usize = 64;
+
+/// Online statistics per (request name, call name).
+#[derive(Default)]
+pub(super) struct DelayModel {
+    pairs: FxHashMap<(u64, u64), DelayStats>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct DelayStats {
+    n: u32,
+    mean: f64,
+    m2: f64,
+    /// Most calls of this name seen linked to one request of this name.
+    max_calls: u16,
+}
+
+impl DelayModel {
+    fn learn(&mut self, pair: (u64, u64), delay_ns: f64) {
+        if self.pairs.len() >= MAX_PAIRS && !self.pairs.contains_key(&pair) {
+            self.pairs.clear();
+        }
+        let s = self.pairs.entry(pair).or_default();
+        // Welford's online mean and variance.
+        s.n = s.n.saturating_add(1);
+        let d = delay_ns - s.mean;
+        s.mean += d / f64::from(s.n);
+        s.m2 += d * (delay_ns - s.mean);
+    }
+
+    fn note_calls(&mut self, pair: (u64, u64), calls: u16) {
+        if let Some(s) = self.pairs.get_mut(&pair) {
+            s.max_calls = s.max_calls.max(calls);
+        }
+    }
+
+    /// Calls of one name a request may make.
+    fn capacity(&self, pair: (u64, u64)) -> u16 {
+        self.pairs.get(&pair).map_or(1, |s| s.max_calls.max(1))
+    }
+
+    /// Log-likelihood of `delay_ns`, and whether it comes from a learned distribution.
+    fn score(&self, pair: (u64, u64), delay_ns: f64) -> (f64, bool) {
+        match self.pairs.get(&pair) {
+            Some(s) if s.n >= MIN_LEARNED => {
+                let sd = (s.m2 / f64::from(s.n - 1))
+                    .sqrt()
+                    .max(0.1 * s.mean.abs())
+                    .max(100_000.0);
+                let z = (delay_ns - s.mean) / sd;
+                (-0.5 * z * z - (sd / 1e6).ln(), true)
+            }
+            // First come, first served, mildly: convex in the delay, so that a matching keeps
+            // the order in which requests and calls started.
+            _ => (-(delay_ns / 100e6).powi(2), false),
+        }
+    }
+}
 
 /// A proposed parent.
 pub(super) struct Guess {
@@ -141,6 +223,178 @@ impl Assembler {
         self.spans
             .get(&handle)
             .is_some_and(|s| s.start_ns <= at && s.end_ns.is_none_or(|end| end >= at))
+    }
+
+    /// The SERVER spans of the process in progress when CLIENT span `handle` started.
+    pub(super) fn candidates_at(&self, handle: u64) -> Vec<u64> {
+        let Some(span) = self.spans.get(&handle) else {
+            return Vec::new();
+        };
+        self.serving_by_pid
+            .get(&span.pid)
+            .map(|list| {
+                list.iter()
+                    .copied()
+                    .filter(|h| self.in_progress(*h, span.start_ns))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Books a CLIENT span linked to SERVER span `parent`: the call count of the request,
+    /// and, for links made by exact methods, the delay distribution of the endpoint pair.
+    pub(super) fn count_call(&mut self, parent: u64, start: u64, name_key: u64, method: &str) {
+        let Some(server) = self.spans.get_mut(&parent) else {
+            return;
+        };
+        if server.kind != SpanKind::Server {
+            return;
+        }
+        let pair = (server.name_key, name_key);
+        let calls = match server.calls.iter_mut().find(|(k, _)| *k == name_key) {
+            Some((_, count)) => {
+                *count = count.saturating_add(1);
+                *count
+            }
+            None => {
+                server.calls.push((name_key, 1));
+                1
+            }
+        };
+        if matches!(method, "thread" | "content" | "process" | "thread_pool") {
+            let delay = start.saturating_sub(server.start_ns) as f64;
+            self.delays.learn(pair, delay);
+            self.delays.note_calls(pair, calls);
+        }
+    }
+
+    /// Assigns the waiting CLIENT spans of every process whose oldest one has waited a
+    /// settling window (see the module header).
+    pub(super) fn solve_deferred(&mut self, now: u64) {
+        let window = self.config.settle_ns / 5;
+        let due: Vec<u32> = self
+            .unplaced
+            .iter()
+            .filter(|(_, list)| {
+                list.iter().any(|h| {
+                    self.spans
+                        .get(h)
+                        .is_some_and(|s| !s.decided && now.saturating_sub(s.start_ns) >= window)
+                })
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in due {
+            let Some(mut waiting) = self.unplaced.remove(&pid) else {
+                continue;
+            };
+            waiting.retain(|h| self.spans.get(h).is_some_and(|s| !s.decided));
+            waiting.sort_by_key(|h| self.spans.get(h).map_or(0, |s| s.start_ns));
+            let later = waiting.split_off(waiting.len().min(MAX_SOLVE));
+            if !later.is_empty() {
+                self.unplaced.insert(pid, later);
+            }
+            self.assign(&waiting);
+        }
+    }
+
+    /// One maximum-likelihood assignment of `clients` to their candidate requests.
+    fn assign(&mut self, clients: &[u64]) {
+        const INFEASIBLE: i64 = -1_000_000_000_000;
+        const ROOT: i64 = -10_000_000_000;
+        // Slots: (request, call name), repeated by the calls it may still take.
+        let mut slots: Vec<(u64, u64)> = Vec::new();
+        // Per client: (request, log-likelihood, learned) of each feasible candidate.
+        let mut options: Vec<Vec<(u64, f64, bool)>> = Vec::with_capacity(clients.len());
+        for &c in clients {
+            let mut feasible = Vec::new();
+            if let Some(client) = self.spans.get(&c) {
+                for &s in &client.candidates {
+                    let Some(server) = self.spans.get(&s) else {
+                        continue;
+                    };
+                    let contained = match (server.end_ns, client.end_ns) {
+                        (Some(server_end), Some(client_end)) => client_end <= server_end,
+                        _ => true,
+                    };
+                    let pair = (server.name_key, client.name_key);
+                    let taken = server
+                        .calls
+                        .iter()
+                        .find(|(k, _)| *k == client.name_key)
+                        .map_or(0, |(_, n)| *n);
+                    let room = self.delays.capacity(pair).saturating_sub(taken);
+                    if !contained || room == 0 || server.start_ns > client.start_ns {
+                        continue;
+                    }
+                    let delay = client.start_ns.saturating_sub(server.start_ns) as f64;
+                    let (ll, learned) = self.delays.score(pair, delay);
+                    feasible.push((s, ll.clamp(-100_000.0, 100.0), learned));
+                    let have = slots
+                        .iter()
+                        .filter(|slot| **slot == (s, client.name_key))
+                        .count();
+                    for _ in have..usize::from(room).min(clients.len()) {
+                        slots.push((s, client.name_key));
+                    }
+                }
+            }
+            options.push(feasible);
+        }
+        let n = clients.len();
+        let columns = slots.len() + n;
+        let mut weights = Matrix::new(n, columns, INFEASIBLE);
+        for (i, &c) in clients.iter().enumerate() {
+            let name_key = self.spans.get(&c).map_or(0, |s| s.name_key);
+            for (j, slot) in slots.iter().enumerate() {
+                if slot.1 != name_key {
+                    continue;
+                }
+                if let Some((_, ll, _)) = options[i].iter().find(|(s, _, _)| *s == slot.0) {
+                    weights[(i, j)] = (ll * 1000.0) as i64;
+                }
+            }
+            weights[(i, slots.len() + i)] = ROOT;
+        }
+        let (_, assignment) = kuhn_munkres(&weights);
+        for (i, &c) in clients.iter().enumerate() {
+            let column = assignment[i];
+            let Some(&(parent, _)) = slots.get(column) else {
+                // No feasible request: a root.
+                if let Some(span) = self.spans.get_mut(&c) {
+                    span.decided = true;
+                }
+                continue;
+            };
+            let feasible = &options[i];
+            let learned = feasible.iter().all(|(_, _, l)| *l);
+            let confidence = if learned {
+                let best = feasible.iter().map(|o| o.1).fold(f64::MIN, f64::max);
+                let total: f64 = feasible.iter().map(|o| (o.1 - best).exp()).sum();
+                let chosen = feasible
+                    .iter()
+                    .find(|o| o.0 == parent)
+                    .map_or(0.0, |o| (o.1 - best).exp());
+                0.95 * chosen / total
+            } else {
+                0.8 / feasible.len().max(1) as f64
+            };
+            if confidence >= self.config.link_threshold {
+                self.link(c, parent, "timing", confidence);
+                let thread = self.spans.get(&c).map(|s| (s.pid, s.tid));
+                if let Some(thread) = thread
+                    && !self.serving.contains_key(&thread)
+                {
+                    self.claim(thread, parent);
+                }
+            } else if let Some(span) = self.spans.get_mut(&c) {
+                span.decided = true;
+                span.parent = Parent::Root;
+                span.link_method = "ambiguous";
+                span.confidence = confidence;
+                span.link_candidates.push(parent);
+            }
+        }
     }
 
     /// Forgets a finished SERVER span in the process-wide and claim indexes.

@@ -583,3 +583,185 @@ fn a_call_seen_before_the_request_that_caused_it_waits_for_it() {
     let client = by_name(&spans, "GET /down", SpanKind::Client);
     assert_eq!(client.parent_span_id, Some(server.span_id));
 }
+
+/// A thread-pool process where nothing but timing tells requests apart: the delay from a
+/// request to its call is learned while one request runs at a time (`process`), then two
+/// overlapping requests' calls are assigned together by that delay (`timing`).
+#[test]
+fn overlapping_calls_without_ids_are_assigned_by_learned_delays() {
+    let mut a = assembler();
+    let out = |n: u64| meta(100 + n, 7, "127.0.0.1:6000", "127.0.0.1:9000");
+    let inbound = |n: u64| meta(n, 7, "127.0.0.1:8000", "127.0.0.1:5000");
+    // One request at a time: reader thread 70, worker 71 calls /fizz 1 ms after the start.
+    for i in 0..12 {
+        let t = i * 10 * MS;
+        feed(
+            &mut a,
+            inbound(i),
+            Direction::Ingress,
+            request(0, "/hub", at(t, 70), None),
+        );
+        feed(
+            &mut a,
+            out(i),
+            Direction::Egress,
+            request(0, "/fizz", at(t + MS, 71), None),
+        );
+        feed(
+            &mut a,
+            out(i),
+            Direction::Ingress,
+            response(0, 200, at(t + 2 * MS, 71)),
+        );
+        feed(
+            &mut a,
+            inbound(i),
+            Direction::Egress,
+            response(0, 200, at(t + 3 * MS, 70)),
+        );
+    }
+    let learned = a.tick(400 * MS);
+    assert!(
+        learned
+            .iter()
+            .filter(|s| s.kind == SpanKind::Client)
+            .all(|s| {
+                crate::span::find(&s.attributes, "tracer.link.method")
+                    == Some(&crate::span::AttrValue::Str("process".into()))
+            })
+    );
+    // Two overlapping requests (0.5 ms apart); workers 72 and 73 call 1 ms after each.
+    let t = 1000 * MS;
+    let (in1, in2) = (inbound(50), inbound(51));
+    feed(
+        &mut a,
+        in1,
+        Direction::Ingress,
+        request(0, "/hub", at(t, 70), None),
+    );
+    feed(
+        &mut a,
+        in2,
+        Direction::Ingress,
+        request(0, "/hub", at(t + MS / 2, 70), None),
+    );
+    feed(
+        &mut a,
+        out(50),
+        Direction::Egress,
+        request(0, "/fizz", at(t + MS, 72), None),
+    );
+    feed(
+        &mut a,
+        out(51),
+        Direction::Egress,
+        request(0, "/fizz", at(t + 3 * MS / 2, 73), None),
+    );
+    feed(
+        &mut a,
+        out(50),
+        Direction::Ingress,
+        response(0, 200, at(t + 2 * MS, 72)),
+    );
+    feed(
+        &mut a,
+        out(51),
+        Direction::Ingress,
+        response(0, 200, at(t + 2 * MS, 73)),
+    );
+    feed(
+        &mut a,
+        in1,
+        Direction::Egress,
+        response(0, 200, at(t + 4 * MS, 70)),
+    );
+    feed(
+        &mut a,
+        in2,
+        Direction::Egress,
+        response(0, 200, at(t + 4 * MS, 70)),
+    );
+    let spans = a.tick(t + 400 * MS);
+    let servers: Vec<&SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Server)
+        .collect();
+    let first = servers.iter().find(|s| s.start_unix_ns == t + 10).unwrap();
+    let second = servers
+        .iter()
+        .find(|s| s.start_unix_ns == t + MS / 2 + 10)
+        .unwrap();
+    for (call_start, parent) in [(t + MS, first), (t + 3 * MS / 2, second)] {
+        let call = spans
+            .iter()
+            .find(|s| s.kind == SpanKind::Client && s.start_unix_ns == call_start)
+            .unwrap();
+        assert_eq!(call.parent_span_id, Some(parent.span_id), "{call:#?}");
+        assert_eq!(
+            crate::span::find(&call.attributes, "tracer.link.method"),
+            Some(&crate::span::AttrValue::Str("timing".into()))
+        );
+        let confidence = crate::span::find(&call.attributes, "tracer.link.confidence");
+        assert!(
+            matches!(confidence, Some(crate::span::AttrValue::Double(c)) if *c > 0.9),
+            "{confidence:?}"
+        );
+    }
+}
+
+/// A call that ends after one of two candidate requests has answered cannot belong to it.
+#[test]
+fn a_call_outliving_a_request_is_not_its_child() {
+    let mut a = assembler();
+    let (in1, in2) = (
+        meta(1, 7, "127.0.0.1:8000", "127.0.0.1:5001"),
+        meta(2, 7, "127.0.0.1:8000", "127.0.0.1:5002"),
+    );
+    let out = meta(3, 7, "127.0.0.1:6000", "127.0.0.1:9000");
+    feed(
+        &mut a,
+        in1,
+        Direction::Ingress,
+        request(0, "/a", at(MS, 70), None),
+    );
+    feed(
+        &mut a,
+        in2,
+        Direction::Ingress,
+        request(0, "/b", at(2 * MS, 70), None),
+    );
+    feed(
+        &mut a,
+        out,
+        Direction::Egress,
+        request(0, "/down", at(3 * MS, 70), None),
+    );
+    feed(
+        &mut a,
+        in1,
+        Direction::Egress,
+        response(0, 200, at(4 * MS, 70)),
+    );
+    feed(
+        &mut a,
+        out,
+        Direction::Ingress,
+        response(0, 200, at(5 * MS, 70)),
+    );
+    feed(
+        &mut a,
+        in2,
+        Direction::Egress,
+        response(0, 200, at(6 * MS, 70)),
+    );
+    let spans = a.tick(500 * MS);
+    let down = by_name(&spans, "GET /down", SpanKind::Client);
+    assert_eq!(
+        down.parent_span_id,
+        Some(by_name(&spans, "GET /b", SpanKind::Server).span_id)
+    );
+    assert_eq!(
+        crate::span::find(&down.attributes, "tracer.link.method"),
+        Some(&crate::span::AttrValue::Str("timing".into()))
+    );
+}
