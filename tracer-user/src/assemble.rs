@@ -380,7 +380,7 @@ impl Assembler {
     /// settling window, where the calls of the process are assigned together.
     fn infer_or_defer(&mut self, handle: u64, pid: u32) {
         match self.infer_parent(handle) {
-            Some(guess) if guess.method != "ambiguous" => self.commit_guess(handle, guess),
+            Some(guess) if decides_at_once(&guess) => self.commit_guess(handle, guess),
             _ => self.defer_placement(handle, pid),
         }
     }
@@ -434,7 +434,7 @@ impl Assembler {
                 span.candidates.push(server);
             }
             match self.infer_parent(client) {
-                Some(guess) if guess.method != "ambiguous" => self.commit_guess(client, guess),
+                Some(guess) if decides_at_once(&guess) => self.commit_guess(client, guess),
                 _ => still.push(client),
             }
         }
@@ -787,6 +787,11 @@ fn take_match(
         queues.remove(&tuple);
     }
     handle
+}
+
+/// Shared ids and a worker's existing claim are decisive; other guesses wait for the window.
+fn decides_at_once(guess: &inference::Guess) -> bool {
+    guess.method == "content" || (guess.method == "thread_pool" && guess.confidence >= 0.9)
 }
 
 fn hash_of(name: &str) -> u64 {

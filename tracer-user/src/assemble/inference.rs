@@ -28,9 +28,15 @@
 //!   pair distribution learned online from links made by exact methods (`thread`, `content`,
 //!   `process`, `thread_pool`), as TraceWeaver does; until enough are learned, a mild
 //!   preference for first-come-first-served order.
+//! - a pool worker's call cannot belong to a request another worker has claimed.
 //! The confidence of an assigned call is the likelihood share of its request among its
 //! feasible candidates (0.95 x share when learned; 0.8 / candidates when not), so that
-//! indistinguishable candidates stay below the threshold and give roots with span links.
+//! indistinguishable candidates stay below the threshold and give roots with span links; a
+//! call with one feasible request gets 0.8 (`process` when it was the only one in progress).
+//!
+//! Only `content` and an existing claim decide at once: a single candidate (3) or a single
+//! unclaimed one (4) also waits for the window, since the request that caused the call may be
+//! registered after it (its record can reach the agent later).
 
 use pathfinding::{kuhn_munkres::kuhn_munkres, matrix::Matrix};
 use rustc_hash::FxHashMap;
@@ -204,9 +210,6 @@ impl Assembler {
                 }
             }
         };
-        if is_worker && guess.method != "ambiguous" {
-            self.claim(thread, guess.parent);
-        }
         Some(guess)
     }
 
@@ -324,7 +327,12 @@ impl Assembler {
                         .find(|(k, _)| *k == client.name_key)
                         .map_or(0, |(_, n)| *n);
                     let room = self.delays.capacity(pair).saturating_sub(taken);
-                    if !contained || room == 0 || server.start_ns > client.start_ns {
+                    // A pool worker handles one request at a time: not one another worker has.
+                    let thread = (client.pid, client.tid);
+                    let other_workers = !self.serving.contains_key(&thread)
+                        && self.claimed.get(&s).is_some_and(|owner| *owner != thread);
+                    if !contained || room == 0 || other_workers || server.start_ns > client.start_ns
+                    {
                         continue;
                     }
                     let delay = client.start_ns.saturating_sub(server.start_ns) as f64;
@@ -368,7 +376,12 @@ impl Assembler {
             };
             let feasible = &options[i];
             let learned = feasible.iter().all(|(_, _, l)| *l);
-            let confidence = if learned {
+            // One request in progress at all: `process`; otherwise timing chose.
+            let alone = self.spans.get(&c).is_some_and(|s| s.candidates.len() == 1);
+            let method = if alone { "process" } else { "timing" };
+            let confidence = if feasible.len() == 1 {
+                0.8
+            } else if learned {
                 let best = feasible.iter().map(|o| o.1).fold(f64::MIN, f64::max);
                 let total: f64 = feasible.iter().map(|o| (o.1 - best).exp()).sum();
                 let chosen = feasible
@@ -380,7 +393,7 @@ impl Assembler {
                 0.8 / feasible.len().max(1) as f64
             };
             if confidence >= self.config.link_threshold {
-                self.link(c, parent, "timing", confidence);
+                self.link(c, parent, method, confidence);
                 let thread = self.spans.get(&c).map(|s| (s.pid, s.tid));
                 if let Some(thread) = thread
                     && !self.serving.contains_key(&thread)
