@@ -236,11 +236,13 @@ fn score_tree(
     for span in found.iter().flatten().chain(extras.iter()) {
         let method = link_method(span);
         s.methods.entry(method.clone()).or_default().spans += 1;
-        if method != "root" && method != "context" && method != "(none)" {
-            if let Some(AttrValue::Double(c)) = span.attr("tracer.link.confidence") {
-                s.confidence_sum += c;
-                s.confidence_n += 1;
-            }
+        if method != "root"
+            && method != "context"
+            && method != "(none)"
+            && let Some(AttrValue::Double(c)) = span.attr("tracer.link.confidence")
+        {
+            s.confidence_sum += c;
+            s.confidence_n += 1;
         }
     }
     s.extra += extras.len();
