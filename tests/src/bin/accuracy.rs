@@ -5,9 +5,11 @@
 //! at each concurrency level with a keep-alive load generator (itself traced: its CLIENT span
 //! is each tree's expected root), wait until the spans are exported, stop the agent (which
 //! flushes what it still holds), and score the spans against the ground truth built into the
-//! services' request paths and logs. Prints a table; `--json PATH` writes the same numbers.
+//! services' request paths, headers and logs. Prints a table; `--json PATH` writes the same
+//! numbers.
 //!
-//! Usage: accuracy [--scenarios sync,async,thrift,chain,w3c,b3] [--concurrency 1,8,32]
+//! Usage: accuracy [--scenarios sync,async,thrift,chain,sync-noid,async-noid,chain-noid,w3c,b3]
+//!                 [--concurrency 1,8,32]
 //!                 [--requests 300] [--settle-ms 1000] [--json PATH]
 //!
 //! Exit status 0 whatever the accuracy; non-zero only when the run itself failed (bad
@@ -35,9 +37,12 @@ struct Options {
     json: Option<std::path::PathBuf>,
 }
 
-fn usage() -> &'static str {
-    "usage: accuracy [--scenarios a,b] [--concurrency 1,8,32] [--requests N] [--settle-ms MS] [--json PATH]\n\
-     scenarios: sync, async, thrift, chain, w3c, b3 (default: all)"
+fn usage() -> String {
+    format!(
+        "usage: accuracy [--scenarios a,b] [--concurrency 1,8,32] [--requests N] [--settle-ms MS] [--json PATH]\n\
+         scenarios: {} (default: all)",
+        scenario::ALL.join(", ")
+    )
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -72,7 +77,7 @@ fn parse_args() -> Result<Options, String> {
                 o.settle_ms = value()?.parse().map_err(|e| format!("--settle-ms: {e}"))?
             }
             "--json" => o.json = Some(value()?.into()),
-            "-h" | "--help" => return Err(usage().to_string()),
+            "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
         }
     }
@@ -249,7 +254,7 @@ fn run_scenario(sc: &Scenario, opts: &Options) -> (ScenarioScore, Value) {
     // traffic on this (shared) host does not compete for the agent's ring buffer.
     let mut pids: Vec<String> = running.iter().map(|p| p.pid().to_string()).collect();
     pids.push(loadgen.pid().to_string());
-    let args = AgentArgs::empty()
+    let mut args = AgentArgs::empty()
         .args([
             "--otlp-endpoint",
             &receiver.grpc_endpoint(),
@@ -270,6 +275,10 @@ fn run_scenario(sc: &Scenario, opts: &Options) -> (ScenarioScore, Value) {
         ])
         .args(["--pid", &pids.join(",")])
         .ports(&ports.all);
+    if sc.noid {
+        // Ground truth only: the agent does not link by recorded header values.
+        args = args.args(["--record-header", scenario::RID_HEADER]);
+    }
     let mut agent = Agent::start(&args);
     let settle = Duration::from_millis(opts.settle_ms);
 
