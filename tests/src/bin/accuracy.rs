@@ -357,7 +357,7 @@ fn pct(n: usize, d: usize) -> String {
     }
 }
 
-const COLUMNS: &str = "scenario  conc  roots fail  spans  recall  parent   trees  dups extra  timing  link methods (spans: parent ok among scored)             conf";
+const COLUMNS: &str = "scenario    conc  roots fail  spans  recall  parent   trees  dups extra  timing  link methods (spans: parent ok among scored)             conf";
 
 fn print_header() {
     println!("{COLUMNS}");
@@ -389,7 +389,7 @@ fn print_rows(sc: &Scenario, score: &ScenarioScore, drops: u64) {
             .collect();
         let _ = writeln!(
             out,
-            "{:<8} {:>5} {:>6} {:>4} {:>6} {:>7} {:>7} {:>7} {:>5} {:>5} {:>7}  {:<56} {}",
+            "{:<10} {:>5} {:>6} {:>4} {:>6} {:>7} {:>7} {:>7} {:>5} {:>5} {:>7}  {:<56} {}",
             sc.name,
             l.concurrency,
             l.roots,
@@ -409,14 +409,14 @@ fn print_rows(sc: &Scenario, score: &ScenarioScore, drops: u64) {
     if drops > 0 {
         let _ = writeln!(
             out,
-            "{:<8} WARNING: the agent dropped {drops} events (ring buffer full): recall is confounded",
+            "{:<10} WARNING: the agent dropped {drops} events (ring buffer full): recall is confounded",
             sc.name
         );
     }
     if score.unattributed > 0 {
         let _ = writeln!(
             out,
-            "{:<8} ({} spans named no root request of this run)",
+            "{:<10} ({} spans named no root request of this run)",
             sc.name, score.unattributed
         );
     }
