@@ -10,7 +10,7 @@
 //!
 //! Usage: accuracy [--scenarios sync,async,thrift,chain,sync-noid,async-noid,chain-noid,w3c,b3]
 //!                 [--concurrency 1,8,32]
-//!                 [--requests 300] [--settle-ms 1000] [--json PATH]
+//!                 [--requests 300] [--settle-ms 1000] [--json PATH] [--dump-spans DIR]
 //!
 //! Exit status 0 whatever the accuracy; non-zero only when the run itself failed (bad
 //! arguments, agent or services not starting, load generator crashing).
@@ -27,7 +27,7 @@ use tracer_tests::accuracy::scenario::{self, Scenario};
 use tracer_tests::accuracy::score::{self, Level, LevelScore, ScenarioScore};
 use tracer_tests::agent::{Agent, AgentArgs};
 use tracer_tests::peers::{self, Peer};
-use tracer_tests::receiver::Receiver;
+use tracer_tests::receiver::{AttrValue, ReceivedSpan, Receiver};
 
 struct Options {
     scenarios: Vec<String>,
@@ -35,11 +35,13 @@ struct Options {
     requests: usize,
     settle_ms: u64,
     json: Option<std::path::PathBuf>,
+    /// Directory for `<scenario>.jsonl`: every received span, one JSON object a line.
+    dump_spans: Option<std::path::PathBuf>,
 }
 
 fn usage() -> String {
     format!(
-        "usage: accuracy [--scenarios a,b] [--concurrency 1,8,32] [--requests N] [--settle-ms MS] [--json PATH]\n\
+        "usage: accuracy [--scenarios a,b] [--concurrency 1,8,32] [--requests N] [--settle-ms MS] [--json PATH] [--dump-spans DIR]\n\
          scenarios: {} (default: all)",
         scenario::ALL.join(", ")
     )
@@ -52,6 +54,7 @@ fn parse_args() -> Result<Options, String> {
         requests: 300,
         settle_ms: 1000,
         json: None,
+        dump_spans: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -77,6 +80,7 @@ fn parse_args() -> Result<Options, String> {
                 o.settle_ms = value()?.parse().map_err(|e| format!("--settle-ms: {e}"))?
             }
             "--json" => o.json = Some(value()?.into()),
+            "--dump-spans" => o.dump_spans = Some(value()?.into()),
             "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
         }
@@ -341,12 +345,55 @@ fn run_scenario(sc: &Scenario, opts: &Options) -> (ScenarioScore, Value) {
     drop(running);
 
     let spans = receiver.spans();
+    if let Some(dir) = &opts.dump_spans {
+        dump_spans(dir, sc.name, &spans);
+    }
     let calls = std::fs::read_to_string(&thrift_log)
         .map(|t| score::parse_thrift_log(&t))
         .unwrap_or_default();
     let result = score::score(&sc.nodes, sc.propagate, &levels, &spans, &calls);
     let _ = std::fs::remove_dir_all(&scratch);
     (result, Value::String(totals))
+}
+
+/// Writes `<dir>/<scenario>.jsonl`, one received span a line (for checking by hand).
+fn dump_spans(dir: &std::path::Path, scenario: &str, spans: &[ReceivedSpan]) {
+    let attrs = |m: &std::collections::BTreeMap<String, AttrValue>| -> Value {
+        m.iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    AttrValue::Str(s) | AttrValue::Other(s) => json!(s),
+                    AttrValue::Int(i) => json!(i),
+                    AttrValue::Bool(b) => json!(b),
+                    AttrValue::Double(d) => json!(d),
+                };
+                (k.clone(), v)
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let mut text = String::new();
+    for s in spans {
+        let line = json!({
+            "trace_id": s.trace_id,
+            "span_id": s.span_id,
+            "parent_span_id": s.parent_span_id,
+            "name": s.name,
+            "kind": format!("{:?}", s.kind),
+            "start_ns": s.start_ns,
+            "end_ns": s.end_ns,
+            "attributes": attrs(&s.attributes),
+            "resource": attrs(&s.resource),
+            "links": s.links,
+        });
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    let path = dir.join(format!("{scenario}.jsonl"));
+    let written = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, text));
+    if let Err(e) = written {
+        eprintln!("[accuracy] warning: cannot write {}: {e}", path.display());
+    }
 }
 
 fn pct(n: usize, d: usize) -> String {
