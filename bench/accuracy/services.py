@@ -4,10 +4,16 @@ Ground truth is built in: every request path is `/<hop>/<rid>` where `rid` is th
 of the root request, and every service copies the rid into the paths of the calls it makes.
 The Thrift front logs which pooled connection (server port) carried each rid's call, and when.
 
+With --noid the calls a service makes go to the fixed path `/<hop>` (no digit anywhere in the
+path or query, so the tracer finds no id to match on) and carry the rid in the request header
+`x-bench-rid` instead (the agent records it as `http.request.header.x-bench-rid`). A service
+takes the rid from its inbound path `/<hop>/<rid>` (the load generator's root request) or,
+for `/<hop>`, from the inbound header.
+
 Roles (one per process):
-  leaf          Flask on waitress (keep-alive): POST /<hop>/<rid> -> small JSON.
-  relay         Flask on waitress: POST /<hop>/<rid> calls each --down hop=port in turn with a
-                thread-local requests.Session, then answers.
+  leaf          Flask on waitress (keep-alive): POST /<hop>/<rid> (or /<hop>) -> small JSON.
+  relay         Flask on waitress: POST /<hop>/<rid> (or /<hop>) calls each --down hop=port in
+                turn with a thread-local requests.Session, then answers.
   hub-sync      FastAPI, `def` endpoint (thread pool), uvicorn one worker: like relay.
   hub-async     FastAPI, `async def`, uvicorn one worker, one shared httpx.AsyncClient: all
                 --down calls issued concurrently with asyncio.gather on the event loop.
@@ -38,6 +44,7 @@ import time
 
 HOPS = ["hub", "fizz", "buzz", "a", "b", "c", "tq"]
 TRACE_HI = 0x00ACC0DE00000000
+RID_HEADER = "x-bench-rid"
 
 
 def hop_code(hop):
@@ -82,6 +89,8 @@ parser.add_argument("role")
 parser.add_argument("--port", type=int, default=0)
 parser.add_argument("--down", action="append", help="hop=port, called in order")
 parser.add_argument("--propagate", default="none", choices=["none", "w3c", "b3"])
+parser.add_argument("--noid", action="store_true",
+                    help="outgoing calls to /<hop> with the rid in the x-bench-rid header")
 parser.add_argument("--threads", type=int, default=16)
 parser.add_argument("--thrift-port", type=int, action="append")
 parser.add_argument("--log")
@@ -105,7 +114,7 @@ def serve_flask(app):
 
 
 def flask_app(handler):
-    from flask import Flask, jsonify
+    from flask import Flask, jsonify, request
 
     app = Flask(args.role)
 
@@ -113,7 +122,24 @@ def flask_app(handler):
     def route(hop, rid):
         return jsonify(handler(hop, rid))
 
+    @app.post("/<hop>")
+    def route_noid(hop):
+        return jsonify(handler(hop, header_rid(request.headers)))
+
     return app
+
+
+def header_rid(headers):
+    """The rid of a `/<hop>` request (--noid callers send it in a header)."""
+    return int(headers[RID_HEADER])
+
+
+def down_call(hop, port, rid):
+    """URL and headers of the call to `hop` for root request `rid`."""
+    headers = context_headers(args.propagate, hop, rid)
+    if args.noid:
+        return f"http://127.0.0.1:{port}/{hop}", {**headers, RID_HEADER: str(rid)}
+    return f"http://127.0.0.1:{port}/{hop}/{rid}", headers
 
 
 _local = threading.local()
@@ -131,8 +157,8 @@ def session():
 def call_down_sync(rid):
     answers = {}
     for hop, port in parse_down(args.down):
-        r = session().post(f"http://127.0.0.1:{port}/{hop}/{rid}", json=BODY,
-                           headers=context_headers(args.propagate, hop, rid), timeout=30)
+        url, headers = down_call(hop, port, rid)
+        r = session().post(url, json=BODY, headers=headers, timeout=30)
         r.raise_for_status()
         answers[hop] = r.json()
     return answers
@@ -146,13 +172,17 @@ def main():
         serve_flask(flask_app(lambda hop, rid: {"hop": hop, "down": call_down_sync(rid)}))
     elif role in ("hub-sync", "hub-async"):
         import uvicorn
-        from fastapi import FastAPI
+        from fastapi import FastAPI, Request
 
         app = FastAPI()
         if role == "hub-sync":
             @app.post("/{hop}/{rid}")
             def hub(hop: str, rid: int):
                 return {"hop": hop, "down": call_down_sync(rid)}
+
+            @app.post("/{hop}")
+            def hub_noid(hop: str, request: Request):
+                return hub(hop, header_rid(request.headers))
         else:
             import httpx
 
@@ -165,14 +195,18 @@ def main():
                         timeout=30, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
 
                 async def one(dhop, port):
-                    r = await client["c"].post(f"http://127.0.0.1:{port}/{dhop}/{rid}", json=BODY,
-                                               headers=context_headers(args.propagate, dhop, rid))
+                    url, headers = down_call(dhop, port, rid)
+                    r = await client["c"].post(url, json=BODY, headers=headers)
                     r.raise_for_status()
                     return r.json()
 
                 down = parse_down(args.down)
                 res = await asyncio.gather(*(one(h, p) for h, p in down))
                 return {"hop": hop, "down": res}
+
+            @app.post("/{hop}")
+            async def hub_noid(hop: str, request: Request):
+                return await hub(hop, header_rid(request.headers))
         uvicorn.run(app, host="127.0.0.1", port=args.port, workers=1, log_level="warning",
                     access_log=False)
     elif role in ("thrift-front", "thrift-server"):

@@ -3,9 +3,11 @@
 //!
 //! Every HTTP request path is `/<hop>/<rid>`, the rid of the root request copied by each
 //! service into the calls it makes (see `bench/accuracy/services.py`), so an HTTP span's
-//! `url.path` names its root request and its place in the tree (hop + span kind). Thrift spans
-//! carry no arguments; they are tied to rids through the Thrift front's call log (see
-//! [`super::score::ThriftCall`]).
+//! `url.path` names its root request and its place in the tree (hop + span kind). In the
+//! `*-noid` scenarios the calls below the root go to the fixed path `/<hop>` and carry the rid
+//! in the request header [`RID_HEADER`] instead, which the agent records
+//! ([`RID_ATTRIBUTE`]) but does not use for linking. Thrift spans carry no arguments; they are
+//! tied to rids through the Thrift front's call log (see [`super::score::ThriftCall`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,11 +33,19 @@ impl Propagate {
     }
 }
 
+/// Request header carrying the root request's rid on the calls of the `*-noid` scenarios.
+pub const RID_HEADER: &str = "x-bench-rid";
+/// The span attribute the agent records [`RID_HEADER`] as (`--record-header`).
+pub const RID_ATTRIBUTE: &str = "http.request.header.x-bench-rid";
+
 /// What identifies a span as a node of the tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Matcher {
     /// HTTP span whose `url.path` is `/<hop>/<rid>`.
     Http(&'static str),
+    /// HTTP span whose `url.path` is `/<hop>` (no id) and whose recorded [`RID_HEADER`]
+    /// ([`RID_ATTRIBUTE`]) is the rid.
+    HttpNoId(&'static str),
     /// Thrift span of the call the Thrift front logged for the rid.
     Thrift,
 }
@@ -64,10 +74,23 @@ pub struct Scenario {
     /// The hop the load generator calls (`/<entry_hop>/<rid>`).
     pub entry_hop: &'static str,
     pub propagate: Propagate,
+    /// Calls below the root carry no id in their paths (services run with `--noid`; the
+    /// agent records [`RID_HEADER`] for the ground truth).
+    pub noid: bool,
     pub nodes: Vec<Node>,
 }
 
-pub const ALL: &[&str] = &["sync", "async", "thrift", "chain", "w3c", "b3"];
+pub const ALL: &[&str] = &[
+    "sync",
+    "async",
+    "thrift",
+    "chain",
+    "sync-noid",
+    "async-noid",
+    "chain-noid",
+    "w3c",
+    "b3",
+];
 
 /// Hops in the order `services.py` numbers them (span id = code << 48 | rid).
 const HOPS: &[&str] = &["hub", "fizz", "buzz", "a", "b", "c", "tq"];
@@ -95,15 +118,45 @@ fn http(label: &'static str, kind: Kind, hop: &'static str, parent: Option<usize
     }
 }
 
+/// A node below the root request: its path carries the rid unless `noid`.
+fn down(
+    noid: bool,
+    label: &'static str,
+    kind: Kind,
+    hop: &'static str,
+    parent: Option<usize>,
+) -> Node {
+    Node {
+        matcher: if noid {
+            Matcher::HttpNoId(hop)
+        } else {
+            Matcher::Http(hop)
+        },
+        ..http(label, kind, hop, parent)
+    }
+}
+
 /// The FizzBuzz hub tree: loadgen -> hub -> {fizz, buzz}.
-fn hub_nodes() -> Vec<Node> {
+fn hub_nodes(noid: bool) -> Vec<Node> {
     vec![
         http("loadgen CLIENT /hub", Kind::Client, "hub", None),
         http("hub SERVER /hub", Kind::Server, "hub", Some(0)),
-        http("hub CLIENT /fizz", Kind::Client, "fizz", Some(1)),
-        http("fizzer SERVER /fizz", Kind::Server, "fizz", Some(2)),
-        http("hub CLIENT /buzz", Kind::Client, "buzz", Some(1)),
-        http("buzzer SERVER /buzz", Kind::Server, "buzz", Some(4)),
+        down(noid, "hub CLIENT /fizz", Kind::Client, "fizz", Some(1)),
+        down(noid, "fizzer SERVER /fizz", Kind::Server, "fizz", Some(2)),
+        down(noid, "hub CLIENT /buzz", Kind::Client, "buzz", Some(1)),
+        down(noid, "buzzer SERVER /buzz", Kind::Server, "buzz", Some(4)),
+    ]
+}
+
+/// The three-level chain: loadgen -> A -> B -> C.
+fn chain_nodes(noid: bool) -> Vec<Node> {
+    vec![
+        http("loadgen CLIENT /a", Kind::Client, "a", None),
+        http("A SERVER /a", Kind::Server, "a", Some(0)),
+        down(noid, "A CLIENT /b", Kind::Client, "b", Some(1)),
+        down(noid, "B SERVER /b", Kind::Server, "b", Some(2)),
+        down(noid, "B CLIENT /c", Kind::Client, "c", Some(3)),
+        down(noid, "C SERVER /c", Kind::Server, "c", Some(4)),
     ]
 }
 
@@ -114,20 +167,39 @@ pub fn get(name: &str) -> Option<Scenario> {
             description: "FastAPI `def` hub (thread pool, requests) -> Flask fizzer, buzzer (waitress)",
             entry_hop: "hub",
             propagate: Propagate::None,
-            nodes: hub_nodes(),
+            noid: false,
+            nodes: hub_nodes(false),
         },
         "async" => Scenario {
             name: "async",
             description: "FastAPI `async def` hub, one httpx.AsyncClient, asyncio.gather(fizz, buzz)",
             entry_hop: "hub",
             propagate: Propagate::None,
-            nodes: hub_nodes(),
+            noid: false,
+            nodes: hub_nodes(false),
+        },
+        "sync-noid" => Scenario {
+            name: "sync-noid",
+            description: "sync with no id in the downstream paths (POST /fizz, /buzz; rid in x-bench-rid)",
+            entry_hop: "hub",
+            propagate: Propagate::None,
+            noid: true,
+            nodes: hub_nodes(true),
+        },
+        "async-noid" => Scenario {
+            name: "async-noid",
+            description: "async with no id in the downstream paths (POST /fizz, /buzz; rid in x-bench-rid)",
+            entry_hop: "hub",
+            propagate: Propagate::None,
+            noid: true,
+            nodes: hub_nodes(true),
         },
         "thrift" => Scenario {
             name: "thrift",
             description: "Flask (waitress) -> thriftpy2 over a pool of 4 long-lived connections",
             entry_hop: "tq",
             propagate: Propagate::None,
+            noid: false,
             nodes: vec![
                 http("loadgen CLIENT /tq", Kind::Client, "tq", None),
                 http("front SERVER /tq", Kind::Server, "tq", Some(0)),
@@ -150,28 +222,32 @@ pub fn get(name: &str) -> Option<Scenario> {
             description: "A (FastAPI def) -> B (Flask) -> C (Flask), HTTP keep-alive",
             entry_hop: "a",
             propagate: Propagate::None,
-            nodes: vec![
-                http("loadgen CLIENT /a", Kind::Client, "a", None),
-                http("A SERVER /a", Kind::Server, "a", Some(0)),
-                http("A CLIENT /b", Kind::Client, "b", Some(1)),
-                http("B SERVER /b", Kind::Server, "b", Some(2)),
-                http("B CLIENT /c", Kind::Client, "c", Some(3)),
-                http("C SERVER /c", Kind::Server, "c", Some(4)),
-            ],
+            noid: false,
+            nodes: chain_nodes(false),
+        },
+        "chain-noid" => Scenario {
+            name: "chain-noid",
+            description: "chain with no id in the downstream paths (POST /b, /c; rid in x-bench-rid)",
+            entry_hop: "a",
+            propagate: Propagate::None,
+            noid: true,
+            nodes: chain_nodes(true),
         },
         "w3c" => Scenario {
             name: "w3c",
             description: "sync hub; every hop sends W3C traceparent with its own span id",
             entry_hop: "hub",
             propagate: Propagate::W3c,
-            nodes: hub_nodes(),
+            noid: false,
+            nodes: hub_nodes(false),
         },
         "b3" => Scenario {
             name: "b3",
             description: "sync hub; every hop sends X-B3-* (64-bit trace id) with its own span id",
             entry_hop: "hub",
             propagate: Propagate::B3,
-            nodes: hub_nodes(),
+            noid: false,
+            nodes: hub_nodes(false),
         },
         _ => return None,
     };
@@ -206,6 +282,16 @@ impl Scenario {
             cmd.args(["--port", &port.to_string()]);
         };
         let prop = self.propagate.flag();
+        let noid = self.noid;
+        // Services that make calls: propagation mode, and no ids in their paths if `noid`.
+        let caller = |role: &str| {
+            let mut cmd = service_cmd(role);
+            cmd.args(["--propagate", prop]);
+            if noid {
+                cmd.arg("--noid");
+            }
+            cmd
+        };
         let mut out = Vec::new();
         let leaf = |name: &'static str, port: u16| {
             let mut cmd = service_cmd("leaf");
@@ -217,16 +303,16 @@ impl Scenario {
             }
         };
         match self.name {
-            "sync" | "async" | "w3c" | "b3" => {
+            "sync" | "async" | "w3c" | "b3" | "sync-noid" | "async-noid" => {
                 let (hub, fizz, buzz) = (port(), port(), port());
                 out.push(leaf("fizzer", fizz));
                 out.push(leaf("buzzer", buzz));
-                let role = if self.name == "async" {
+                let role = if self.name.starts_with("async") {
                     "hub-async"
                 } else {
                     "hub-sync"
                 };
-                let mut cmd = service_cmd(role);
+                let mut cmd = caller(role);
                 p(&mut cmd, hub);
                 cmd.args([
                     "--down",
@@ -234,7 +320,6 @@ impl Scenario {
                     "--down",
                     &format!("buzz={buzz}"),
                 ]);
-                cmd.args(["--propagate", prop]);
                 out.push(Service {
                     name: "hub",
                     command: cmd,
@@ -248,10 +333,10 @@ impl Scenario {
                     },
                 )
             }
-            "chain" => {
+            "chain" | "chain-noid" => {
                 let (a, b, c) = (port(), port(), port());
                 out.push(leaf("C", c));
-                let mut cmd = service_cmd("relay");
+                let mut cmd = caller("relay");
                 p(&mut cmd, b);
                 cmd.args(["--down", &format!("c={c}")]);
                 out.push(Service {
@@ -259,7 +344,7 @@ impl Scenario {
                     command: cmd,
                     ready: vec![b],
                 });
-                let mut cmd = service_cmd("hub-sync");
+                let mut cmd = caller("hub-sync");
                 p(&mut cmd, a);
                 cmd.args(["--down", &format!("b={b}")]);
                 out.push(Service {

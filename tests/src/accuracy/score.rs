@@ -1,7 +1,12 @@
 //! Scoring received spans against the expected trees (pure; no processes).
 //!
 //! Attribution: an HTTP span belongs to root request `rid` and to the node whose hop and span
-//! kind match its `url.path` `/<hop>/<rid>`. A Thrift span belongs to the call the Thrift front
+//! kind match its `url.path` `/<hop>/<rid>`. In the `*-noid` scenarios a span whose path is
+//! `/<hop>` (no id) belongs to the rid in its recorded `x-bench-rid` request header
+//! ([`RID_ATTRIBUTE`]) and to the node of that hop and kind that expects no id; without the
+//! attribute it names no root request (unattributed). The agent never links by recorded
+//! header values (its content matching looks at the span name and `url.path` only), so this
+//! ground truth is independent of what it infers. A Thrift span belongs to the call the Thrift front
 //! logged on the same connection: every pooled connection goes to its own server port
 //! (`server.port` of both the CLIENT and the SERVER span), a connection carries one call at a
 //! time, and each logged call's window `[t_before, t_after]` (taken around the client call)
@@ -17,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Value, json};
 
-use super::scenario::{Matcher, Node, Propagate, header_context};
+use super::scenario::{Matcher, Node, Propagate, RID_ATTRIBUTE, header_context};
 use crate::receiver::{AttrValue, ReceivedSpan};
 
 /// Tolerated distance between a Thrift span and a logged call window that it does not overlap.
@@ -157,12 +162,20 @@ fn attribute(
             .position(|n| n.matcher == Matcher::Thrift && n.kind == span.kind);
         return Some((call.rid, node));
     }
-    let path = span.url_path()?;
-    let (hop, rid) = path.strip_prefix('/')?.split_once('/')?;
+    let path = span.url_path()?.strip_prefix('/')?;
+    let (hop, rid, in_path) = match path.split_once('/') {
+        Some((hop, rid)) => (hop, rid, true),
+        None => (path, span.attr_str(RID_ATTRIBUTE)?, false),
+    };
     let rid: u64 = rid.parse().ok()?;
-    let node = nodes
-        .iter()
-        .position(|n| matches!(n.matcher, Matcher::Http(h) if h == hop) && n.kind == span.kind);
+    let node = nodes.iter().position(|n| {
+        n.kind == span.kind
+            && match n.matcher {
+                Matcher::Http(h) => in_path && h == hop,
+                Matcher::HttpNoId(h) => !in_path && h == hop,
+                Matcher::Thrift => false,
+            }
+    });
     Some((rid, node))
 }
 
@@ -236,11 +249,13 @@ fn score_tree(
     for span in found.iter().flatten().chain(extras.iter()) {
         let method = link_method(span);
         s.methods.entry(method.clone()).or_default().spans += 1;
-        if method != "root" && method != "context" && method != "(none)" {
-            if let Some(AttrValue::Double(c)) = span.attr("tracer.link.confidence") {
-                s.confidence_sum += c;
-                s.confidence_n += 1;
-            }
+        if method != "root"
+            && method != "context"
+            && method != "(none)"
+            && let Some(AttrValue::Double(c)) = span.attr("tracer.link.confidence")
+        {
+            s.confidence_sum += c;
+            s.confidence_n += 1;
         }
     }
     s.extra += extras.len();
@@ -300,7 +315,7 @@ fn score_tree(
 /// The hop whose request a node's span observes (its context headers).
 fn hop_of(node: &Node) -> &'static str {
     match node.matcher {
-        Matcher::Http(hop) => hop,
+        Matcher::Http(hop) | Matcher::HttpNoId(hop) => hop,
         Matcher::Thrift => "",
     }
 }
@@ -371,6 +386,67 @@ mod tests {
             (12, 12, 11, 1)
         );
         assert_eq!((l.timing_checked, l.timing_violations), (10, 1));
+    }
+
+    #[test]
+    fn noid_spans_are_attributed_by_the_recorded_header() {
+        let nodes = scenario::get("sync-noid").unwrap().nodes;
+        let with_rid = |mut s: ReceivedSpan, rid: &str| {
+            s.attributes
+                .insert(RID_ATTRIBUTE.into(), AttrValue::Str(rid.into()));
+            s
+        };
+        let mut spans = Vec::new();
+        for rid in ["1001", "1002"] {
+            let r = rid;
+            let id = |n: &str| format!("{n}{r}");
+            let s = |kind, path: &str, n: &str, parent: Option<&str>, t| {
+                span(kind, path, &id(n), parent.map(id).as_deref(), t)
+            };
+            spans.push(s(Kind::Client, &format!("/hub/{r}"), "a", None, (0, 100)));
+            spans.push(s(
+                Kind::Server,
+                &format!("/hub/{r}"),
+                "b",
+                Some("a"),
+                (1, 99),
+            ));
+            spans.push(with_rid(
+                s(Kind::Client, "/fizz", "c", Some("b"), (2, 40)),
+                r,
+            ));
+            spans.push(with_rid(
+                s(Kind::Server, "/fizz", "d", Some("c"), (3, 39)),
+                r,
+            ));
+            spans.push(with_rid(
+                s(Kind::Client, "/buzz", "e", Some("b"), (41, 90)),
+                r,
+            ));
+            spans.push(with_rid(
+                s(Kind::Server, "/buzz", "f", Some("e"), (42, 89)),
+                r,
+            ));
+        }
+        // 1002's fizz call under 1001's hub span: a wrong parent, not a wrong attribution.
+        spans[8].parent_span_id = Some("b1001".into());
+        // An id in the path where none is expected: 1002's, but no node of the tree.
+        spans.push(span(Kind::Client, "/fizz/1002", "x", None, (2, 3)));
+        // The header not recorded: names no root request.
+        spans.push(span(Kind::Server, "/buzz", "y", None, (2, 3)));
+        let s = score(&nodes, Propagate::None, &[level()], &spans, &[]);
+        let l = &s.levels[0];
+        assert_eq!(s.unattributed, 1);
+        assert_eq!(
+            (
+                l.found_spans,
+                l.parent_ok,
+                l.trees_ok,
+                l.extra,
+                l.duplicates
+            ),
+            (12, 11, 1, 1, 0)
+        );
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //! at each concurrency level with a keep-alive load generator (itself traced: its CLIENT span
 //! is each tree's expected root), wait until the spans are exported, stop the agent (which
 //! flushes what it still holds), and score the spans against the ground truth built into the
-//! services' request paths and logs. Prints a table; `--json PATH` writes the same numbers.
+//! services' request paths, headers and logs. Prints a table; `--json PATH` writes the same
+//! numbers.
 //!
-//! Usage: accuracy [--scenarios sync,async,thrift,chain,w3c,b3] [--concurrency 1,8,32]
-//!                 [--requests 300] [--settle-ms 1000] [--json PATH]
+//! Usage: accuracy [--scenarios sync,async,thrift,chain,sync-noid,async-noid,chain-noid,w3c,b3]
+//!                 [--concurrency 1,8,32]
+//!                 [--requests 300] [--settle-ms 1000] [--json PATH] [--dump-spans DIR]
 //!
 //! Exit status 0 whatever the accuracy; non-zero only when the run itself failed (bad
 //! arguments, agent or services not starting, load generator crashing).
@@ -25,7 +27,7 @@ use tracer_tests::accuracy::scenario::{self, Scenario};
 use tracer_tests::accuracy::score::{self, Level, LevelScore, ScenarioScore};
 use tracer_tests::agent::{Agent, AgentArgs};
 use tracer_tests::peers::{self, Peer};
-use tracer_tests::receiver::Receiver;
+use tracer_tests::receiver::{AttrValue, ReceivedSpan, Receiver};
 
 struct Options {
     scenarios: Vec<String>,
@@ -33,11 +35,16 @@ struct Options {
     requests: usize,
     settle_ms: u64,
     json: Option<std::path::PathBuf>,
+    /// Directory for `<scenario>.jsonl`: every received span, one JSON object a line.
+    dump_spans: Option<std::path::PathBuf>,
 }
 
-fn usage() -> &'static str {
-    "usage: accuracy [--scenarios a,b] [--concurrency 1,8,32] [--requests N] [--settle-ms MS] [--json PATH]\n\
-     scenarios: sync, async, thrift, chain, w3c, b3 (default: all)"
+fn usage() -> String {
+    format!(
+        "usage: accuracy [--scenarios a,b] [--concurrency 1,8,32] [--requests N] [--settle-ms MS] [--json PATH] [--dump-spans DIR]\n\
+         scenarios: {} (default: all)",
+        scenario::ALL.join(", ")
+    )
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -47,6 +54,7 @@ fn parse_args() -> Result<Options, String> {
         requests: 300,
         settle_ms: 1000,
         json: None,
+        dump_spans: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -72,7 +80,8 @@ fn parse_args() -> Result<Options, String> {
                 o.settle_ms = value()?.parse().map_err(|e| format!("--settle-ms: {e}"))?
             }
             "--json" => o.json = Some(value()?.into()),
-            "-h" | "--help" => return Err(usage().to_string()),
+            "--dump-spans" => o.dump_spans = Some(value()?.into()),
+            "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
         }
     }
@@ -249,7 +258,7 @@ fn run_scenario(sc: &Scenario, opts: &Options) -> (ScenarioScore, Value) {
     // traffic on this (shared) host does not compete for the agent's ring buffer.
     let mut pids: Vec<String> = running.iter().map(|p| p.pid().to_string()).collect();
     pids.push(loadgen.pid().to_string());
-    let args = AgentArgs::empty()
+    let mut args = AgentArgs::empty()
         .args([
             "--otlp-endpoint",
             &receiver.grpc_endpoint(),
@@ -270,6 +279,10 @@ fn run_scenario(sc: &Scenario, opts: &Options) -> (ScenarioScore, Value) {
         ])
         .args(["--pid", &pids.join(",")])
         .ports(&ports.all);
+    if sc.noid {
+        // Ground truth only: the agent does not link by recorded header values.
+        args = args.args(["--record-header", scenario::RID_HEADER]);
+    }
     let mut agent = Agent::start(&args);
     let settle = Duration::from_millis(opts.settle_ms);
 
@@ -332,12 +345,55 @@ fn run_scenario(sc: &Scenario, opts: &Options) -> (ScenarioScore, Value) {
     drop(running);
 
     let spans = receiver.spans();
+    if let Some(dir) = &opts.dump_spans {
+        dump_spans(dir, sc.name, &spans);
+    }
     let calls = std::fs::read_to_string(&thrift_log)
         .map(|t| score::parse_thrift_log(&t))
         .unwrap_or_default();
     let result = score::score(&sc.nodes, sc.propagate, &levels, &spans, &calls);
     let _ = std::fs::remove_dir_all(&scratch);
     (result, Value::String(totals))
+}
+
+/// Writes `<dir>/<scenario>.jsonl`, one received span a line (for checking by hand).
+fn dump_spans(dir: &std::path::Path, scenario: &str, spans: &[ReceivedSpan]) {
+    let attrs = |m: &std::collections::BTreeMap<String, AttrValue>| -> Value {
+        m.iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    AttrValue::Str(s) | AttrValue::Other(s) => json!(s),
+                    AttrValue::Int(i) => json!(i),
+                    AttrValue::Bool(b) => json!(b),
+                    AttrValue::Double(d) => json!(d),
+                };
+                (k.clone(), v)
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let mut text = String::new();
+    for s in spans {
+        let line = json!({
+            "trace_id": s.trace_id,
+            "span_id": s.span_id,
+            "parent_span_id": s.parent_span_id,
+            "name": s.name,
+            "kind": format!("{:?}", s.kind),
+            "start_ns": s.start_ns,
+            "end_ns": s.end_ns,
+            "attributes": attrs(&s.attributes),
+            "resource": attrs(&s.resource),
+            "links": s.links,
+        });
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    let path = dir.join(format!("{scenario}.jsonl"));
+    let written = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, text));
+    if let Err(e) = written {
+        eprintln!("[accuracy] warning: cannot write {}: {e}", path.display());
+    }
 }
 
 fn pct(n: usize, d: usize) -> String {
@@ -348,7 +404,7 @@ fn pct(n: usize, d: usize) -> String {
     }
 }
 
-const COLUMNS: &str = "scenario  conc  roots fail  spans  recall  parent   trees  dups extra  timing  link methods (spans: parent ok among scored)             conf";
+const COLUMNS: &str = "scenario    conc  roots fail  spans  recall  parent   trees  dups extra  timing  link methods (spans: parent ok among scored)             conf";
 
 fn print_header() {
     println!("{COLUMNS}");
@@ -380,7 +436,7 @@ fn print_rows(sc: &Scenario, score: &ScenarioScore, drops: u64) {
             .collect();
         let _ = writeln!(
             out,
-            "{:<8} {:>5} {:>6} {:>4} {:>6} {:>7} {:>7} {:>7} {:>5} {:>5} {:>7}  {:<56} {}",
+            "{:<10} {:>5} {:>6} {:>4} {:>6} {:>7} {:>7} {:>7} {:>5} {:>5} {:>7}  {:<56} {}",
             sc.name,
             l.concurrency,
             l.roots,
@@ -400,14 +456,14 @@ fn print_rows(sc: &Scenario, score: &ScenarioScore, drops: u64) {
     if drops > 0 {
         let _ = writeln!(
             out,
-            "{:<8} WARNING: the agent dropped {drops} events (ring buffer full): recall is confounded",
+            "{:<10} WARNING: the agent dropped {drops} events (ring buffer full): recall is confounded",
             sc.name
         );
     }
     if score.unattributed > 0 {
         let _ = writeln!(
             out,
-            "{:<8} ({} spans named no root request of this run)",
+            "{:<10} ({} spans named no root request of this run)",
             sc.name, score.unattributed
         );
     }
