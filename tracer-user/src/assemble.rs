@@ -218,7 +218,12 @@ impl Assembler {
             Some(crate::span::AttrValue::Str(p)) => Some(p.as_str()),
             _ => None,
         };
-        let tokens = inference::id_tokens(&req.name, path);
+        let mut tokens = inference::id_tokens(&req.name, path);
+        for hint in &req.id_hints {
+            tokens.extend(inference::id_tokens(hint, None));
+        }
+        tokens.sort();
+        tokens.dedup();
         let mut attributes = req.attributes;
         add_network_attributes(&mut attributes, kind, local, remote);
         let handle = self.next_handle;

@@ -5,7 +5,8 @@
 //! Candidates are the SERVER spans of the same process in progress when the CLIENT request
 //! starts. In order:
 //! 1. `content` (0.95): exactly one candidate shares an id-like token (something with a digit)
-//!    with the outbound request — ids copied from the inbound path into the outbound one.
+//!    with the outbound request — ids copied from the inbound path into the outbound one's
+//!    path or Thrift call arguments.
 //! 2. `thread_pool` (0.9): this worker thread already made a call for a request that is still
 //!    in progress: a pool worker handles one request at a time. (Content goes first: a worker
 //!    can pick up its next request before another thread has written the previous response.)

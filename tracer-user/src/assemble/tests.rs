@@ -63,6 +63,7 @@ fn request(key: u64, path: &str, t: Timing, context: Option<TraceContext>) -> Me
         first: t,
         last: t,
         expects_response: true,
+        id_hints: Vec::new(),
     })
 }
 

@@ -72,6 +72,9 @@ pub struct Request {
     pub last: Timing,
     /// False for messages that get no reply (Thrift oneway).
     pub expects_response: bool,
+    /// Id-like values of the request beyond its name and path (Thrift call arguments), for
+    /// content-based parent inference. Never exported.
+    pub id_hints: Vec<String>,
 }
 
 /// A response, complete (last byte seen).

@@ -301,6 +301,7 @@ impl HttpParser {
             first,
             last,
             expects_response: true,
+            id_hints: Vec::new(),
         }
     }
 

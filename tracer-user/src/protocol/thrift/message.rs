@@ -24,6 +24,7 @@ pub(super) fn to_message(decoded: Decoded, first: Timing, last: Timing) -> Messa
             first,
             last,
             expects_response: decoded.head.kind == MessageType::Call,
+            id_hints: id_hints(&decoded.body),
         }),
         MessageType::Reply | MessageType::Exception => {
             let (error, exception_field) = response_error(&decoded);
@@ -44,6 +45,29 @@ pub(super) fn to_message(decoded: Decoded, first: Timing, last: Timing) -> Messa
             })
         }
     }
+}
+
+/// Integer and string arguments of a call (top level and one struct deep) that can be ids:
+/// integers of two digits or more, strings with a digit. At most 8, each at most 64 bytes.
+fn id_hints(fields: &[Field]) -> Vec<String> {
+    fn collect(fields: &[Field], out: &mut Vec<String>) {
+        for field in fields {
+            if out.len() >= 8 {
+                return;
+            }
+            match &field.value {
+                Value::Int(i) if i.unsigned_abs() >= 10 => out.push(i.to_string()),
+                Value::Str(s) if s.len() <= 64 && s.bytes().any(|b| b.is_ascii_digit()) => {
+                    out.push(s.clone())
+                }
+                Value::Struct(inner) => collect(inner, out),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    collect(fields, &mut out);
+    out
 }
 
 /// Splits a multiplexed `Service:method` name.
@@ -152,4 +176,23 @@ fn declared_exception(field: &Field) -> String {
         _ => None,
     };
     text.unwrap_or_else(|| format!("declared exception (field {})", field.id))
+}
+
+#[cfg(test)]
+mod id_hint_tests {
+    use super::*;
+
+    #[test]
+    fn id_like_arguments_become_hints() {
+        let field = |id, value| Field { id, value };
+        let body = vec![
+            field(1, Value::Int(1_000_123)),
+            field(2, Value::Int(3)),
+            field(3, Value::Str("order-77".into())),
+            field(4, Value::Str("plain".into())),
+            field(5, Value::Struct(vec![field(1, Value::Int(-42))])),
+            field(6, Value::Other),
+        ];
+        assert_eq!(id_hints(&body), vec!["1000123", "order-77", "-42"]);
+    }
 }
