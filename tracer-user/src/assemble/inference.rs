@@ -94,10 +94,12 @@ impl DelayModel {
     fn score(&self, pair: (u64, u64), delay_ns: f64) -> (f64, bool) {
         match self.pairs.get(&pair) {
             Some(s) if s.n >= MIN_LEARNED => {
+                // Delays learned at low load stretch under queueing: a wide floor keeps a
+                // misfit from producing confident picks among requests it cannot tell apart.
                 let sd = (s.m2 / f64::from(s.n - 1))
                     .sqrt()
-                    .max(0.1 * s.mean.abs())
-                    .max(100_000.0);
+                    .max(0.25 * s.mean.abs())
+                    .max(1_000_000.0);
                 let z = (delay_ns - s.mean) / sd;
                 (-0.5 * z * z - (sd / 1e6).ln(), true)
             }

@@ -593,35 +593,24 @@ fn overlapping_calls_without_ids_are_assigned_by_learned_delays() {
     let mut a = assembler();
     let out = |n: u64| meta(100 + n, 7, "127.0.0.1:6000", "127.0.0.1:9000");
     let inbound = |n: u64| meta(n, 7, "127.0.0.1:8000", "127.0.0.1:5000");
-    // One request at a time: reader thread 70, worker 71 calls /fizz 1 ms after the start.
+    let exchange = |a: &mut Assembler, conn: ConnMeta, path: &str, tid: u32, from: u64, to: u64| {
+        let (ingress, egress) = if conn.endpoints.local.port() == 8000 {
+            (Direction::Ingress, Direction::Egress)
+        } else {
+            (Direction::Egress, Direction::Ingress)
+        };
+        feed(a, conn, ingress, request(0, path, at(from, tid), None));
+        (egress, to)
+    };
+    // One request at a time: reader thread 70, worker 71 calls /fizz 10 ms after the start.
     for i in 0..12 {
-        let t = i * 10 * MS;
-        feed(
-            &mut a,
-            inbound(i),
-            Direction::Ingress,
-            request(0, "/hub", at(t, 70), None),
-        );
-        feed(
-            &mut a,
-            out(i),
-            Direction::Egress,
-            request(0, "/fizz", at(t + MS, 71), None),
-        );
-        feed(
-            &mut a,
-            out(i),
-            Direction::Ingress,
-            response(0, 200, at(t + 2 * MS, 71)),
-        );
-        feed(
-            &mut a,
-            inbound(i),
-            Direction::Egress,
-            response(0, 200, at(t + 3 * MS, 70)),
-        );
+        let t = i * 50 * MS;
+        let (back, end) = exchange(&mut a, inbound(i), "/hub", 70, t, t + 12 * MS);
+        let (reply, done) = exchange(&mut a, out(i), "/fizz", 71, t + 10 * MS, t + 11 * MS);
+        feed(&mut a, out(i), reply, response(0, 200, at(done, 71)));
+        feed(&mut a, inbound(i), back, response(0, 200, at(end, 70)));
     }
-    let learned = a.tick(400 * MS);
+    let learned = a.tick(900 * MS);
     assert!(
         learned
             .iter()
@@ -631,7 +620,7 @@ fn overlapping_calls_without_ids_are_assigned_by_learned_delays() {
                     == Some(&crate::span::AttrValue::Str("process".into()))
             })
     );
-    // Two overlapping requests (0.5 ms apart); workers 72 and 73 call 1 ms after each.
+    // Two overlapping requests 8 ms apart; workers 72 and 73 call 10 ms after each.
     let t = 1000 * MS;
     let (in1, in2) = (inbound(50), inbound(51));
     feed(
@@ -644,43 +633,43 @@ fn overlapping_calls_without_ids_are_assigned_by_learned_delays() {
         &mut a,
         in2,
         Direction::Ingress,
-        request(0, "/hub", at(t + MS / 2, 70), None),
+        request(0, "/hub", at(t + 8 * MS, 70), None),
     );
     feed(
         &mut a,
         out(50),
         Direction::Egress,
-        request(0, "/fizz", at(t + MS, 72), None),
+        request(0, "/fizz", at(t + 10 * MS, 72), None),
     );
     feed(
         &mut a,
         out(51),
         Direction::Egress,
-        request(0, "/fizz", at(t + 3 * MS / 2, 73), None),
+        request(0, "/fizz", at(t + 18 * MS, 73), None),
     );
     feed(
         &mut a,
         out(50),
         Direction::Ingress,
-        response(0, 200, at(t + 2 * MS, 72)),
+        response(0, 200, at(t + 19 * MS, 72)),
     );
     feed(
         &mut a,
         out(51),
         Direction::Ingress,
-        response(0, 200, at(t + 2 * MS, 73)),
+        response(0, 200, at(t + 19 * MS, 73)),
     );
     feed(
         &mut a,
         in1,
         Direction::Egress,
-        response(0, 200, at(t + 4 * MS, 70)),
+        response(0, 200, at(t + 30 * MS, 70)),
     );
     feed(
         &mut a,
         in2,
         Direction::Egress,
-        response(0, 200, at(t + 4 * MS, 70)),
+        response(0, 200, at(t + 30 * MS, 70)),
     );
     let spans = a.tick(t + 400 * MS);
     let servers: Vec<&SpanRecord> = spans
@@ -690,9 +679,9 @@ fn overlapping_calls_without_ids_are_assigned_by_learned_delays() {
     let first = servers.iter().find(|s| s.start_unix_ns == t + 10).unwrap();
     let second = servers
         .iter()
-        .find(|s| s.start_unix_ns == t + MS / 2 + 10)
+        .find(|s| s.start_unix_ns == t + 8 * MS + 10)
         .unwrap();
-    for (call_start, parent) in [(t + MS, first), (t + 3 * MS / 2, second)] {
+    for (call_start, parent) in [(t + 10 * MS, first), (t + 18 * MS, second)] {
         let call = spans
             .iter()
             .find(|s| s.kind == SpanKind::Client && s.start_unix_ns == call_start)
