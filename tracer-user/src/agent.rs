@@ -1,7 +1,8 @@
-//! The agent's life: start-up checks, loading the probes, wiring the pipeline stages
-//! (ring-buffer reader -> connection table -> span assembly -> exporter, the first three on
-//! one task, records handled in place as they are drained), periodic housekeeping and
-//! self-telemetry, and an orderly stop on SIGINT/SIGTERM (detach, flush, exit 0).
+//! The agent's life: start-up checks, the Kubernetes pod watch (in the background), loading
+//! the probes, wiring the pipeline stages (ring-buffer reader -> connection table -> span
+//! assembly -> exporter, the first three on one task, records handled in place as they are
+//! drained), periodic housekeeping and self-telemetry, and an orderly stop on SIGINT/SIGTERM
+//! (detach, flush, exit 0).
 
 use std::{
     sync::{
@@ -25,7 +26,7 @@ use crate::{
     conntable::{ConnOutput, ConnTable, Filter},
     export::{ExportConfig, Exporter, parse_headers, parse_protocol},
     health,
-    k8s::{self, Kubernetes},
+    k8s::Kubernetes,
     loader::{self, LoadOptions, Probes},
     metrics::Metrics,
     metrics::inc,
@@ -65,17 +66,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(fatal) = checks.fatal() {
         anyhow::bail!("{fatal}");
     }
-    let kubernetes = Kubernetes::from_environment();
-    if let Some(node) = kubernetes.node_name() {
-        info!(
-            "kubernetes: node {node}{}",
-            if k8s::api_enabled() {
-                ", pod metadata from the API"
-            } else {
-                ""
-            }
-        );
-    }
+    // Node-side identity, plus the API watch of this node's pods when in a cluster; the watch
+    // runs in the background and never delays start-up.
+    let kubernetes = Kubernetes::start(config.k8s_api);
     let sock_offsets = match btf::sock_offsets() {
         Ok(offsets) => offsets,
         Err(e) => {

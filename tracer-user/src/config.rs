@@ -194,6 +194,14 @@ pub struct Config {
     #[arg(long, env = "TRACER_HEALTH_ADDR")]
     pub health_addr: Option<std::net::SocketAddr>,
 
+    /// Read pod labels and owners (`k8s.deployment.name`, ..., the `app.kubernetes.io/name`
+    /// label for `service.name`) from the Kubernetes API: one watch of this node's pods, started
+    /// when the agent runs in a cluster (`KUBERNETES_SERVICE_HOST`) or has a `KUBECONFIG`, and
+    /// `NODE_NAME` is set. `--k8s-api false` keeps to what the node shows.
+    #[arg(long, env = "TRACER_K8S_API", num_args = 0..=1, default_value_t = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub k8s_api: bool,
+
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing EnvFilter directive).
     #[arg(long, env = "TRACER_LOG", default_value = "info")]
     pub log_level: String,
@@ -323,6 +331,21 @@ impl Config {
     pub fn settle(&self) -> Duration {
         Duration::from_millis(self.settle_ms)
     }
+
+    /// The log filter: `--log-level`, with the kube crates' per-attempt lines held back unless
+    /// the filter names a `kube` target itself. kube's client logs an error for every failed
+    /// request and its watcher a warning for every forbidden retry; the agent says once that
+    /// the pod watch fails and once that it works again (`k8s/watch.rs`).
+    pub fn log_filter(&self) -> String {
+        if self.log_level.contains("kube") {
+            self.log_level.clone()
+        } else {
+            format!(
+                "{},kube_runtime=error,kube_client::client::builder=off",
+                self.log_level
+            )
+        }
+    }
 }
 
 #[cfg(test)]
@@ -399,6 +422,8 @@ bytes = 512
 [agent]
 settle_ms = 10
 health_addr = "127.0.0.1:9464"
+[kubernetes]
+api = false
 "#,
             &["--capture-bytes", "256"],
         )
@@ -418,6 +443,13 @@ health_addr = "127.0.0.1:9464"
         assert_eq!(c.settle_ms, 10);
         assert_eq!(c.health_addr, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(c.otlp_protocol, "grpc", "default where nobody says");
+        assert!(!c.k8s_api);
+        assert!(
+            load_with("[kubernetes]\napi = false\n", &["--k8s-api"])
+                .unwrap()
+                .k8s_api,
+            "flag beats file"
+        );
         // Every file key maps to an argument that exists.
         let cmd = Config::command();
         for (key, id) in file::KEYS {
@@ -457,6 +489,8 @@ health_addr = "127.0.0.1:9464"
         );
         let e = file_error(load_with("[buffers]\nringbuf_bytes = 5000\n", &[]));
         assert!(e.contains("`buffers.ringbuf_bytes`"), "{e}");
+        let e = file_error(load_with("[kubernetes]\napi = \"yes\"\n", &[]));
+        assert!(e.contains("`kubernetes.api`"), "{e}");
         let e = file_error(load_with("[exporter\n", &[]));
         assert!(e.contains("line 1"), "{e}");
         // A flag's own bad value is clap's error, not the file's.
@@ -478,6 +512,23 @@ health_addr = "127.0.0.1:9464"
     }
 
     #[test]
+    fn log_filter_quiets_kube_unless_asked() {
+        let filter = |args: &[&str]| {
+            let mut all = vec!["tracer"];
+            all.extend(args);
+            Config::try_parse_from(all).unwrap().log_filter()
+        };
+        assert_eq!(
+            filter(&[]),
+            "info,kube_runtime=error,kube_client::client::builder=off"
+        );
+        assert_eq!(
+            filter(&["--log-level", "debug,kube_runtime=debug"]),
+            "debug,kube_runtime=debug"
+        );
+    }
+
+    #[test]
     fn record_query_forms() {
         assert!(
             Config::try_parse_from(["tracer", "--record-query"])
@@ -490,6 +541,21 @@ health_addr = "127.0.0.1:9464"
                 .record_query
         );
         assert!(!Config::try_parse_from(["tracer"]).unwrap().record_query);
+        assert!(
+            Config::try_parse_from(["tracer"]).unwrap().k8s_api,
+            "on by default"
+        );
+        assert!(
+            !Config::try_parse_from(["tracer", "--k8s-api=false"])
+                .unwrap()
+                .k8s_api
+        );
+        assert!(
+            !Config::try_parse_from(["tracer", "--k8s-api", "off"])
+                .unwrap()
+                .k8s_api
+        );
+        assert!(Config::try_parse_from(["tracer", "--k8s-api=maybe"]).is_err());
         assert!(Config::try_parse_from(["tracer", "--record-header", "Authorization"]).is_err());
         assert!(Config::try_parse_from(["tracer", "--container", "xyz"]).is_err());
     }

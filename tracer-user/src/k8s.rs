@@ -14,14 +14,19 @@
 //! - the node name from the agent's own `NODE_NAME` (the DaemonSet sets it from
 //!   `spec.nodeName`).
 //!
-//! Labels and owners need the API. [`PodMeta`] is what a pod watch would supply for one pod
-//! and [`PodMeta::attributes`] maps it to attributes (unit-tested); an implementation of
-//! [`PodLookup`] registered with [`Kubernetes::with_lookup`] supplies it by pod uid. No
-//! watcher ships yet (see the crate's `k8s-api` feature note in `deploy/CONFIGURATION.md`).
+//! Labels and owners come from the API: [`watch::PodWatch`], one cached watch of the pods on
+//! this node, implements [`PodLookup`] by pod uid and is registered with
+//! [`Kubernetes::with_lookup`] by [`Kubernetes::start`] when the agent runs in a cluster (or
+//! has a `KUBECONFIG`), knows `NODE_NAME` and `--k8s-api` is not off. [`PodMeta`] is what the
+//! watch keeps for one pod and [`PodMeta::attributes`] maps it to attributes; where the API
+//! knows the pod, its name and namespace win over the node-side guesses. A pod the watch does
+//! not know (yet) gets the node-side identity at once, nothing waits for the API.
 //!
 //! `service.name` for a pod process: `OTEL_SERVICE_NAME` / `service.name` in
 //! `OTEL_RESOURCE_ATTRIBUTES` of the process, then the pod label `app.kubernetes.io/name`,
 //! then the workload name, then what the command line gives (see `process.rs`).
+
+pub mod watch;
 
 use std::{
     path::{Path, PathBuf},
@@ -41,9 +46,16 @@ pub struct PodMeta {
     pub owner: Option<(String, String)>,
 }
 
-/// Pod metadata by pod uid (a cached watch of the pods on this node).
+/// Pod metadata by pod uid (a cached watch of the pods on this node). Lookups are made
+/// while spans are assembled: they must answer from memory, never wait on the network.
 pub trait PodLookup: Send + Sync {
     fn pod(&self, uid: &str) -> Option<PodMeta>;
+
+    /// Changes whenever a pod is added or what [`PodLookup::pod`] returns for it changes, so
+    /// that resources built from an older answer (or from none) can be rebuilt.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 /// The workload attribute key and name of a pod's controller. A ReplicaSet whose name is
@@ -113,11 +125,6 @@ impl Default for Kubernetes {
     }
 }
 
-/// Whether this build can read pod metadata from the API.
-pub fn api_enabled() -> bool {
-    false
-}
-
 /// The Kubernetes identity derived for one process.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodIdentity {
@@ -126,14 +133,64 @@ pub struct PodIdentity {
     pub service_name: Option<String>,
 }
 
+/// Whether to watch the API, from the `--k8s-api` switch, the node name and how the API
+/// would be reached: `Err` says why not (for the start-up line).
+pub fn api_decision(
+    enabled: bool,
+    node_name: Option<&str>,
+    in_cluster: bool,
+    kubeconfig: bool,
+) -> Result<(), &'static str> {
+    if !enabled {
+        Err("the API watch is off (--k8s-api=false)")
+    } else if !in_cluster && !kubeconfig {
+        Err("no API access (neither KUBERNETES_SERVICE_HOST nor KUBECONFIG is set)")
+    } else if node_name.is_none() {
+        Err("NODE_NAME is not set (the DaemonSet sets it from spec.nodeName)")
+    } else {
+        Ok(())
+    }
+}
+
 impl Kubernetes {
-    /// `NODE_NAME` from the agent's environment.
+    /// `NODE_NAME` from the agent's environment, no API.
     pub fn from_environment() -> Arc<Kubernetes> {
         let node_name = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty());
         Arc::new(Kubernetes {
             node_name,
             ..Default::default()
         })
+    }
+
+    /// `NODE_NAME` from the agent's environment and, when [`api_decision`] allows (`api` is
+    /// the `--k8s-api` switch), the watch of this node's pods, started in the background on
+    /// the current tokio runtime: this returns at once, whether or not the API answers. Logs
+    /// one line saying which.
+    pub fn start(api: bool) -> Arc<Kubernetes> {
+        let env = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+        let base = Self::from_environment();
+        let (in_cluster, kubeconfig) = (env("KUBERNETES_SERVICE_HOST"), env("KUBECONFIG"));
+        let decision = api_decision(api, base.node_name(), in_cluster, kubeconfig);
+        match (base.node_name(), decision) {
+            (Some(node), Ok(())) => {
+                let (watch, _task) = watch::PodWatch::spawn(node, None);
+                tracing::info!(
+                    "kubernetes: node {node}, pod labels and owners from a watch of its pods"
+                );
+                let mut k = Kubernetes::new(base.node_name.clone(), base.host_name.clone());
+                k.lookup = Some(Arc::new(watch));
+                return Arc::new(k);
+            }
+            (Some(node), Err(why)) => {
+                tracing::info!("kubernetes: node {node}; {why}: node-side pod identity only");
+            }
+            // With the API at hand and the watch wanted, a missing NODE_NAME is a mistake.
+            (None, Err(why)) if api && (in_cluster || kubeconfig) => {
+                tracing::warn!("kubernetes: {why}: no pod watch, node-side pod identity only");
+            }
+            (None, _) => {}
+        }
+        base
     }
 
     pub fn new(node_name: Option<String>, host_name: String) -> Self {
@@ -151,6 +208,16 @@ impl Kubernetes {
 
     pub fn node_name(&self) -> Option<&str> {
         self.node_name.as_deref()
+    }
+
+    /// Whether pod metadata is read from the API (a lookup is registered).
+    pub fn api_watch(&self) -> bool {
+        self.lookup.is_some()
+    }
+
+    /// The lookup's [`PodLookup::generation`]; 0 without one.
+    pub fn generation(&self) -> u64 {
+        self.lookup.as_ref().map_or(0, |l| l.generation())
     }
 
     /// The identity of the process whose `/proc` directory is `dir`, given its `cgroup` file
@@ -328,6 +395,20 @@ mod tests {
             PodIdentity::default()
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn api_watch_only_with_an_api_and_a_node() {
+        assert_eq!(api_decision(true, Some("n1"), true, false), Ok(()));
+        assert_eq!(api_decision(true, Some("n1"), false, true), Ok(()));
+        let why = |r: Result<(), &str>| r.unwrap_err().to_owned();
+        assert!(why(api_decision(false, Some("n1"), true, true)).contains("--k8s-api=false"));
+        assert!(why(api_decision(true, Some("n1"), false, false)).contains("KUBECONFIG"));
+        assert!(why(api_decision(true, None, true, true)).contains("NODE_NAME"));
+        // Outside a cluster nothing is started, lookups are absent.
+        let k = Kubernetes::new(Some("n1".into()), "h".into());
+        assert!(!k.api_watch());
+        assert_eq!(k.generation(), 0);
     }
 
     struct Fixed(PodMeta);

@@ -47,6 +47,9 @@
 //! stats_interval_secs = 60
 //! health_addr = "127.0.0.1:9464"
 //! log_level = "info"
+//!
+//! [kubernetes]
+//! api = true          # watch this node's pods for labels and owners (in a cluster)
 //! ```
 
 use std::collections::BTreeMap;
@@ -74,6 +77,7 @@ struct FileConfig {
     capture: Option<Capture>,
     buffers: Option<Buffers>,
     agent: Option<Agent>,
+    kubernetes: Option<Kubernetes>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -133,6 +137,12 @@ struct Agent {
     log_level: Option<String>,
 }
 
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct Kubernetes {
+    api: Option<bool>,
+}
+
 /// Every file key and the clap argument it fills (documentation and tests use this list).
 pub const KEYS: &[(&str, &str)] = &[
     ("exporter.endpoint", "otlp_endpoint"),
@@ -168,6 +178,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("agent.stats_interval_secs", "stats_interval_secs"),
     ("agent.health_addr", "health_addr"),
     ("agent.log_level", "log_level"),
+    ("kubernetes.api", "k8s_api"),
 ];
 
 struct Out(Vec<Entry>);
@@ -293,6 +304,9 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
         out.put("agent.stats_interval_secs", a.stats_interval_secs);
         out.put("agent.health_addr", a.health_addr);
         out.put("agent.log_level", a.log_level);
+    }
+    if let Some(k) = file.kubernetes {
+        out.put("kubernetes.api", k.api);
     }
     Ok(out.0)
 }
