@@ -5,8 +5,12 @@
 //! `process.*`, `host.name` and `container.id` attributes, read once from `/proc/<pid>` and
 //! then shared (`Arc`) by every span of the process. Entries are keyed by pid *and* start
 //! time, so a pid reused by a new process gets a fresh resource; the cache is bounded (least
-//! recently used entries go first). Nothing here panics on unreadable or odd `/proc` content:
-//! whatever cannot be read is left out.
+//! recently used entries go first). A process in a pod is also rebuilt, at its next identity
+//! check, when the Kubernetes pod watch's generation has moved since its resource was built
+//! (its pod arrived in the watch after it was first seen, or the pod's labels changed), so a
+//! pod process first named from node-side data alone gets its labels and workload later.
+//! Nothing here panics on unreadable or odd `/proc` content: whatever cannot be read is left
+//! out.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
@@ -113,6 +117,10 @@ struct Entry {
     checked_at: Instant,
     last_use: u64,
     resource: Arc<ProcessResource>,
+    /// For a process in a pod: the pod lookup's generation when the resource was built. When
+    /// it has moved (the pod arrived in the API watch, or its labels changed), the resource is
+    /// rebuilt at the next check of the identity.
+    pod_generation: Option<u64>,
 }
 
 impl ProcessCache {
@@ -147,7 +155,7 @@ impl ProcessCache {
 
     /// The resource of `pid`. `/proc/<pid>/stat` is read at most every 2 s per pid (with `new`) to
     /// check that the pid still names the cached process; the rest of `/proc/<pid>` is read
-    /// only on a miss. A process that has exited before it was ever seen gets a
+    /// only on a miss, or for a pod process whose pod metadata changed since. A process that has exited before it was ever seen gets a
     /// minimal resource (`unknown_service:pid-<pid>`), which is not cached; one that exited
     /// after being seen keeps its cached resource until evicted.
     pub fn resource(&mut self, pid: u32) -> Arc<ProcessResource> {
@@ -162,8 +170,15 @@ impl ProcessCache {
         }
         let dir = self.proc_root.join(pid.to_string());
         let identity = identity(&dir);
+        let generation = self.kubernetes.generation();
+        let same_process = self
+            .entries
+            .get(&pid)
+            .is_some_and(|e| identity.as_ref().is_none_or(|id| *id == e.identity));
         if let Some(entry) = self.entries.get_mut(&pid)
-            && identity.as_ref().is_none_or(|id| *id == entry.identity)
+            && same_process
+            // A pod process whose pod's metadata changed is rebuilt (unless it is gone).
+            && (identity.is_none() || entry.pod_generation.is_none_or(|g| g == generation))
         {
             self.by_use.remove(&entry.last_use);
             entry.last_use = self.tick;
@@ -177,7 +192,11 @@ impl ProcessCache {
                 read_resource(&dir, pid, &self.host_name, &self.kubernetes)?,
             ))
         });
-        let Some((identity, resource)) = built else {
+        let Some((identity, (resource, in_pod))) = built else {
+            if same_process && let Some(entry) = self.entries.get(&pid) {
+                // Gone while its pod's resource was being rebuilt: what it had stands.
+                return entry.resource.clone();
+            }
             return Arc::new(minimal_resource(pid, &self.host_name));
         };
         let resource = Arc::new(resource);
@@ -197,6 +216,7 @@ impl ProcessCache {
                 checked_at: Instant::now(),
                 last_use: self.tick,
                 resource: resource.clone(),
+                pod_generation: in_pod.then_some(generation),
             },
         );
         self.by_use.insert(self.tick, pid);
@@ -234,13 +254,14 @@ fn minimal_resource(pid: u32, host_name: &str) -> ProcessResource {
     }
 }
 
-/// Reads the resource from `/proc/<pid>`; `None` if the process is gone.
+/// Reads the resource from `/proc/<pid>`, and whether the process is in a pod; `None` if the
+/// process is gone.
 fn read_resource(
     dir: &Path,
     pid: u32,
     host_name: &str,
     kubernetes: &Kubernetes,
-) -> Option<ProcessResource> {
+) -> Option<(ProcessResource, bool)> {
     // `comm` is readable for as long as the pid exists, zombies included.
     let comm = read_capped(&dir.join("comm")).ok()?;
     let comm = String::from_utf8_lossy(&comm)
@@ -276,6 +297,7 @@ fn read_resource(
         .map(|c| String::from_utf8_lossy(&c).into_owned())
         .unwrap_or_default();
     let pod = kubernetes.identify(dir, &cgroup, &env);
+    let in_pod = !pod.attributes.is_empty();
     let service_name = env_var("OTEL_SERVICE_NAME")
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
@@ -315,11 +337,14 @@ fn read_resource(
         attributes.retain(|a| a.key != key);
         attributes.push(Attribute::str(key, value));
     }
-    Some(ProcessResource {
-        pid,
-        service_name,
-        attributes,
-    })
+    Some((
+        ProcessResource {
+            pid,
+            service_name,
+            attributes,
+        },
+        in_pod,
+    ))
 }
 
 /// Which process a pid currently names: its start time (field 22 of `stat`) changes when
@@ -776,6 +801,89 @@ mod tests {
             attr(&cache.resource(3), "host.name").as_deref(),
             Some("testhost")
         );
+    }
+
+    /// A pod lookup the test fills while the cache runs.
+    #[derive(Default)]
+    struct LatePods {
+        pod: Mutex<Option<crate::k8s::PodMeta>>,
+        generation: std::sync::atomic::AtomicU64,
+    }
+
+    impl crate::k8s::PodLookup for LatePods {
+        fn pod(&self, uid: &str) -> Option<crate::k8s::PodMeta> {
+            self.pod.lock().unwrap().clone().filter(|p| p.uid == uid)
+        }
+        fn generation(&self) -> u64 {
+            self.generation.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn pod_processes_are_rebuilt_when_the_pod_watch_learns_more() {
+        const UID: &str = "0a1b2c3d-0000-1111-2222-333344445555";
+        let proc = FakeProc::new("latepod");
+        let pod_cgroup = format!(
+            "0::/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{HEX}.scope\n",
+            UID.replace('-', "_")
+        );
+        proc.add(
+            10,
+            1,
+            "web",
+            &["./web"],
+            &["POD_NAME=web-abc-1"],
+            &pod_cgroup,
+        );
+        proc.add(
+            11,
+            1,
+            "host",
+            &["./host"],
+            &[],
+            "0::/system.slice/x.service\n",
+        );
+        let pods = Arc::new(LatePods::default());
+        let kubernetes =
+            crate::k8s::Kubernetes::new(Some("n1".into()), "n1".into()).with_lookup(pods.clone());
+        let mut cache = proc.cache(10).with_kubernetes(Arc::new(kubernetes));
+        // Not in the watch yet: node-side identity, at once.
+        let first = cache.resource(10);
+        assert_eq!(first.service_name, "web");
+        assert_eq!(attr(&first, "k8s.pod.name").as_deref(), Some("web-abc-1"));
+        assert_eq!(attr(&first, "k8s.deployment.name"), None);
+        let host = cache.resource(11);
+        assert!(Arc::ptr_eq(&first, &cache.resource(10)), "nothing changed");
+
+        *pods.pod.lock().unwrap() = Some(crate::k8s::PodMeta {
+            uid: UID.into(),
+            name: "web-abc-1".into(),
+            namespace: "shop".into(),
+            labels: vec![
+                ("app.kubernetes.io/name".into(), "storefront".into()),
+                ("pod-template-hash".into(), "abc".into()),
+            ],
+            owner: Some(("ReplicaSet".into(), "web-abc".into())),
+        });
+        pods.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let second = cache.resource(10);
+        assert_eq!(
+            second.service_name, "storefront",
+            "label after the watch caught up"
+        );
+        assert_eq!(attr(&second, "k8s.deployment.name").as_deref(), Some("web"));
+        assert_eq!(attr(&second, "k8s.namespace.name").as_deref(), Some("shop"));
+        assert!(Arc::ptr_eq(&second, &cache.resource(10)), "rebuilt once");
+        assert!(
+            Arc::ptr_eq(&host, &cache.resource(11)),
+            "a process outside pods is not rebuilt"
+        );
+        // Its pod's metadata changes again, but the process is gone: what it had stands.
+        pods.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        fs::remove_dir_all(proc.0.join("10")).unwrap();
+        assert!(Arc::ptr_eq(&second, &cache.resource(10)));
     }
 
     #[test]
