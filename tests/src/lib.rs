@@ -15,6 +15,7 @@
 pub mod accuracy;
 pub mod agent;
 pub mod check;
+pub mod kube_api;
 pub mod netns;
 pub mod peers;
 pub mod receiver;
