@@ -138,11 +138,18 @@ impl Agent {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("RUST_BACKTRACE", "1");
-        // The agent reads OTEL_* and TRACER_* variables as flag fallbacks; the
-        // caller's own settings must not leak into a test.
+        // The agent reads OTEL_* and TRACER_* variables as flag fallbacks, and
+        // watches a Kubernetes API when it finds one (in-cluster variables or
+        // KUBECONFIG) and NODE_NAME; the caller's own settings must not leak into
+        // a test.
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
-            if k.starts_with("OTEL_") || k.starts_with("TRACER_") {
+            if k.starts_with("OTEL_")
+                || k.starts_with("TRACER_")
+                || k.starts_with("KUBERNETES_")
+                || k == "KUBECONFIG"
+                || k == "NODE_NAME"
+            {
                 cmd.env_remove(&*k);
             }
         }

@@ -1,6 +1,7 @@
 //! End-to-end tests of configuration, process selection, sampling, container/Kubernetes
-//! identity and the health endpoint: real servers and curl traced by the real agent, spans
-//! checked at a real OTLP receiver. Requires root, BPF, cgroup v2 (`/sys/fs/cgroup` or
+//! identity (node-side, and from the pod watch against a fake API server) and the health
+//! endpoint: real servers and curl traced by the real agent, spans checked at a real OTLP
+//! receiver. Requires root, BPF, cgroup v2 (`/sys/fs/cgroup` or
 //! `/sys/fs/cgroup/unified`), `unshare` and `mount`; a missing one fails the test.
 
 use std::io::{Read, Write};
@@ -11,6 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tracer_tests::agent::{Agent, AgentArgs};
+use tracer_tests::kube_api::{FakeKubeApi, pod_json, query_params};
 use tracer_tests::peers::{self, Peer};
 use tracer_tests::receiver::{ReceivedSpan, Receiver, dump};
 use tracer_tests::{QUIET, SPAN_TIMEOUT, fresh_ids, require_root, scratch_dir};
@@ -131,71 +133,108 @@ impl Drop for TestCgroup {
     }
 }
 
-/// A server in a pod-like cgroup and its own mount namespace (where the service account's
-/// namespace file and `/etc/hostname` are the pod's): `container.id`, `k8s.pod.uid` from the
-/// cgroup path, `k8s.pod.name` and `k8s.namespace.name` from files in the container seen
-/// through `/proc/<pid>/root`, `k8s.node.name` from the agent's `NODE_NAME`.
+/// A Python `http.server` in a pod-like cgroup (`kubepods…pod<uid>…/cri-containerd-<id>`) and
+/// its own mount namespace, where the service account's namespace file and `/etc/hostname` are
+/// the pod's. Without `OTEL_SERVICE_NAME`. Dropped: the server, then the cgroup.
+struct PodServer {
+    server: Option<Peer>,
+    _cgroup: TestCgroup,
+    port: u16,
+}
+
+impl PodServer {
+    const NAME: &str = "checkout-6b8f9d7c5-abcde";
+    const NAMESPACE: &str = "shop-e2e";
+
+    fn start(uid: &str, container: &str) -> PodServer {
+        let rel = format!(
+            "tracer-e2e.slice/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{container}.scope",
+            uid.replace('-', "_")
+        );
+        let cgroup = TestCgroup::create(&rel);
+        let procs = cgroup.0.join("cgroup.procs");
+        let scratch = scratch_dir(&format!("pod-{uid}"));
+        std::fs::write(scratch.join("hostname"), format!("{}\n", Self::NAME)).unwrap();
+        std::fs::write(scratch.join("x.txt"), "x\n").unwrap();
+        let port = peers::free_port();
+        let script = format!(
+            "set -e; mount -t tmpfs tracer-e2e /run; mkdir -p /run/secrets/kubernetes.io/serviceaccount; \
+             echo {ns} > /run/secrets/kubernetes.io/serviceaccount/namespace; \
+             mount --bind {host} /etc/hostname; exec {py} -m http.server {port} --bind 127.0.0.1 --directory {dir}",
+            ns = Self::NAMESPACE,
+            host = scratch.join("hostname").display(),
+            py = peers::python().display(),
+            dir = scratch.display(),
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+        cmd.env_remove("HOSTNAME")
+            .env_remove("OTEL_SERVICE_NAME")
+            .env_remove("OTEL_RESOURCE_ATTRIBUTES");
+        let procs_c = procs.clone();
+        // SAFETY: only open/write/close between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                std::fs::write(&procs_c, b"0")?;
+                Ok(())
+            });
+        }
+        let server = Peer::server("pod http.server", cmd, ([127, 0, 0, 1], port).into());
+        let in_cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", server.pid())).unwrap();
+        assert!(
+            in_cgroup.contains(container),
+            "server not in the test cgroup: {in_cgroup}"
+        );
+        PodServer {
+            server: Some(server),
+            _cgroup: cgroup,
+            port,
+        }
+    }
+
+    /// Requests `path` with curl and returns the SERVER span.
+    fn request(&self, receiver: &Receiver, path: &str) -> ReceivedSpan {
+        curl(&format!("http://127.0.0.1:{}{path}", self.port), &[]);
+        receiver
+            .wait_for(&format!("SERVER {path}"), 1, SPAN_TIMEOUT, |s| {
+                s.is_server() && s.url_path() == Some(path)
+            })
+            .remove(0)
+    }
+}
+
+impl Drop for PodServer {
+    fn drop(&mut self) {
+        // The server first: a cgroup with processes cannot be removed.
+        drop(self.server.take());
+    }
+}
+
+fn resource_str(span: &ReceivedSpan, key: &str) -> Option<String> {
+    span.resource
+        .get(key)
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+}
+
+/// A server in a pod-like cgroup and its own mount namespace, no API: `container.id`,
+/// `k8s.pod.uid` from the cgroup path, `k8s.pod.name` and `k8s.namespace.name` from files in the
+/// container seen through `/proc/<pid>/root`, `k8s.node.name` from the agent's `NODE_NAME`.
 #[test]
 fn container_and_pod_identity_from_cgroup_and_container_files() {
     require_root();
     let uid = "1d2c3b4a-5e6f-4a0b-8c9d-0e1f2a3b4c5d";
     let container = "c0ffee".repeat(10) + "beef";
-    let rel = format!(
-        "tracer-e2e.slice/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{container}.scope",
-        uid.replace('-', "_")
-    );
-    let cgroup = TestCgroup::create(&rel);
-    let procs = cgroup.0.join("cgroup.procs");
-    let scratch = scratch_dir("pod");
-    std::fs::write(scratch.join("hostname"), "checkout-6b8f9d7c5-abcde\n").unwrap();
-    std::fs::write(scratch.join("x.txt"), "x\n").unwrap();
-    let port = peers::free_port();
-    let script = format!(
-        "set -e; mount -t tmpfs tracer-e2e /run; mkdir -p /run/secrets/kubernetes.io/serviceaccount; \
-         echo shop-e2e > /run/secrets/kubernetes.io/serviceaccount/namespace; \
-         mount --bind {host} /etc/hostname; exec {py} -m http.server {port} --bind 127.0.0.1 --directory {dir}",
-        host = scratch.join("hostname").display(),
-        py = peers::python().display(),
-        dir = scratch.display(),
-    );
-    let mut cmd = Command::new("unshare");
-    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
-    cmd.env_remove("HOSTNAME")
-        .env_remove("OTEL_SERVICE_NAME")
-        .env_remove("OTEL_RESOURCE_ATTRIBUTES");
-    let procs_c = procs.clone();
-    // SAFETY: only open/write/close between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            std::fs::write(&procs_c, b"0")?;
-            Ok(())
-        });
-    }
-    let server = Peer::server("pod http.server", cmd, ([127, 0, 0, 1], port).into());
-    let in_cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", server.pid())).unwrap();
-    assert!(
-        in_cgroup.contains(&container),
-        "server not in the test cgroup: {in_cgroup}"
-    );
+    let pod = PodServer::start(uid, &container);
 
     let receiver = Receiver::start();
     let mut agent = Agent::start(
         &AgentArgs::grpc(&receiver)
-            .ports(&[port])
+            .ports(&[pod.port])
             .env("NODE_NAME", "e2e-node"),
     );
-    curl(&format!("http://127.0.0.1:{port}/x.txt"), &[]);
-    let srv = receiver
-        .wait_for("SERVER /x.txt", 1, SPAN_TIMEOUT, |s| {
-            s.is_server() && s.url_path() == Some("/x.txt")
-        })
-        .remove(0);
-    let r = |k: &str| {
-        srv.resource
-            .get(k)
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-    };
+    let srv = pod.request(&receiver, "/x.txt");
+    let r = |k: &str| resource_str(&srv, k);
     assert_eq!(
         r("container.id").as_deref(),
         Some(container.as_str()),
@@ -205,13 +244,13 @@ fn container_and_pod_identity_from_cgroup_and_container_files() {
     assert_eq!(r("k8s.pod.uid").as_deref(), Some(uid), "{:?}", srv.resource);
     assert_eq!(
         r("k8s.pod.name").as_deref(),
-        Some("checkout-6b8f9d7c5-abcde"),
+        Some(PodServer::NAME),
         "{:?}",
         srv.resource
     );
     assert_eq!(
         r("k8s.namespace.name").as_deref(),
-        Some("shop-e2e"),
+        Some(PodServer::NAMESPACE),
         "{:?}",
         srv.resource
     );
@@ -221,6 +260,12 @@ fn container_and_pod_identity_from_cgroup_and_container_files() {
         "{:?}",
         srv.resource
     );
+    assert_eq!(
+        srv.service_name(),
+        Some("http.server"),
+        "no labels without the API"
+    );
+    assert_eq!(r("k8s.deployment.name"), None, "{:?}", srv.resource);
     // curl runs outside any pod: no k8s attributes on its resource.
     let client = receiver
         .wait_for("CLIENT /x.txt", 1, SPAN_TIMEOUT, |s| {
@@ -233,8 +278,167 @@ fn container_and_pod_identity_from_cgroup_and_container_files() {
         client.resource
     );
     agent.stop();
-    drop(server);
-    drop(cgroup);
+    assert!(
+        !agent.log().contains("watching the pods"),
+        "no API, no watch:\n{}",
+        agent.log()
+    );
+}
+
+/// The agent with a kubeconfig pointing at a fake API server and `NODE_NAME`: it watches the
+/// pods of its node, and the pod process's spans get `service.name` from the pod's
+/// `app.kubernetes.io/name` label and `k8s.deployment.name` from its ReplicaSet owner. A pod
+/// the watch learns about only after the process was first seen gets node-side identity first,
+/// then the API's.
+#[test]
+fn pod_labels_and_owner_from_the_api_watch() {
+    require_root();
+    let uid = "2e3d4c5b-6f70-4b1c-9d0e-1f2a3b4c5d6e";
+    let container = "feed".repeat(16);
+    let pod = PodServer::start(uid, &container);
+    let api = FakeKubeApi::start();
+    let kubeconfig = api.write_kubeconfig(&scratch_dir("kubeconfig"));
+    // Another pod of the node, so that the watch has something from the start.
+    api.add(pod_json(
+        "3f4e5d6c-7081-4c2d-8e1f-2a3b4c5d6e7f",
+        "other-0",
+        "shop",
+        "e2e-node",
+        &[],
+        Some(("StatefulSet", "other")),
+    ));
+
+    let receiver = Receiver::start();
+    let mut agent = Agent::start(
+        &AgentArgs::grpc(&receiver)
+            .ports(&[pod.port])
+            .env("NODE_NAME", "e2e-node")
+            .env("KUBECONFIG", kubeconfig.to_str().unwrap()),
+    );
+    // Not in the API yet: node-side identity, nothing waits.
+    let srv = pod.request(&receiver, "/before");
+    assert_eq!(
+        srv.service_name(),
+        Some("http.server"),
+        "{:?}",
+        srv.resource
+    );
+    assert_eq!(resource_str(&srv, "k8s.pod.uid").as_deref(), Some(uid));
+    assert_eq!(resource_str(&srv, "k8s.deployment.name"), None);
+
+    api.add(pod_json(
+        uid,
+        PodServer::NAME,
+        "shop",
+        "e2e-node",
+        &[
+            ("app.kubernetes.io/name", "storefront"),
+            ("pod-template-hash", "6b8f9d7c5"),
+        ],
+        Some(("ReplicaSet", "checkout-6b8f9d7c5")),
+    ));
+    // The agent re-checks a process's identity at most every 2 s.
+    let deadline = Instant::now() + SPAN_TIMEOUT;
+    let mut attempt = 0;
+    let srv = loop {
+        attempt += 1;
+        let srv = pod.request(&receiver, &format!("/after-{attempt}"));
+        if srv.service_name() == Some("storefront") || Instant::now() > deadline {
+            break srv;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        srv.service_name(),
+        Some("storefront"),
+        "service.name from the app.kubernetes.io/name label: {:?}\n{}",
+        srv.resource,
+        agent.log()
+    );
+    let r = |k: &str| resource_str(&srv, k);
+    assert_eq!(
+        r("k8s.deployment.name").as_deref(),
+        Some("checkout"),
+        "{:?}",
+        srv.resource
+    );
+    assert_eq!(
+        r("k8s.namespace.name").as_deref(),
+        Some("shop"),
+        "the API's, over the file's"
+    );
+    assert_eq!(r("k8s.pod.name").as_deref(), Some(PodServer::NAME));
+    assert_eq!(r("k8s.node.name").as_deref(), Some("e2e-node"));
+    assert_eq!(r("container.id").as_deref(), Some(container.as_str()));
+
+    // One watch of this node's pods, not a request per process.
+    let requests = api.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert!(
+            query_params(r).contains(&("fieldSelector".into(), "spec.nodeName=e2e-node".into())),
+            "{r}"
+        );
+    }
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| !r.contains("watch=true"))
+            .count(),
+        1,
+        "one list: {requests:#?}"
+    );
+    agent.stop();
+    assert!(
+        agent.log().contains("watching the pods of node e2e-node"),
+        "{}",
+        agent.log()
+    );
+}
+
+/// A kubeconfig pointing at an API server that is not there: the agent starts, says so in one
+/// warning line, and traces with node-side pod identity.
+#[test]
+fn unreachable_api_is_one_warning_and_node_side_identity() {
+    require_root();
+    let uid = "4a5b6c7d-8e9f-4a0b-9c1d-2e3f4a5b6c7d";
+    let container = "dead".repeat(16);
+    let pod = PodServer::start(uid, &container);
+    let kubeconfig = {
+        let api = FakeKubeApi::start();
+        api.write_kubeconfig(&scratch_dir("kubeconfig-down"))
+    };
+    let receiver = Receiver::start();
+    let started = Instant::now();
+    let mut agent = Agent::start(
+        &AgentArgs::grpc(&receiver)
+            .ports(&[pod.port])
+            .env("NODE_NAME", "e2e-node")
+            .env("KUBECONFIG", kubeconfig.to_str().unwrap()),
+    );
+    let ready_after = started.elapsed();
+    let srv = pod.request(&receiver, "/x.txt");
+    assert_eq!(srv.service_name(), Some("http.server"));
+    assert_eq!(resource_str(&srv, "k8s.pod.uid").as_deref(), Some(uid));
+    assert_eq!(
+        resource_str(&srv, "k8s.pod.name").as_deref(),
+        Some(PodServer::NAME)
+    );
+    // Let a few retries pass (backoff 0.8 s, 1.6 s, 3.2 s).
+    std::thread::sleep(Duration::from_secs(4));
+    agent.stop();
+    let log = agent.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("kube"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning line about the API:\n{log}");
+    assert!(
+        warnings[0].contains("cannot watch the pods of node e2e-node"),
+        "{}",
+        warnings[0]
+    );
+    eprintln!("agent ready after {ready_after:?} with the API down");
 }
 
 /// Exclusion by executable, set in a configuration file: the excluded server's spans never
