@@ -272,6 +272,25 @@ fn service_account_and_binding_match() {
     assert_eq!(&subjects[0]["namespace"], namespace);
 }
 
+/// The pod watch (`tracer-user/src/k8s/watch.rs`) lists and watches pods; that, and nothing
+/// more, is what the role grants. The service account's token must reach the pod.
+#[test]
+fn cluster_role_grants_the_pod_watch_and_nothing_else() {
+    let role = object("rbac.yaml", "ClusterRole");
+    let rules = role["rules"].as_array().expect("rules");
+    assert_eq!(rules.len(), 1, "one rule: {rules:?}");
+    assert_eq!(strings(&rules[0]["apiGroups"]), BTreeSet::from([""]));
+    assert_eq!(strings(&rules[0]["resources"]), BTreeSet::from(["pods"]));
+    assert_eq!(
+        strings(&rules[0]["verbs"]),
+        BTreeSet::from(["get", "list", "watch"])
+    );
+    assert!(rules[0].get("resourceNames").is_none());
+    let account = object("serviceaccount.yaml", "ServiceAccount");
+    assert_ne!(account["automountServiceAccountToken"], false);
+    assert_ne!(pod_spec()["automountServiceAccountToken"], false);
+}
+
 #[test]
 fn cluster_role_only_reads_pods() {
     let role = object("rbac.yaml", "ClusterRole");
