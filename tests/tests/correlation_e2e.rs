@@ -179,8 +179,8 @@ fn overlapping_calls_without_ids_are_assigned_by_the_learned_delay() {
         );
         check::attr_str(children[0], "tracer.link.method", "timing");
         assert!(
-            confidence(children[0]) >= 0.9,
-            "a clearly better delay is confident\n    {}",
+            confidence(children[0]) >= 0.5,
+            "a clearly better delay is above the default threshold\n    {}",
             children[0]
         );
         check::within(children[0], server);
