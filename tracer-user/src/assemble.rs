@@ -103,6 +103,9 @@ struct PendingSpan {
     calls: Vec<(u64, u16)>,
     /// Deferred CLIENT: the requests of its process in progress when it started.
     candidates: Vec<u64>,
+    /// SERVER with propagated context whose CLIENT end is also traced here: its times are
+    /// clamped into that CLIENT span's (the kernel race described at `build`).
+    clamp_to: Option<u64>,
 }
 
 /// Identity of a span already exported, for children that finish after it.
@@ -253,6 +256,7 @@ impl Assembler {
             name_key,
             calls: Vec::new(),
             candidates: Vec::new(),
+            clamp_to: None,
         };
         if !req.expects_response {
             span.end_ns = Some(req.last.exit_ns);
@@ -312,6 +316,19 @@ impl Assembler {
             |client| client.start_ns <= start,
         );
         if has_context {
+            // Context decides the parent; the same-host CLIENT span still bounds the times.
+            match matched {
+                Some(client) => {
+                    if let Some(span) = self.spans.get_mut(&handle) {
+                        span.clamp_to = Some(client);
+                    }
+                }
+                None => self
+                    .unmatched_servers
+                    .entry(tuple)
+                    .or_default()
+                    .push_back(handle),
+            }
             return;
         }
         match matched {
@@ -372,7 +389,10 @@ impl Assembler {
             |server| server.start_ns >= start,
         );
         if let Some(server) = waiting {
-            self.link(server, handle, "same_host", 1.0);
+            match self.spans.get_mut(&server) {
+                Some(s) if matches!(s.parent, Parent::Remote(_)) => s.clamp_to = Some(handle),
+                _ => self.link(server, handle, "same_host", 1.0),
+            }
         } else {
             self.unmatched_clients
                 .entry(tuple)
@@ -686,18 +706,26 @@ impl Assembler {
         let (trace_id, parent_span_id, flags, tracestate) = self.identity(handle);
         // Clamp to a same-host CLIENT parent: its reader cannot have received the last byte
         // before it was written, so the write's true time is within the parent's span.
-        let parent_times = match self.spans.get(&handle).map(|s| &s.parent) {
-            Some(Parent::Local(p)) => match self.spans.get(p) {
+        let bound = self
+            .spans
+            .get(&handle)
+            .and_then(|s| match (&s.parent, s.clamp_to) {
+                (_, Some(client)) => Some(client),
+                (Parent::Local(p), None) if s.link_method == "same_host" => Some(*p),
+                _ => None,
+            });
+        let parent_times = match bound {
+            Some(p) => match self.spans.get(&p) {
                 Some(parent) => {
                     (parent.kind == SpanKind::Client).then_some((parent.start_ns, parent.end_ns))
                 }
                 None => self
                     .exported
-                    .get(p)
+                    .get(&p)
                     .and_then(|e| e.client_times)
                     .map(|(s, e)| (s, Some(e))),
             },
-            _ => None,
+            None => None,
         };
         let links: Vec<SpanLink> = {
             let span = self.spans.get(&handle)?;
@@ -724,9 +752,7 @@ impl Assembler {
         let span = self.spans.get(&handle)?;
         let mut start = span.start_ns;
         let mut end = span.end_ns?;
-        if let Some((parent_start, parent_end)) = parent_times
-            && span.link_method == "same_host"
-        {
+        if let Some((parent_start, parent_end)) = parent_times {
             start = start.max(parent_start);
             if let Some(parent_end) = parent_end {
                 end = end.min(parent_end);

@@ -755,3 +755,70 @@ fn a_call_outliving_a_request_is_not_its_child() {
         Some(&crate::span::AttrValue::Str("timing".into()))
     );
 }
+
+/// A SERVER span whose parent comes from propagated context is still clamped into the
+/// same-host CLIENT span of its connection: its last write can exit after the client's read.
+#[test]
+fn a_context_server_is_nested_in_its_same_host_client() {
+    for server_first in [false, true] {
+        let mut a = assembler();
+        let client_side = meta(1, 1, "10.0.0.1:4000", "10.0.0.2:80");
+        let server_side = meta(2, 2, "10.0.0.2:80", "10.0.0.1:4000");
+        let ctx = TraceContext {
+            trace_id: [7; 16],
+            span_id: [8; 8],
+            flags: 1,
+            tracestate: None,
+            format: ContextFormat::W3c,
+        };
+        let send = |a: &mut Assembler| {
+            feed(
+                a,
+                client_side,
+                Direction::Egress,
+                request(0, "/x", at(10, 1), Some(ctx.clone())),
+            )
+        };
+        let receive = |a: &mut Assembler| {
+            feed(
+                a,
+                server_side,
+                Direction::Ingress,
+                request(0, "/x", at(20, 2), Some(ctx.clone())),
+            )
+        };
+        if server_first {
+            receive(&mut a);
+            send(&mut a);
+        } else {
+            send(&mut a);
+            receive(&mut a);
+        }
+        // The server's write exits (100) after the client's read returned (90).
+        feed(
+            &mut a,
+            client_side,
+            Direction::Ingress,
+            response(0, 200, at(80, 1)),
+        );
+        feed(
+            &mut a,
+            server_side,
+            Direction::Egress,
+            response(0, 200, at(100, 2)),
+        );
+        let spans = a.flush(1_000 * MS);
+        let client = by_name(&spans, "GET /x", SpanKind::Client);
+        let server = by_name(&spans, "GET /x", SpanKind::Server);
+        assert_eq!(
+            server.parent_span_id,
+            Some([8; 8]),
+            "context decides the parent"
+        );
+        assert!(
+            client.start_unix_ns <= server.start_unix_ns
+                && server.end_unix_ns <= client.end_unix_ns,
+            "server first: {server_first}\n{client:#?}\n{server:#?}"
+        );
+    }
+}
