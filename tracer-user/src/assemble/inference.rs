@@ -14,11 +14,12 @@
 //! 4. `thread_pool` (0.7): exactly one candidate is not yet claimed by another worker thread.
 //! 5. otherwise `ambiguous`: the oldest unclaimed candidate with confidence 0.8/n (n >= 2).
 //!
-//! A worker thread's link claims the request for that thread (steps 1 and 4); threads that
-//! serve requests themselves (event loops) never claim. The caller turns a guess below the
-//! confidence threshold into a root with a span link to the candidate.
+//! A worker thread's `content` link, and a call the settling window assigns to it, claim the
+//! request for that thread; threads that serve requests themselves (event loops) never
+//! claim. The caller turns a guess below the confidence threshold into a root with a span
+//! link to the candidate.
 //!
-//! When that leaves several candidates (step 5), the CLIENT span is not decided greedily: it
+//! Steps 3 to 5 are not decided greedily: the CLIENT span
 //! waits a settling window (a fifth of the settle time) and then every waiting call of the
 //! process is assigned at once ([`Assembler::solve_deferred`], method `timing`), as a maximum-
 //! likelihood matching of calls to the requests in progress when each call started:
@@ -30,6 +31,7 @@
 //!   `process`, `thread_pool`), as TraceWeaver does; until enough are learned, a mild
 //!   preference for first-come-first-served order.
 //! - a pool worker's call cannot belong to a request another worker has claimed.
+//!
 //! The confidence of an assigned call is the likelihood share of its request among its
 //! feasible candidates (0.95 x share when learned; 0.8 / candidates when not), so that
 //! indistinguishable candidates stay below the threshold and give roots with span links; a
