@@ -41,7 +41,7 @@ pub static WAKEUP_BYTES: Global<u64> = Global::new(1 << 20);
 
 /// `bpf_ringbuf_query` / output flags (uapi `BPF_RB_*`).
 const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
+pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Output flags for the next record: wake the reader only once a batch has piled up.

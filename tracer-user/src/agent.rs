@@ -24,6 +24,7 @@ use crate::{
     btf,
     config::Config,
     conntable::{ConnOutput, ConnTable, Filter},
+    event::{ConnOp, Event},
     export::{ExportConfig, Exporter, parse_headers, parse_protocol},
     health,
     k8s::Kubernetes,
@@ -221,6 +222,12 @@ fn drain(
     const MAX_BATCHES: usize = 16;
     for _ in 0..MAX_BATCHES {
         let read = ring.drain(|event| {
+            // A new connection: learn the process's identity while it surely still runs.
+            if let Event::Conn(conn) = event
+                && conn.op != ConnOp::Close
+            {
+                processes.resource(conn.pid);
+            }
             table.on_event(event, outputs);
             for output in outputs.drain(..) {
                 assembler.on_output(output, processes);
