@@ -4,8 +4,9 @@
 //! the ring buffer (sized by `--ringbuf-bytes`) is the only buffer and the kernel counts what
 //! does not fit.
 //!
-//! Wakeups: the kernel side wakes the reader only once a fraction of the ring holds unread
-//! records; otherwise the pipeline drains every [`DRAIN_INTERVAL`], one batch per wakeup.
+//! Wakeups: the kernel side wakes the reader at a new connection, or once a fraction of the
+//! ring holds unread records; otherwise the pipeline drains every [`DRAIN_INTERVAL`], one
+//! batch per wakeup.
 
 use std::{io, sync::Arc, time::Duration};
 
