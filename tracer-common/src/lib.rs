@@ -179,6 +179,21 @@ pub struct SockOffsets {
     pub _pad: u32,
 }
 
+impl SockOffsets {
+    /// The layout of `struct sock_common` on x86_64 kernels of the last years: the kernel
+    /// side's initial value, and the agent's fallback when BTF cannot be read.
+    pub const X86_64: SockOffsets = SockOffsets {
+        daddr: 0,
+        rcv_saddr: 4,
+        dport: 12,
+        num: 14,
+        family: 16,
+        v6_daddr: 56,
+        v6_rcv_saddr: 72,
+        _pad: 0,
+    };
+}
+
 #[cfg(feature = "user")]
 mod user {
     //! Helpers only the agent needs.

@@ -18,16 +18,7 @@ pub static CAPTURE_BYTES: Global<u32> = Global::new(1024);
 pub static FILTER_PIDS: Global<u32> = Global::new(0);
 /// Offsets into `struct sock_common`, from the running kernel's BTF.
 #[unsafe(no_mangle)]
-pub static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
-    daddr: 0,
-    rcv_saddr: 4,
-    dport: 12,
-    num: 14,
-    family: 16,
-    v6_daddr: 56,
-    v6_rcv_saddr: 72,
-    _pad: 0,
-});
+pub static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets::X86_64);
 
 /// Ring buffer to userspace; its size is set by the loader.
 #[map]

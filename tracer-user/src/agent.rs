@@ -74,16 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(offsets) => offsets,
         Err(e) => {
             warn!("{e}; using the usual x86_64 sock_common offsets, addresses may be wrong");
-            tracer_common::SockOffsets {
-                daddr: 0,
-                rcv_saddr: 4,
-                dport: 12,
-                num: 14,
-                family: 16,
-                v6_daddr: 56,
-                v6_rcv_saddr: 72,
-                _pad: 0,
-            }
+            tracer_common::SockOffsets::X86_64
         }
     };
     let mut probes = loader::load(&LoadOptions {
