@@ -44,7 +44,7 @@
 use pathfinding::{kuhn_munkres::kuhn_munkres, matrix::Matrix};
 use rustc_hash::FxHashMap;
 
-use super::{Assembler, Parent, SpanKind};
+use super::{Assembler, SpanKind};
 
 /// Delays learned before they are trusted.
 const MIN_LEARNED: u32 = 10;
@@ -129,16 +129,7 @@ impl Assembler {
         let thread = (pid, tid);
         let is_worker = !self.serving.contains_key(&thread);
 
-        let candidates: Vec<u64> = self
-            .serving_by_pid
-            .get(&pid)
-            .map(|list| {
-                list.iter()
-                    .copied()
-                    .filter(|h| self.in_progress(*h, start))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let candidates = self.candidates_at(handle);
         if candidates.is_empty() {
             return None;
         }
@@ -397,20 +388,22 @@ impl Assembler {
             } else {
                 0.8 / feasible.len().max(1) as f64
             };
-            if confidence >= self.config.link_threshold {
-                self.link(c, parent, method, confidence);
-                let thread = self.spans.get(&c).map(|s| (s.pid, s.tid));
-                if let Some(thread) = thread
-                    && !self.serving.contains_key(&thread)
-                {
-                    self.claim(thread, parent);
-                }
-            } else if let Some(span) = self.spans.get_mut(&c) {
-                span.decided = true;
-                span.parent = Parent::Root;
-                span.link_method = "ambiguous";
-                span.confidence = confidence;
-                span.link_candidates.push(parent);
+            let linked = confidence >= self.config.link_threshold;
+            let method = if linked { method } else { "ambiguous" };
+            self.commit_guess(
+                c,
+                Guess {
+                    parent,
+                    method,
+                    confidence,
+                },
+            );
+            let thread = self.spans.get(&c).map(|s| (s.pid, s.tid));
+            if let Some(thread) = thread
+                && linked
+                && !self.serving.contains_key(&thread)
+            {
+                self.claim(thread, parent);
             }
         }
     }
