@@ -16,9 +16,9 @@ fn loopback(port: u16) -> SocketAddr {
     ([127, 0, 0, 1], port).into()
 }
 
-/// Starts a Rust downstream server and the asyncio hub, drives /in/101 and /in/202 at once,
-/// and returns (hub SERVER spans, hub CLIENT spans) once all have arrived.
-fn run_hub(copy_id: bool) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>, Agent) {
+/// Starts a receiver, a Rust downstream server, the asyncio hub (with `hub_args`) and the
+/// agent on both ports; returns (receiver, hub port, hub, agent).
+fn start_hub(hub_args: &[&str]) -> (&'static Receiver, u16, &'static Peer, Agent) {
     require_root();
     let receiver = Box::leak(Box::new(Receiver::start()));
     let (hub_port, down_port) = (peers::free_port(), peers::free_port());
@@ -29,12 +29,18 @@ fn run_hub(copy_id: bool) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>, Agent) {
         &hub_port.to_string(),
         "--downstream-port",
         &down_port.to_string(),
-    ]);
-    if copy_id {
-        cmd.arg("--copy-id");
-    }
+    ])
+    .args(hub_args);
     let hub = Box::leak(Box::new(Peer::server("async_hub", cmd, loopback(hub_port))));
     let agent = Agent::start(&AgentArgs::grpc(receiver).ports(&[hub_port, down_port]));
+    (receiver, hub_port, hub, agent)
+}
+
+/// Starts the hub, drives /in/101 and /in/202 at once, and returns (hub SERVER spans, hub
+/// CLIENT spans) once all have arrived.
+fn run_hub(copy_id: bool) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>, Agent) {
+    let hub_args: &[&str] = if copy_id { &["--copy-id"] } else { &[] };
+    let (receiver, hub_port, hub, agent) = start_hub(hub_args);
 
     let mut load = peers::python_script("concurrent_get.py");
     load.args([
@@ -129,21 +135,7 @@ fn get(port: u16, path: &str) {
 
 #[test]
 fn overlapping_calls_without_ids_are_assigned_by_the_learned_delay() {
-    require_root();
-    let receiver = Box::leak(Box::new(Receiver::start()));
-    let (hub_port, down_port) = (peers::free_port(), peers::free_port());
-    let _down = Box::leak(Box::new(peers::rust_server(down_port)));
-    let mut cmd = peers::python_script("async_hub.py");
-    cmd.args([
-        "--port",
-        &hub_port.to_string(),
-        "--downstream-port",
-        &down_port.to_string(),
-        "--hold",
-        "100",
-    ]);
-    let hub = Box::leak(Box::new(Peer::server("async_hub", cmd, loopback(hub_port))));
-    let mut agent = Agent::start(&AgentArgs::grpc(receiver).ports(&[hub_port, down_port]));
+    let (receiver, hub_port, hub, mut agent) = start_hub(&["--hold", "100"]);
     // One request at a time: the agent learns the delay from a request to its call (~100 ms).
     // One endpoint throughout: delays are learned per (request name, call name).
     for _ in 0..12 {
