@@ -10,6 +10,11 @@ path or query, so the tracer finds no id to match on) and carry the rid in the r
 takes the rid from its inbound path `/<hop>/<rid>` (the load generator's root request) or,
 for `/<hop>`, from the inbound header.
 
+With --number (the FizzBuzz of SCENARIOS.md) the load generator sends `{"number": n}` with n
+the request's ordinal in its level (1..count: concurrent requests carry different numbers),
+and every service sends the `number` of the request it serves in the bodies of its calls
+(otherwise all bodies are the same `{"number": 15}`).
+
 Roles (one per process):
   leaf          Flask on waitress (keep-alive): POST /<hop>/<rid> (or /<hop>) -> small JSON.
   relay         Flask on waitress: POST /<hop>/<rid> (or /<hop>) calls each --down hop=port in
@@ -91,6 +96,8 @@ parser.add_argument("--down", action="append", help="hop=port, called in order")
 parser.add_argument("--propagate", default="none", choices=["none", "w3c", "b3"])
 parser.add_argument("--noid", action="store_true",
                     help="outgoing calls to /<hop> with the rid in the x-bench-rid header")
+parser.add_argument("--number", action="store_true",
+                    help="loadgen: body number = ordinal; callers: forward the inbound number")
 parser.add_argument("--threads", type=int, default=16)
 parser.add_argument("--thrift-port", type=int, action="append")
 parser.add_argument("--log")
@@ -104,6 +111,13 @@ args = parser.parse_args()
 logging.basicConfig(level=logging.WARNING)
 
 BODY = {"number": 15}
+
+
+def body_for(inbound):
+    """Body of a call made while serving a request whose JSON body was `inbound`."""
+    if args.number and isinstance(inbound, dict) and "number" in inbound:
+        return {"number": inbound["number"]}
+    return BODY
 
 
 def serve_flask(app):
@@ -120,11 +134,11 @@ def flask_app(handler):
 
     @app.post("/<hop>/<int:rid>")
     def route(hop, rid):
-        return jsonify(handler(hop, rid))
+        return jsonify(handler(hop, rid, request.get_json(silent=True)))
 
     @app.post("/<hop>")
     def route_noid(hop):
-        return jsonify(handler(hop, header_rid(request.headers)))
+        return jsonify(handler(hop, header_rid(request.headers), request.get_json(silent=True)))
 
     return app
 
@@ -154,11 +168,11 @@ def session():
     return s
 
 
-def call_down_sync(rid):
+def call_down_sync(rid, inbound):
     answers = {}
     for hop, port in parse_down(args.down):
         url, headers = down_call(hop, port, rid)
-        r = session().post(url, json=BODY, headers=headers, timeout=30)
+        r = session().post(url, json=body_for(inbound), headers=headers, timeout=30)
         r.raise_for_status()
         answers[hop] = r.json()
     return answers
@@ -167,36 +181,39 @@ def call_down_sync(rid):
 def main():
     role = args.role
     if role == "leaf":
-        serve_flask(flask_app(lambda hop, rid: {"hop": hop, "rid": rid, "fizz": rid % 3 == 0}))
+        serve_flask(flask_app(lambda hop, rid, _: {"hop": hop, "rid": rid, "fizz": rid % 3 == 0}))
     elif role == "relay":
-        serve_flask(flask_app(lambda hop, rid: {"hop": hop, "down": call_down_sync(rid)}))
+        serve_flask(flask_app(lambda hop, rid, inbound: {"hop": hop,
+                                                        "down": call_down_sync(rid, inbound)}))
     elif role in ("hub-sync", "hub-async"):
         import uvicorn
-        from fastapi import FastAPI, Request
+        from typing import Optional
+
+        from fastapi import Body, FastAPI, Request
 
         app = FastAPI()
         if role == "hub-sync":
             @app.post("/{hop}/{rid}")
-            def hub(hop: str, rid: int):
-                return {"hop": hop, "down": call_down_sync(rid)}
+            def hub(hop: str, rid: int, body: Optional[dict] = Body(default=None)):
+                return {"hop": hop, "down": call_down_sync(rid, body)}
 
             @app.post("/{hop}")
-            def hub_noid(hop: str, request: Request):
-                return hub(hop, header_rid(request.headers))
+            def hub_noid(hop: str, request: Request, body: Optional[dict] = Body(default=None)):
+                return hub(hop, header_rid(request.headers), body)
         else:
             import httpx
 
             client = {}
 
             @app.post("/{hop}/{rid}")
-            async def hub(hop: str, rid: int):
+            async def hub(hop: str, rid: int, body: Optional[dict] = Body(default=None)):
                 if "c" not in client:
                     client["c"] = httpx.AsyncClient(
                         timeout=30, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
 
                 async def one(dhop, port):
                     url, headers = down_call(dhop, port, rid)
-                    r = await client["c"].post(url, json=BODY, headers=headers)
+                    r = await client["c"].post(url, json=body_for(body), headers=headers)
                     r.raise_for_status()
                     return r.json()
 
@@ -205,8 +222,9 @@ def main():
                 return {"hop": hop, "down": res}
 
             @app.post("/{hop}")
-            async def hub_noid(hop: str, request: Request):
-                return await hub(hop, header_rid(request.headers))
+            async def hub_noid(hop: str, request: Request,
+                               body: Optional[dict] = Body(default=None)):
+                return await hub(hop, header_rid(request.headers), body)
         uvicorn.run(app, host="127.0.0.1", port=args.port, workers=1, log_level="warning",
                     access_log=False)
     elif role in ("thrift-front", "thrift-server"):
@@ -236,7 +254,7 @@ def main():
             log = open(args.log, "a", buffering=1)
             log_lock = threading.Lock()
 
-            def handler(hop, rid):
+            def handler(hop, rid, _inbound):
                 port, client = pool.get()
                 try:
                     if client is None:
@@ -280,7 +298,8 @@ def loadgen(base, count, concurrency):
             except queue.Empty:
                 return
             try:
-                r = s.post(f"http://127.0.0.1:{port}/{args.hop}/{rid}", json=BODY,
+                body = {"number": rid - base} if args.number else BODY
+                r = s.post(f"http://127.0.0.1:{port}/{args.hop}/{rid}", json=body,
                            headers=context_headers(args.propagate, args.hop, rid), timeout=30)
                 ok = r.status_code == 200
             except Exception as e:  # noqa: BLE001 - counted and reported

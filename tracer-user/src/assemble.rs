@@ -222,11 +222,11 @@ impl Assembler {
             _ => None,
         };
         let mut tokens = inference::id_tokens(&req.name, path);
-        for hint in &req.id_hints {
-            tokens.extend(inference::id_tokens(hint, None));
+        if !req.id_hints.is_empty() {
+            tokens.extend(req.id_hints);
+            tokens.sort();
+            tokens.dedup();
         }
-        tokens.sort();
-        tokens.dedup();
         let mut attributes = req.attributes;
         add_network_attributes(&mut attributes, kind, local, remote);
         let handle = self.next_handle;

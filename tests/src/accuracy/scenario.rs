@@ -77,6 +77,10 @@ pub struct Scenario {
     /// Calls below the root carry no id in their paths (services run with `--noid`; the
     /// agent records [`RID_HEADER`] for the ground truth).
     pub noid: bool,
+    /// The load generator sends `{"number": <ordinal>}` and every service forwards the number
+    /// it was sent in the bodies of its calls (services and load generator run with
+    /// `--number`): the only id is in the JSON bodies.
+    pub number: bool,
     pub nodes: Vec<Node>,
 }
 
@@ -88,6 +92,8 @@ pub const ALL: &[&str] = &[
     "sync-noid",
     "async-noid",
     "chain-noid",
+    "sync-body",
+    "async-body",
     "w3c",
     "b3",
 ];
@@ -168,6 +174,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "hub",
             propagate: Propagate::None,
             noid: false,
+            number: false,
             nodes: hub_nodes(false),
         },
         "async" => Scenario {
@@ -176,6 +183,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "hub",
             propagate: Propagate::None,
             noid: false,
+            number: false,
             nodes: hub_nodes(false),
         },
         "sync-noid" => Scenario {
@@ -184,6 +192,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "hub",
             propagate: Propagate::None,
             noid: true,
+            number: false,
             nodes: hub_nodes(true),
         },
         "async-noid" => Scenario {
@@ -192,6 +201,25 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "hub",
             propagate: Propagate::None,
             noid: true,
+            number: false,
+            nodes: hub_nodes(true),
+        },
+        "sync-body" => Scenario {
+            name: "sync-body",
+            description: "sync-noid, but each request's JSON body carries its own number, forwarded downstream",
+            entry_hop: "hub",
+            propagate: Propagate::None,
+            noid: true,
+            number: true,
+            nodes: hub_nodes(true),
+        },
+        "async-body" => Scenario {
+            name: "async-body",
+            description: "async-noid, but each request's JSON body carries its own number, forwarded downstream",
+            entry_hop: "hub",
+            propagate: Propagate::None,
+            noid: true,
+            number: true,
             nodes: hub_nodes(true),
         },
         "thrift" => Scenario {
@@ -200,6 +228,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "tq",
             propagate: Propagate::None,
             noid: false,
+            number: false,
             nodes: vec![
                 http("loadgen CLIENT /tq", Kind::Client, "tq", None),
                 http("front SERVER /tq", Kind::Server, "tq", Some(0)),
@@ -223,6 +252,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "a",
             propagate: Propagate::None,
             noid: false,
+            number: false,
             nodes: chain_nodes(false),
         },
         "chain-noid" => Scenario {
@@ -231,6 +261,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "a",
             propagate: Propagate::None,
             noid: true,
+            number: false,
             nodes: chain_nodes(true),
         },
         "w3c" => Scenario {
@@ -239,6 +270,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "hub",
             propagate: Propagate::W3c,
             noid: false,
+            number: false,
             nodes: hub_nodes(false),
         },
         "b3" => Scenario {
@@ -247,6 +279,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "hub",
             propagate: Propagate::B3,
             noid: false,
+            number: false,
             nodes: hub_nodes(false),
         },
         _ => return None,
@@ -282,13 +315,17 @@ impl Scenario {
             cmd.args(["--port", &port.to_string()]);
         };
         let prop = self.propagate.flag();
-        let noid = self.noid;
-        // Services that make calls: propagation mode, and no ids in their paths if `noid`.
+        let (noid, number) = (self.noid, self.number);
+        // Services that make calls: propagation mode, no ids in their paths if `noid`, the
+        // inbound body's number forwarded if `number`.
         let caller = |role: &str| {
             let mut cmd = service_cmd(role);
             cmd.args(["--propagate", prop]);
             if noid {
                 cmd.arg("--noid");
+            }
+            if number {
+                cmd.arg("--number");
             }
             cmd
         };
@@ -303,7 +340,8 @@ impl Scenario {
             }
         };
         match self.name {
-            "sync" | "async" | "w3c" | "b3" | "sync-noid" | "async-noid" => {
+            "sync" | "async" | "w3c" | "b3" | "sync-noid" | "async-noid" | "sync-body"
+            | "async-body" => {
                 let (hub, fizz, buzz) = (port(), port(), port());
                 out.push(leaf("fizzer", fizz));
                 out.push(leaf("buzzer", buzz));
@@ -401,6 +439,9 @@ impl Scenario {
             self.entry_hop,
         ])
         .args(["--propagate", self.propagate.flag()]);
+        if self.number {
+            cmd.arg("--number");
+        }
         cmd
     }
 }

@@ -8,7 +8,7 @@
 //! services' request paths, headers and logs. Prints a table; `--json PATH` writes the same
 //! numbers.
 //!
-//! Usage: accuracy [--scenarios sync,async,thrift,chain,sync-noid,async-noid,chain-noid,w3c,b3]
+//! Usage: accuracy [--scenarios sync,async,thrift,chain,sync-noid,async-noid,chain-noid,sync-body,async-body,w3c,b3]
 //!                 [--concurrency 1,8,32]
 //!                 [--requests 300] [--settle-ms 1000] [--json PATH] [--dump-spans DIR]
 //!

@@ -4,6 +4,7 @@
 //!
 //! Upstream: `conntable` feeds chunks. Downstream: `assemble` pairs messages into spans.
 
+pub mod hints;
 pub mod http;
 pub mod thrift;
 
@@ -72,8 +73,9 @@ pub struct Request {
     pub last: Timing,
     /// False for messages that get no reply (Thrift oneway).
     pub expects_response: bool,
-    /// Id-like values of the request beyond its name and path (Thrift call arguments), for
-    /// content-based parent inference. Never exported.
+    /// Tokens of the request's values beyond its name and path (Thrift call arguments, HTTP
+    /// query and body values; see `hints`), for content-based parent inference. Never
+    /// exported.
     pub id_hints: Vec<String>,
 }
 

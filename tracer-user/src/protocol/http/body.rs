@@ -1,7 +1,8 @@
 //! Body framing for the HTTP parser: follows a message body by Content-Length, chunked
 //! encoding (extensions, trailers) or until the connection closes, over captured bytes and
 //! over uncaptured gaps. Part of `protocol::http`: body bytes of one direction in, "the body
-//! ended here" (or "framing lost") out. Body bytes are never kept.
+//! ended here" (or "framing lost") out. Body bytes are not kept here (the parser keeps a
+//! request body's first bytes for id hints).
 
 use thiserror::Error;
 

@@ -20,6 +20,7 @@ use std::collections::VecDeque;
 
 use super::{
     Chunk, Direction, Message, ParseStats, ParserOptions, Request, Response, StreamParser, Timing,
+    hints,
 };
 use crate::span::Attribute;
 use body::{Body, Skip};
@@ -31,6 +32,8 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_CONSECUTIVE_ERRORS: u32 = 8;
 /// Most requests awaiting a response; beyond it the oldest is forgotten.
 const MAX_PENDING: usize = 256;
+/// Request body bytes kept (until the body ends) for id hints.
+const BODY_SAMPLE: usize = 512;
 
 /// True when `first` begins with a known method and a space, or with `HTTP/1.` (a connection
 /// picked up mid-stream may show a response first).
@@ -51,6 +54,9 @@ pub struct HttpParser {
     stats: ParseStats,
     consecutive_errors: u32,
     gave_up: bool,
+    /// The first [`BODY_SAMPLE`] bytes of the request body in flight, read for id hints when
+    /// the body ends.
+    body_sample: Vec<u8>,
 }
 
 /// A request awaiting its response: what the response's framing depends on.
@@ -143,6 +149,7 @@ impl HttpParser {
             stats: ParseStats::default(),
             consecutive_errors: 0,
             gave_up: false,
+            body_sample: Vec::new(),
         }
     }
 
@@ -187,6 +194,30 @@ impl HttpParser {
         State::Seek(Place::Erring)
     }
 
+    /// Keeps the start of a request body.
+    fn sample_body(&mut self, open: &Open, body: &[u8]) {
+        if matches!(open, Open::Request(_)) {
+            let take = body.len().min(BODY_SAMPLE - self.body_sample.len());
+            self.body_sample.extend_from_slice(&body[..take]);
+        }
+    }
+
+    /// Emits a message whose body ended (or was given up), a request with the id hints of
+    /// its body sample.
+    fn emit(&mut self, mut open: Open, out: &mut Vec<Message>) {
+        if let Open::Request(request) = &mut open
+            && !self.body_sample.is_empty()
+        {
+            for hint in hints::from_body(&self.body_sample) {
+                if request.id_hints.len() < hints::MAX_HINTS && !request.id_hints.contains(&hint) {
+                    request.id_hints.push(hint);
+                }
+            }
+            self.body_sample.clear();
+        }
+        open.emit(out);
+    }
+
     /// Counts a resync and looks for the next message at a later chunk.
     fn resync(&mut self) -> State {
         self.stats.resyncs += 1;
@@ -208,12 +239,16 @@ impl HttpParser {
                 open.touch(timing);
                 match body.feed(data) {
                     Ok((used, true)) => {
-                        open.emit(out);
+                        self.sample_body(&open, &data[..used]);
+                        self.emit(open, out);
                         (State::aligned(), used)
                     }
-                    Ok((used, false)) => (State::Body { open, body }, used),
+                    Ok((used, false)) => {
+                        self.sample_body(&open, &data[..used]);
+                        (State::Body { open, body }, used)
+                    }
                     Err(_) => {
-                        open.emit(out);
+                        self.emit(open, out);
                         (self.error_seek(), data.len())
                     }
                 }
@@ -292,7 +327,12 @@ impl HttpParser {
 
     fn open_request(&mut self, head: &RequestHead, first: Timing, last: Timing) -> Request {
         let key = self.push_pending(&head.method, true);
+        self.body_sample.clear();
         let (name, attributes) = request_attributes(head, &self.options);
+        let id_hints = url::split_target(&head.target)
+            .query
+            .map(hints::from_query)
+            .unwrap_or_default();
         Request {
             key,
             name,
@@ -301,7 +341,7 @@ impl HttpParser {
             first,
             last,
             expects_response: true,
-            id_hints: Vec::new(),
+            id_hints,
         }
     }
 
@@ -382,11 +422,11 @@ impl HttpParser {
         match framing.map(Body::new) {
             Ok(Some(body)) => State::Body { open, body },
             Ok(None) => {
-                open.emit(out);
+                self.emit(open, out);
                 State::aligned()
             }
             Err(_) => {
-                open.emit(out);
+                self.emit(open, out);
                 self.error_seek()
             }
         }
@@ -417,16 +457,16 @@ impl HttpParser {
                 match body.skip(n) {
                     Skip::Inside => State::Body { open, body },
                     Skip::Done { leftover: 0 } => {
-                        open.emit(out);
+                        self.emit(open, out);
                         State::aligned()
                     }
                     Skip::Done { .. } => {
-                        open.emit(out);
+                        self.emit(open, out);
                         self.uncaptured_message(self.expected_role(dir));
                         self.resync()
                     }
                     Skip::Lost => {
-                        open.emit(out);
+                        self.emit(open, out);
                         self.resync()
                     }
                 }
@@ -476,7 +516,7 @@ impl HttpParser {
                         self.open_response(&parsed, head.first, timing, out)
                     {
                         open.touch(timing);
-                        open.emit(out);
+                        self.emit(open, out);
                     }
                 }
                 None => return self.uncaptured_message(Some(role)),
@@ -564,7 +604,7 @@ impl StreamParser for HttpParser {
                 body: Body::UntilClose,
             } = std::mem::replace(self.state_mut(dir), State::Seek(Place::Lost))
             {
-                open.emit(out);
+                self.emit(open, out);
             }
         }
     }

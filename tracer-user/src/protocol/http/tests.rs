@@ -622,3 +622,33 @@ fn method_prefix_cut_at_message_boundary_still_takes_a_key() {
         }
     );
 }
+
+#[test]
+fn id_hints_from_query_and_body() {
+    let mut c = Conn::new();
+    c.send(
+        REQ,
+        b"POST /fizz?order=A-991 HTTP/1.1\r\nContent-Length: 29\r\n\r\n{\"number\": 15,",
+    );
+    assert!(c.take().is_empty(), "the request waits for its body");
+    c.send(REQ, b" \"user\": \"u-4\"}");
+    // The next request on the connection starts with an empty sample.
+    c.send(
+        REQ,
+        b"POST /fizz HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n{\"n\":77}\r\n0\r\n\r\n",
+    );
+    c.send(REQ, b"GET /plain HTTP/1.1\r\n\r\n");
+    let out = c.take();
+    let hints: Vec<_> = Conn::requests(&out)
+        .iter()
+        .map(|r| r.id_hints.clone())
+        .collect();
+    assert_eq!(
+        hints,
+        vec![
+            vec!["991", "A-991", "15", "u-4"],
+            vec!["77"],
+            Vec::<&str>::new()
+        ]
+    );
+}

@@ -6,7 +6,7 @@
 use super::framing::Decoded;
 use super::wire::{Field, MessageType, Value};
 use crate::context::{TraceContext, from_headers};
-use crate::protocol::{Message, Request, Response, Timing};
+use crate::protocol::{Message, Request, Response, Timing, hints};
 use crate::span::Attribute;
 
 /// Info header names that carry trace context (W3C, B3 single and multi, Jaeger).
@@ -48,18 +48,17 @@ pub(super) fn to_message(decoded: Decoded, first: Timing, last: Timing) -> Messa
 }
 
 /// Integer and string arguments of a call (top level and one struct deep) that can be ids:
-/// integers of two digits or more, strings with a digit. At most 8, each at most 64 bytes.
+/// integers of two digits or more (small ones are mostly enums and flags), strings as
+/// `hints::push_value` reads them. At most `hints::MAX_HINTS`.
 fn id_hints(fields: &[Field]) -> Vec<String> {
     fn collect(fields: &[Field], out: &mut Vec<String>) {
         for field in fields {
-            if out.len() >= 8 {
+            if out.len() >= hints::MAX_HINTS {
                 return;
             }
             match &field.value {
-                Value::Int(i) if i.unsigned_abs() >= 10 => out.push(i.to_string()),
-                Value::Str(s) if s.len() <= 64 && s.bytes().any(|b| b.is_ascii_digit()) => {
-                    out.push(s.clone())
-                }
+                Value::Int(i) if i.unsigned_abs() >= 10 => hints::push_value(&i.to_string(), out),
+                Value::Str(s) => hints::push_value(s, out),
                 Value::Struct(inner) => collect(inner, out),
                 _ => {}
             }
@@ -193,6 +192,9 @@ mod id_hint_tests {
             field(5, Value::Struct(vec![field(1, Value::Int(-42))])),
             field(6, Value::Other),
         ];
-        assert_eq!(id_hints(&body), vec!["1000123", "order-77", "-42"]);
+        assert_eq!(
+            id_hints(&body),
+            vec!["1000123", "77", "order-77", "plain", "42"]
+        );
     }
 }
