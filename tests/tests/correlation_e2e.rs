@@ -1,6 +1,7 @@
 //! End-to-end tests of parent inference where neither propagated context nor thread
 //! causality decides: a single-threaded asyncio hub serving two overlapping requests. With an
-//! id copied from the inbound path into the outbound one the agent links by `content`; with
+//! id copied from the inbound path into the outbound path, query or JSON body the agent links
+//! by `content`; with
 //! nothing to tell the two requests apart it must refuse to guess: the outbound CLIENT spans
 //! stay roots, each with a span link to a candidate and a confidence below the threshold.
 
@@ -32,15 +33,20 @@ fn start_hub(hub_args: &[&str]) -> (&'static Receiver, u16, &'static Peer, Agent
     ])
     .args(hub_args);
     let hub = Box::leak(Box::new(Peer::server("async_hub", cmd, loopback(hub_port))));
-    let agent = Agent::start(&AgentArgs::grpc(receiver).ports(&[hub_port, down_port]));
+    let agent = Agent::start(
+        &AgentArgs::grpc(receiver)
+            .ports(&[hub_port, down_port])
+            .args(["--record-header", "x-test-rid"]),
+    );
     (receiver, hub_port, hub, agent)
 }
 
-/// Starts the hub, drives /in/101 and /in/202 at once, and returns (hub SERVER spans, hub
-/// CLIENT spans) once all have arrived.
-fn run_hub(copy_id: bool) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>, Agent) {
-    let hub_args: &[&str] = if copy_id { &["--copy-id"] } else { &[] };
-    let (receiver, hub_port, hub, agent) = start_hub(hub_args);
+/// Starts the hub (copying the inbound id into the outbound `copy_id`: path, query, body, or
+/// nowhere), drives /in/101 and /in/202 at once, and returns (hub SERVER spans, hub CLIENT
+/// spans) once all have arrived.
+fn run_hub(copy_id: Option<&str>) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>, Agent) {
+    let hub_args: Vec<&str> = copy_id.map(|c| vec!["--copy-id", c]).unwrap_or_default();
+    let (receiver, hub_port, hub, agent) = start_hub(&hub_args);
 
     let mut load = peers::python_script("concurrent_get.py");
     load.args([
@@ -66,17 +72,17 @@ fn confidence(span: &ReceivedSpan) -> f64 {
     }
 }
 
-#[test]
-fn event_loop_calls_are_linked_by_an_id_copied_into_the_outbound_path() {
-    let (servers, clients, mut agent) = run_hub(true);
+/// Both calls are children of the request whose id they carry, linked by `content`. Which
+/// call carries which id is read from the `x-test-rid` header the agent records.
+fn assert_linked_by_content(copy_id: &str) {
+    let (servers, clients, mut agent) = run_hub(Some(copy_id));
     for id in ["101", "202"] {
         let inbound = format!("/in/{id}");
-        let outbound = format!("/down/{id}");
         let server = check::one(&servers, &inbound, |s| {
             s.url_path() == Some(inbound.as_str())
         });
-        let client = check::one(&clients, &outbound, |s| {
-            s.url_path() == Some(outbound.as_str())
+        let client = check::one(&clients, &format!("call for {id}"), |s| {
+            s.attr_str("http.request.header.x-test-rid") == Some(id)
         });
         check::child_of(client, server);
         check::within(client, server);
@@ -90,8 +96,23 @@ fn event_loop_calls_are_linked_by_an_id_copied_into_the_outbound_path() {
 }
 
 #[test]
+fn event_loop_calls_are_linked_by_an_id_copied_into_the_outbound_path() {
+    assert_linked_by_content("path");
+}
+
+#[test]
+fn event_loop_calls_are_linked_by_an_id_copied_into_the_outbound_query() {
+    assert_linked_by_content("query");
+}
+
+#[test]
+fn event_loop_calls_are_linked_by_an_id_copied_into_the_outbound_json_body() {
+    assert_linked_by_content("body");
+}
+
+#[test]
 fn indistinguishable_concurrent_candidates_give_roots_with_links_not_wrong_parents() {
-    let (servers, clients, mut agent) = run_hub(false);
+    let (servers, clients, mut agent) = run_hub(None);
     let server_ids: Vec<&str> = servers.iter().map(|s| s.span_id.as_str()).collect();
     for client in &clients {
         check::root(client);
