@@ -270,33 +270,43 @@ impl HttpParser {
         }
         let old = head.buf.len();
         let take = data.len().min(MAX_HEAD.saturating_sub(old));
-        head.buf.extend_from_slice(&data[..take]);
-        let role = match head::message_start(&head.buf, self.expected_role(dir)) {
+        // A head that starts in this chunk is read from it in place, and copied only if it
+        // continues in a later one.
+        let in_place = old == 0;
+        if !in_place {
+            head.buf.extend_from_slice(&data[..take]);
+        }
+        let buf: &[u8] = if in_place { &data[..take] } else { &head.buf };
+        let role = match head::message_start(buf, self.expected_role(dir)) {
             Start::Yes(role) => role,
-            Start::Maybe => return (self.incomplete(head), take),
+            Start::Maybe => return (self.incomplete(head, in_place, &data[..take]), take),
             Start::No if head.place == Place::Lost => {
                 return (State::Seek(Place::Lost), data.len());
             }
             Start::No => return (self.error_seek(), data.len()),
         };
-        if !head::has_head_end(&head.buf, old) {
-            return (self.incomplete(head), take);
+        if !head::has_head_end(buf, old) {
+            return (self.incomplete(head, in_place, &data[..take]), take);
         }
         let parsed = match role {
-            Role::Request => head::parse_request(&head.buf, &self.options.record_headers)
+            Role::Request => head::parse_request(buf, &self.options.record_headers)
                 .map(|p| self.on_request(dir, p, head.first, timing, out)),
-            Role::Response => head::parse_response(&head.buf)
+            Role::Response => head::parse_response(buf)
                 .map(|p| self.on_response(dir, p, head.first, timing, out)),
         };
         match parsed {
             Ok(Some((state, len))) => (state, len.saturating_sub(old)),
-            Ok(None) => (self.incomplete(head), take),
+            Ok(None) => (self.incomplete(head, in_place, &data[..take]), take),
             Err(_) => (self.error_seek(), data.len()),
         }
     }
 
-    /// Keeps buffering a head, unless the buffer is full.
-    fn incomplete(&mut self, head: HeadBuf) -> State {
+    /// Keeps buffering a head (with `bytes`, the chunk's part of it, when it was read in
+    /// place), unless the buffer is full.
+    fn incomplete(&mut self, mut head: HeadBuf, in_place: bool, bytes: &[u8]) -> State {
+        if in_place {
+            head.buf.extend_from_slice(bytes);
+        }
         if head.buf.len() >= MAX_HEAD {
             self.error_seek()
         } else {
