@@ -23,8 +23,11 @@
 //! caller  |--write req--|                         |--read resp--|      CLIENT span
 //! callee        |--read req--|...handler...|--write resp--|            SERVER span
 //! ```
-//! A SERVER span with no context waits (at most the settle time) for its CLIENT span; spans
-//! are exported `settle` after they end, once every ancestor's position is decided.
+//! A SERVER span with no context waits for its CLIENT span until the event stream (the latest
+//! kernel time seen) is `settle / 5` past its start, or `settle` has passed. A span leaves
+//! once its own and its ancestors' positions are decided and the stream is `settle / 5` past
+//! its end (`settle` at the latest); a SERVER span's timing skeleton stays until `settle` as
+//! an inference candidate, a CLIENT span's identity in `exported`.
 
 use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
 
@@ -106,6 +109,9 @@ struct PendingSpan {
     /// SERVER with propagated context whose CLIENT end is also traced here: its times are
     /// clamped into that CLIENT span's (the kernel race described at `build`).
     clamp_to: Option<u64>,
+    /// Its record has left (`build` took name, attributes and status); what stays is what
+    /// inference and its children still need, until `settle` after its end.
+    sent: bool,
 }
 
 /// Identity of a span already exported, for children that finish after it.
@@ -123,7 +129,9 @@ struct Exported {
 pub struct Assembler {
     config: AssemblerConfig,
     metrics: Arc<Metrics>,
-    spans: FxHashMap<u64, PendingSpan>,
+    /// Boxed: tens of thousands are pending at high rates, and a table of 400-byte slots
+    /// would carry up to half of them empty.
+    spans: FxHashMap<u64, Box<PendingSpan>>,
     next_handle: u64,
     /// Requests awaiting their response: conn id -> request key -> span.
     open: FxHashMap<u64, FxHashMap<u64, u64>>,
@@ -140,6 +148,8 @@ pub struct Assembler {
     unmatched_clients: FxHashMap<Tuple, VecDeque<u64>>,
     unmatched_servers: FxHashMap<Tuple, VecDeque<u64>>,
     exported: FxHashMap<u64, Exported>,
+    /// Latest kernel time seen in a message: how far the event stream has got.
+    watermark_ns: u64,
     /// Learned delay from a request's start to each call it makes, per endpoint pair.
     delays: inference::DelayModel,
 }
@@ -163,6 +173,7 @@ impl Assembler {
             unmatched_clients: FxHashMap::default(),
             unmatched_servers: FxHashMap::default(),
             exported: FxHashMap::default(),
+            watermark_ns: 0,
             delays: inference::DelayModel::default(),
         }
     }
@@ -174,6 +185,18 @@ impl Assembler {
 
     /// Takes one output of the connection table.
     pub fn on_output(&mut self, output: ConnOutput, resources: &mut dyn ResourceSource) {
+        let seen = match &output {
+            ConnOutput::Message {
+                message: Message::Request(r),
+                ..
+            } => r.last.exit_ns,
+            ConnOutput::Message {
+                message: Message::Response(r),
+                ..
+            } => r.last.exit_ns,
+            ConnOutput::Closed { at_ns, .. } => *at_ns,
+        };
+        self.watermark_ns = self.watermark_ns.max(seen);
         match output {
             ConnOutput::Message {
                 meta,
@@ -257,6 +280,7 @@ impl Assembler {
             calls: Vec::new(),
             candidates: Vec::new(),
             clamp_to: None,
+            sent: false,
         };
         if !req.expects_response {
             span.end_ns = Some(req.last.exit_ns);
@@ -266,7 +290,7 @@ impl Assembler {
             span.link_method = "context";
         }
         inc(&self.metrics.spans_created);
-        self.spans.insert(handle, span);
+        self.spans.insert(handle, Box::new(span));
         match kind {
             SpanKind::Server => self.place_server(handle),
             SpanKind::Client => self.place_client(handle),
@@ -386,7 +410,8 @@ impl Assembler {
             tuple,
             (key, print),
             protocol,
-            |server| server.start_ns >= start,
+            // A SERVER span that left as a root keeps that place.
+            |server| server.start_ns >= start && !server.sent,
         );
         if let Some(server) = waiting {
             match self.spans.get_mut(&server) {
@@ -538,9 +563,20 @@ impl Assembler {
     pub fn tick(&mut self, now_ns: u64) -> Vec<SpanRecord> {
         let settle = self.config.settle_ns;
         self.solve_deferred(now_ns);
-        // SERVER spans that waited long enough for a same-host CLIENT span become roots.
+        // How far behind the latest event a moment must be for its records to be in: the
+        // writer's record of a same-host request can follow the reader's by a little (the
+        // reader's `read` can return before the writer's `write` exits).
+        let grace = settle / 5;
+        let seen = self.watermark_ns.min(now_ns);
+        // SERVER spans that waited long enough for a same-host CLIENT span become roots: once
+        // the events `grace` past their start are in (the caller's write precedes them), or
+        // `settle` after their start at the latest.
         for span in self.spans.values_mut() {
-            if !span.decided && now_ns.saturating_sub(span.start_ns) > settle {
+            if !span.decided
+                && (now_ns.saturating_sub(span.start_ns) > settle
+                    || (span.kind == SpanKind::Server
+                        && seen.saturating_sub(span.start_ns) > grace))
+            {
                 span.decided = true;
             }
         }
@@ -583,28 +619,40 @@ impl Assembler {
         }
         self.open.retain(|_, m| !m.is_empty());
 
-        let ready: Vec<u64> = self
+        // A span leaves once its place is decided (its own and its ancestors'), it has ended
+        // `grace` before the latest event seen and a same-host CLIENT span it is clamped into
+        // has ended; at the latest `settle` after its end. What inference and its children
+        // still need of it stays until then.
+        let ready: Vec<(u64, bool)> = self
             .spans
             .iter()
-            .filter(|(_, s)| {
-                s.end_ns
-                    .is_some_and(|end| now_ns.saturating_sub(end) >= settle)
+            .filter_map(|(h, s)| {
+                let end = s.end_ns?;
+                let settled = now_ns.saturating_sub(end) >= settle;
+                let early_ok = !s.sent && s.decided && seen.saturating_sub(end) >= grace;
+                (settled || early_ok).then_some((*h, settled))
             })
-            .map(|(h, _)| *h)
-            .filter(|h| self.ancestors_decided(*h))
+            .filter(|(h, settled)| {
+                self.ancestors_decided(*h) && (*settled || self.clamp_parent_ended(*h))
+            })
             .collect();
         let mut out = Vec::with_capacity(ready.len());
-        for handle in ready {
+        for (handle, settled) in ready {
+            // Children exported later find this span's identity in `exported`.
             if let Some(record) = self.build(handle, now_ns) {
                 out.push(record);
             }
-            // Children exported later find this span's identity in `exported`.
-            self.spans.remove(&handle);
+            // A CLIENT span is no inference candidate: once out, only its identity (in
+            // `exported`) is needed. A SERVER span stays a candidate until `settle`.
+            if settled || self.spans.get(&handle).is_some_and(|s| s.kind == SpanKind::Client) {
+                self.spans.remove(&handle);
+            }
         }
-        // A child ends before its parent (a same-host SERVER span at most a little after its
-        // CLIENT span): a few settle times of memory suffice, whatever the span rate.
+        // Children start before their parent ends (a same-host SERVER span ends at most a
+        // little after its CLIENT span) and are decided within `settle` of their start: two
+        // settle times of memory suffice, whatever the span rate.
         self.exported.retain(|_, e| {
-            now_ns.saturating_sub(e.at_ns) <= settle.saturating_mul(4).max(2_000_000_000)
+            now_ns.saturating_sub(e.at_ns) <= settle.saturating_mul(2).max(1_000_000_000)
         });
         out
     }
@@ -702,18 +750,37 @@ impl Assembler {
         }
     }
 
-    fn build(&mut self, handle: u64, now_ns: u64) -> Option<SpanRecord> {
-        let (trace_id, parent_span_id, flags, tracestate) = self.identity(handle);
-        // Clamp to a same-host CLIENT parent: its reader cannot have received the last byte
-        // before it was written, so the write's true time is within the parent's span.
-        let bound = self
-            .spans
+    /// The CLIENT span a same-host SERVER span's times are clamped into has ended (or there
+    /// is none, or it has left already).
+    fn clamp_parent_ended(&self, handle: u64) -> bool {
+        match self.clamp_bound(handle).and_then(|p| self.spans.get(&p)) {
+            Some(parent) => parent.kind != SpanKind::Client || parent.end_ns.is_some(),
+            None => true,
+        }
+    }
+
+    /// The span whose times bound a same-host SERVER span's: its CLIENT end.
+    fn clamp_bound(&self, handle: u64) -> Option<u64> {
+        self.spans
             .get(&handle)
             .and_then(|s| match (&s.parent, s.clamp_to) {
                 (_, Some(client)) => Some(client),
                 (Parent::Local(p), None) if s.link_method == "same_host" => Some(*p),
                 _ => None,
-            });
+            })
+    }
+
+    /// Makes the span's record, once (`None` when it was sent already): takes its name,
+    /// attributes and status and marks it `sent`; its identity goes to `exported` for
+    /// children that finish later.
+    fn build(&mut self, handle: u64, now_ns: u64) -> Option<SpanRecord> {
+        if self.spans.get(&handle)?.sent {
+            return None;
+        }
+        let (trace_id, parent_span_id, flags, tracestate) = self.identity(handle);
+        // Clamp to a same-host CLIENT parent: its reader cannot have received the last byte
+        // before it was written, so the write's true time is within the parent's span.
+        let bound = self.clamp_bound(handle);
         let parent_times = match bound {
             Some(p) => match self.spans.get(&p) {
                 Some(parent) => {
@@ -749,9 +816,10 @@ impl Assembler {
                 })
                 .collect()
         };
-        let span = self.spans.get(&handle)?;
+        let span = self.spans.get_mut(&handle)?;
         let mut start = span.start_ns;
         let mut end = span.end_ns?;
+        span.sent = true;
         if let Some((parent_start, parent_end)) = parent_times {
             start = start.max(parent_start);
             if let Some(parent_end) = parent_end {
@@ -759,7 +827,7 @@ impl Assembler {
             }
             end = end.max(start);
         }
-        let mut attributes = span.attributes.clone();
+        let mut attributes = std::mem::take(&mut span.attributes);
         if span.link_method != "root" || !span.link_candidates.is_empty() {
             attributes.push(Attribute::str("tracer.link.method", span.link_method));
             attributes.push(Attribute::double("tracer.link.confidence", span.confidence));
@@ -770,12 +838,12 @@ impl Assembler {
             parent_span_id,
             tracestate,
             flags,
-            name: span.name.clone(),
+            name: std::mem::take(&mut span.name),
             kind: span.kind,
             start_unix_ns: to_unix(start, self.config.realtime_offset_ns),
             end_unix_ns: to_unix(end, self.config.realtime_offset_ns),
             attributes,
-            status: span.status.clone(),
+            status: std::mem::take(&mut span.status),
             links,
             resource: span.resource.clone(),
         };
@@ -798,7 +866,7 @@ impl Assembler {
 /// on a connection are ordered).
 fn take_match(
     queues: &mut FxHashMap<Tuple, VecDeque<u64>>,
-    spans: &FxHashMap<u64, PendingSpan>,
+    spans: &FxHashMap<u64, Box<PendingSpan>>,
     tuple: Tuple,
     (key, print): (u64, u64),
     protocol: Protocol,
@@ -858,6 +926,8 @@ fn add_network_attributes(
     remote: SocketAddr,
 ) {
     let has = |attributes: &[Attribute], key: &str| attributes.iter().any(|a| a.key == key);
+    // These, the response's attributes and the two link attributes: one allocation.
+    attributes.reserve(10);
     attributes.push(Attribute::str("network.transport", "tcp"));
     attributes.push(Attribute::str(
         "network.type",

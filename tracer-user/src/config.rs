@@ -148,7 +148,9 @@ pub struct Config {
     #[arg(long = "record-header", env = "TRACER_RECORD_HEADERS", value_delimiter = ',', value_parser = parse_header_name)]
     pub record_headers: Vec<String>,
 
-    /// How long finished spans are held so that late links can still be made, in ms.
+    /// Longest a finished span is held so that late links can still be made, in ms. A span
+    /// whose place is decided leaves earlier: once the event stream is a fifth of this past
+    /// its end.
     #[arg(long, env = "TRACER_SETTLE_MS", default_value_t = 1000)]
     pub settle_ms: u64,
 

@@ -822,3 +822,54 @@ fn a_context_server_is_nested_in_its_same_host_client() {
         );
     }
 }
+
+/// A span whose place is decided leaves once later events show its moment has passed
+/// (settle/5 of event time), not `settle` after its end; its children still find it, and it
+/// leaves once. A SERVER span whose local caller was not seen by then is a root for good.
+#[test]
+fn decided_spans_leave_before_settle_and_once() {
+    let mut a = assembler();
+    // pid 1 serves /in (from a remote caller) and calls /down on the same thread.
+    let inbound = meta(1, 1, "10.0.0.1:80", "10.9.9.9:5000");
+    let outbound = meta(2, 1, "10.0.0.1:4000", "10.9.9.8:80");
+    // pid 3 serves /alone for a caller on this host whose request record is late.
+    let lonely = meta(3, 3, "10.0.0.3:80", "10.0.0.1:4001");
+    let lonely_caller = meta(5, 1, "10.0.0.1:4001", "10.0.0.3:80");
+    feed(&mut a, inbound, Direction::Ingress, request(0, "/in", at(MS, 7), None));
+    feed(&mut a, outbound, Direction::Egress, request(0, "/down", at(2 * MS, 7), None));
+    feed(&mut a, lonely, Direction::Ingress, request(0, "/alone", at(2 * MS, 9), None));
+    feed(&mut a, outbound, Direction::Ingress, response(0, 200, at(3 * MS, 7)));
+    feed(&mut a, lonely, Direction::Egress, response(0, 200, at(3 * MS, 9)));
+    feed(&mut a, inbound, Direction::Egress, response(0, 200, at(4 * MS, 7)));
+    assert!(
+        a.tick(30 * MS).is_empty(),
+        "no event after their ends yet: the stream may still hold records of that moment"
+    );
+    // A later event moves the watermark past end + settle/5 (20 ms).
+    let other = meta(4, 5, "10.0.0.5:80", "10.9.9.7:5000");
+    feed(&mut a, other, Direction::Ingress, request(0, "/later", at(40 * MS, 1), None));
+    let early = a.tick(45 * MS);
+    let names: Vec<&str> = early.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(early.len(), 3, "{names:?}");
+    let server = by_name(&early, "GET /in", SpanKind::Server);
+    let client = by_name(&early, "GET /down", SpanKind::Client);
+    assert_eq!(client.parent_span_id, Some(server.span_id));
+    assert_eq!(client.trace_id, server.trace_id);
+    let alone = by_name(&early, "GET /alone", SpanKind::Server);
+    assert_eq!(alone.parent_span_id, None);
+    assert_eq!(
+        a.pending(),
+        3,
+        "SERVER spans stay inference candidates until settle; the CLIENT span is gone"
+    );
+    // The caller's record of /alone arrives after the SERVER span left: it does not
+    // re-parent it (its record is out), and nothing leaves twice.
+    feed(&mut a, lonely_caller, Direction::Egress, request(0, "/alone", at(MS, 7), None));
+    feed(&mut a, lonely_caller, Direction::Ingress, response(0, 200, at(4 * MS, 7)));
+    let settled = a.tick(200 * MS);
+    let names: Vec<&str> = settled.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, vec!["GET /alone"], "only the late CLIENT span");
+    assert_eq!(settled[0].kind, SpanKind::Client);
+    assert_ne!(settled[0].trace_id, alone.trace_id);
+    assert_eq!(a.pending(), 1, "only the unanswered /later is left");
+}
