@@ -13,8 +13,8 @@ use aya_ebpf::{
 use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventHeader, SockAddrs, conn_op, counter, kind};
 
 use crate::maps::{
-    AGENT_PORTS, AGENT_SOCKS, AGENT_TGID, BPF_RB_FORCE_WAKEUP, CONNS, EVENTS, FILTER_PORTS,
-    INFLIGHT, Inflight, bump, is_traced, port_allowed, wakeup_flags,
+    AGENT_PORTS, AGENT_SOCKS, AGENT_TGID, ANNOUNCED, BPF_RB_FORCE_WAKEUP, CONNS, EVENTS,
+    FILTER_PORTS, INFLIGHT, Inflight, bump, is_traced, port_allowed, wakeup_flags,
 };
 
 const EINPROGRESS: i64 = 115;
@@ -97,12 +97,16 @@ fn emit_conn(pid_tgid: u64, fd: i32, conn_id: u64, what: u8, addrs: SockAddrs) {
         _pad: [0; 7],
         addrs,
     });
-    // A new connection wakes the reader at once: the agent reads the process's identity from
-    // /proc while it still runs (a short-lived client may exit within milliseconds).
-    let flags = if what == conn_op::CLOSE {
-        wakeup_flags()
-    } else {
+    // A process's first connection wakes the reader at once: the agent reads the process's
+    // identity from /proc while it still runs (a short-lived client may exit within
+    // milliseconds).
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: the value is only tested for presence.
+    let flags = if what != conn_op::CLOSE && unsafe { ANNOUNCED.get(&tgid) }.is_none() {
+        let _ = ANNOUNCED.insert(&tgid, &1, 0);
         BPF_RB_FORCE_WAKEUP
+    } else {
+        wakeup_flags()
     };
     entry.submit(flags);
     bump(counter::CONN_EVENTS);

@@ -85,6 +85,12 @@ pub struct ConnState {
 #[map]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
 
+/// Processes (tgid) whose first connection woke the reader at once, so that the agent read
+/// their identity from /proc while they ran; their later connections wait for the batch (a
+/// wakeup costs several microseconds on a virtual machine: an IPI).
+#[map]
+pub static ANNOUNCED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
+
 /// Local ports of the agent's own sockets, noted as the agent does socket I/O. A local
 /// connection whose remote port is listed talks to the agent and is not traced, or the
 /// exporter's traffic would be traced in the receiver and feed itself.
