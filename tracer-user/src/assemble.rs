@@ -644,7 +644,12 @@ impl Assembler {
             }
             // A CLIENT span is no inference candidate: once out, only its identity (in
             // `exported`) is needed. A SERVER span stays a candidate until `settle`.
-            if settled || self.spans.get(&handle).is_some_and(|s| s.kind == SpanKind::Client) {
+            if settled
+                || self
+                    .spans
+                    .get(&handle)
+                    .is_some_and(|s| s.kind == SpanKind::Client)
+            {
                 self.spans.remove(&handle);
             }
         }

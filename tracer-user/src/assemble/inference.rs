@@ -94,21 +94,30 @@ impl DelayModel {
 
     /// Log-likelihood of `delay_ns`, and whether it comes from a learned distribution.
     fn score(&self, pair: (u64, u64), delay_ns: f64) -> (f64, bool) {
-        match self.pairs.get(&pair) {
-            Some(s) if s.n >= MIN_LEARNED => {
-                // Delays learned at low load stretch under queueing: a wide floor keeps a
-                // misfit from producing confident picks among requests it cannot tell apart.
-                let sd = (s.m2 / f64::from(s.n - 1))
-                    .sqrt()
-                    .max(0.25 * s.mean.abs())
-                    .max(1_000_000.0);
-                let z = (delay_ns - s.mean) / sd;
-                (-0.5 * z * z - (sd / 1e6).ln(), true)
-            }
+        match self.z(pair, delay_ns) {
+            Some((z, sd)) => (-0.5 * z * z - (sd / 1e6).ln(), true),
             // First come, first served, mildly: convex in the delay, so that a matching keeps
             // the order in which requests and calls started.
             _ => (-(delay_ns / 100e6).powi(2), false),
         }
+    }
+
+    /// Standard score of `delay_ns` and the spread used, once the pair's delays are learned.
+    fn z(&self, pair: (u64, u64), delay_ns: f64) -> Option<(f64, f64)> {
+        let s = self.pairs.get(&pair).filter(|s| s.n >= MIN_LEARNED)?;
+        // Delays learned at low load stretch under queueing: a wide floor keeps a misfit
+        // from producing confident picks among requests it cannot tell apart.
+        let sd = (s.m2 / f64::from(s.n - 1))
+            .sqrt()
+            .max(0.25 * s.mean.abs())
+            .max(1_000_000.0);
+        Some(((delay_ns - s.mean) / sd, sd))
+    }
+
+    /// The learned distribution describes `delay_ns` (within 3 spreads of its mean); far
+    /// outside it (queueing the model never saw) a likelihood share says nothing.
+    fn plausible(&self, pair: (u64, u64), delay_ns: f64) -> bool {
+        self.z(pair, delay_ns).is_some_and(|(z, _)| z.abs() <= 3.0)
     }
 }
 
@@ -303,8 +312,8 @@ impl Assembler {
         const ROOT: i64 = -10_000_000_000;
         // Slots: (request, call name), repeated by the calls it may still take.
         let mut slots: Vec<(u64, u64)> = Vec::new();
-        // Per client: (request, log-likelihood, learned) of each feasible candidate.
-        let mut options: Vec<Vec<(u64, f64, bool)>> = Vec::with_capacity(clients.len());
+        // Per client: (request, log-likelihood, learned, plausible) of each feasible candidate.
+        let mut options: Vec<Vec<(u64, f64, bool, bool)>> = Vec::with_capacity(clients.len());
         for &c in clients {
             let mut feasible = Vec::new();
             if let Some(client) = self.spans.get(&c) {
@@ -333,7 +342,8 @@ impl Assembler {
                     }
                     let delay = client.start_ns.saturating_sub(server.start_ns) as f64;
                     let (ll, learned) = self.delays.score(pair, delay);
-                    feasible.push((s, ll.clamp(-100_000.0, 100.0), learned));
+                    let plausible = self.delays.plausible(pair, delay);
+                    feasible.push((s, ll.clamp(-100_000.0, 100.0), learned, plausible));
                     let have = slots
                         .iter()
                         .filter(|slot| **slot == (s, client.name_key))
@@ -354,7 +364,7 @@ impl Assembler {
                 if slot.1 != name_key {
                     continue;
                 }
-                if let Some((_, ll, _)) = options[i].iter().find(|(s, _, _)| *s == slot.0) {
+                if let Some((_, ll, _, _)) = options[i].iter().find(|o| o.0 == slot.0) {
                     weights[(i, j)] = (ll * 1000.0) as i64;
                 }
             }
@@ -371,13 +381,14 @@ impl Assembler {
                 continue;
             };
             let feasible = &options[i];
-            let learned = feasible.iter().all(|(_, _, l)| *l);
+            let learned = feasible.iter().all(|o| o.2);
+            let plausible = feasible.iter().any(|o| o.0 == parent && o.3);
             // One request in progress at all: `process`; otherwise timing chose.
             let alone = self.spans.get(&c).is_some_and(|s| s.candidates.len() == 1);
             let method = if alone { "process" } else { "timing" };
             let confidence = if feasible.len() == 1 {
                 0.8
-            } else if learned {
+            } else if learned && plausible {
                 let best = feasible.iter().map(|o| o.1).fold(f64::MIN, f64::max);
                 let total: f64 = feasible.iter().map(|o| (o.1 - best).exp()).sum();
                 let chosen = feasible

@@ -585,30 +585,34 @@ fn a_call_seen_before_the_request_that_caused_it_waits_for_it() {
     assert_eq!(client.parent_span_id, Some(server.span_id));
 }
 
-/// A thread-pool process where nothing but timing tells requests apart: the delay from a
-/// request to its call is learned while one request runs at a time (`process`), then two
-/// overlapping requests' calls are assigned together by that delay (`timing`).
-#[test]
-fn overlapping_calls_without_ids_are_assigned_by_learned_delays() {
+/// Hub pid 7: inbound connection `n` (port 8000) ...
+fn hub_in(n: u64) -> ConnMeta {
+    meta(n, 7, "127.0.0.1:8000", "127.0.0.1:5000")
+}
+
+/// ... and its outbound connection `n` (to port 9000).
+fn hub_out(n: u64) -> ConnMeta {
+    meta(100 + n, 7, "127.0.0.1:6000", "127.0.0.1:9000")
+}
+
+/// A thread-pool hub (pid 7) that has learned, one request at a time (`process` links), that
+/// a worker calls /fizz 10 ms after a /hub request starts: reader thread 70, worker 71.
+fn hub_with_learned_delay() -> Assembler {
     let mut a = assembler();
-    let out = |n: u64| meta(100 + n, 7, "127.0.0.1:6000", "127.0.0.1:9000");
-    let inbound = |n: u64| meta(n, 7, "127.0.0.1:8000", "127.0.0.1:5000");
-    let exchange = |a: &mut Assembler, conn: ConnMeta, path: &str, tid: u32, from: u64, to: u64| {
-        let (ingress, egress) = if conn.endpoints.local.port() == 8000 {
-            (Direction::Ingress, Direction::Egress)
-        } else {
-            (Direction::Egress, Direction::Ingress)
-        };
-        feed(a, conn, ingress, request(0, path, at(from, tid), None));
-        (egress, to)
-    };
-    // One request at a time: reader thread 70, worker 71 calls /fizz 10 ms after the start.
     for i in 0..12 {
         let t = i * 50 * MS;
-        let (back, end) = exchange(&mut a, inbound(i), "/hub", 70, t, t + 12 * MS);
-        let (reply, done) = exchange(&mut a, out(i), "/fizz", 71, t + 10 * MS, t + 11 * MS);
-        feed(&mut a, out(i), reply, response(0, 200, at(done, 71)));
-        feed(&mut a, inbound(i), back, response(0, 200, at(end, 70)));
+        feed(
+            &mut a,
+            hub_in(i),
+            Direction::Ingress,
+            request(0, "/hub", at(t, 70), None),
+        );
+        let call = request(0, "/fizz", at(t + 10 * MS, 71), None);
+        feed(&mut a, hub_out(i), Direction::Egress, call);
+        let answer = response(0, 200, at(t + 11 * MS, 71));
+        feed(&mut a, hub_out(i), Direction::Ingress, answer);
+        let reply = response(0, 200, at(t + 12 * MS, 70));
+        feed(&mut a, hub_in(i), Direction::Egress, reply);
     }
     let learned = a.tick(900 * MS);
     assert!(
@@ -620,6 +624,16 @@ fn overlapping_calls_without_ids_are_assigned_by_learned_delays() {
                     == Some(&crate::span::AttrValue::Str("process".into()))
             })
     );
+    a
+}
+
+/// A thread-pool process where nothing but timing tells requests apart: the delay from a
+/// request to its call is learned while one request runs at a time (`process`), then two
+/// overlapping requests' calls are assigned together by that delay (`timing`).
+#[test]
+fn overlapping_calls_without_ids_are_assigned_by_learned_delays() {
+    let mut a = hub_with_learned_delay();
+    let (inbound, out) = (hub_in, hub_out);
     // Two overlapping requests 8 ms apart; workers 72 and 73 call 10 ms after each.
     let t = 1000 * MS;
     let (in1, in2) = (inbound(50), inbound(51));
@@ -835,19 +849,54 @@ fn decided_spans_leave_before_settle_and_once() {
     // pid 3 serves /alone for a caller on this host whose request record is late.
     let lonely = meta(3, 3, "10.0.0.3:80", "10.0.0.1:4001");
     let lonely_caller = meta(5, 1, "10.0.0.1:4001", "10.0.0.3:80");
-    feed(&mut a, inbound, Direction::Ingress, request(0, "/in", at(MS, 7), None));
-    feed(&mut a, outbound, Direction::Egress, request(0, "/down", at(2 * MS, 7), None));
-    feed(&mut a, lonely, Direction::Ingress, request(0, "/alone", at(2 * MS, 9), None));
-    feed(&mut a, outbound, Direction::Ingress, response(0, 200, at(3 * MS, 7)));
-    feed(&mut a, lonely, Direction::Egress, response(0, 200, at(3 * MS, 9)));
-    feed(&mut a, inbound, Direction::Egress, response(0, 200, at(4 * MS, 7)));
+    feed(
+        &mut a,
+        inbound,
+        Direction::Ingress,
+        request(0, "/in", at(MS, 7), None),
+    );
+    feed(
+        &mut a,
+        outbound,
+        Direction::Egress,
+        request(0, "/down", at(2 * MS, 7), None),
+    );
+    feed(
+        &mut a,
+        lonely,
+        Direction::Ingress,
+        request(0, "/alone", at(2 * MS, 9), None),
+    );
+    feed(
+        &mut a,
+        outbound,
+        Direction::Ingress,
+        response(0, 200, at(3 * MS, 7)),
+    );
+    feed(
+        &mut a,
+        lonely,
+        Direction::Egress,
+        response(0, 200, at(3 * MS, 9)),
+    );
+    feed(
+        &mut a,
+        inbound,
+        Direction::Egress,
+        response(0, 200, at(4 * MS, 7)),
+    );
     assert!(
         a.tick(30 * MS).is_empty(),
         "no event after their ends yet: the stream may still hold records of that moment"
     );
     // A later event moves the watermark past end + settle/5 (20 ms).
     let other = meta(4, 5, "10.0.0.5:80", "10.9.9.7:5000");
-    feed(&mut a, other, Direction::Ingress, request(0, "/later", at(40 * MS, 1), None));
+    feed(
+        &mut a,
+        other,
+        Direction::Ingress,
+        request(0, "/later", at(40 * MS, 1), None),
+    );
     let early = a.tick(45 * MS);
     let names: Vec<&str> = early.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(early.len(), 3, "{names:?}");
@@ -864,12 +913,66 @@ fn decided_spans_leave_before_settle_and_once() {
     );
     // The caller's record of /alone arrives after the SERVER span left: it does not
     // re-parent it (its record is out), and nothing leaves twice.
-    feed(&mut a, lonely_caller, Direction::Egress, request(0, "/alone", at(MS, 7), None));
-    feed(&mut a, lonely_caller, Direction::Ingress, response(0, 200, at(4 * MS, 7)));
+    feed(
+        &mut a,
+        lonely_caller,
+        Direction::Egress,
+        request(0, "/alone", at(MS, 7), None),
+    );
+    feed(
+        &mut a,
+        lonely_caller,
+        Direction::Ingress,
+        response(0, 200, at(4 * MS, 7)),
+    );
     let settled = a.tick(200 * MS);
     let names: Vec<&str> = settled.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, vec!["GET /alone"], "only the late CLIENT span");
     assert_eq!(settled[0].kind, SpanKind::Client);
     assert_ne!(settled[0].trace_id, alone.trace_id);
     assert_eq!(a.pending(), 1, "only the unanswered /later is left");
+}
+
+/// Calls far later than the learned delay (queueing the model never saw) are not placed by
+/// a likelihood share between two requests: roots with a link, below the threshold.
+#[test]
+fn delays_far_outside_the_learned_ones_are_not_trusted() {
+    let mut a = hub_with_learned_delay();
+    let t = 1000 * MS;
+    feed(
+        &mut a,
+        hub_in(50),
+        Direction::Ingress,
+        request(0, "/hub", at(t, 70), None),
+    );
+    feed(
+        &mut a,
+        hub_in(51),
+        Direction::Ingress,
+        request(0, "/hub", at(t + 8 * MS, 70), None),
+    );
+    for (n, start, tid) in [(50, 60, 72), (51, 70, 73)] {
+        let call = request(0, "/fizz", at(t + start * MS, tid), None);
+        feed(&mut a, hub_out(n), Direction::Egress, call);
+        let answer = response(0, 200, at(t + (start + 1) * MS, tid));
+        feed(&mut a, hub_out(n), Direction::Ingress, answer);
+    }
+    for n in [50, 51] {
+        let reply = response(0, 200, at(t + 80 * MS, 70));
+        feed(&mut a, hub_in(n), Direction::Egress, reply);
+    }
+    let spans = a.tick(t + 400 * MS);
+    let calls: Vec<&SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client)
+        .collect();
+    assert_eq!(calls.len(), 2);
+    for call in calls {
+        assert_eq!(call.parent_span_id, None, "{call:#?}");
+        assert_eq!(
+            crate::span::find(&call.attributes, "tracer.link.method"),
+            Some(&crate::span::AttrValue::Str("ambiguous".into()))
+        );
+        assert_eq!(call.links.len(), 1);
+    }
 }

@@ -291,8 +291,9 @@ impl HttpParser {
         let parsed = match role {
             Role::Request => head::parse_request(buf, &self.options.record_headers)
                 .map(|p| self.on_request(dir, p, head.first, timing, out)),
-            Role::Response => head::parse_response(buf)
-                .map(|p| self.on_response(dir, p, head.first, timing, out)),
+            Role::Response => {
+                head::parse_response(buf).map(|p| self.on_response(dir, p, head.first, timing, out))
+            }
         };
         match parsed {
             Ok(Some((state, len))) => (state, len.saturating_sub(old)),
