@@ -142,23 +142,9 @@ impl Assembler {
         if candidates.is_empty() {
             return None;
         }
-        let sharing: Vec<u64> = if tokens.is_empty() {
-            Vec::new()
-        } else {
-            candidates
-                .iter()
-                .copied()
-                .filter(|h| {
-                    self.spans
-                        .get(h)
-                        .is_some_and(|s| s.tokens.iter().any(|t| tokens.contains(t)))
-                })
-                .collect()
-        };
         // Content first: a pool worker may pick up its next request before the previous one's
         // response is written by another thread, so its claim can be stale.
-        if let [one] = sharing.as_slice() {
-            let parent = *one;
+        if let Some(parent) = self.sole_sharer(&tokens, &candidates) {
             if is_worker {
                 self.claim(thread, parent);
             }
@@ -216,6 +202,29 @@ impl Assembler {
             }
         };
         Some(guess)
+    }
+
+    /// The one candidate that the call's distinctive tokens point to: tokens that exactly one
+    /// candidate has (a value every request carries, like a constant body field, tells none
+    /// apart). `None` when no token is distinctive or two point to different candidates.
+    fn sole_sharer(&self, tokens: &[String], candidates: &[u64]) -> Option<u64> {
+        let mut sharer = None;
+        for token in tokens {
+            let mut holders = candidates.iter().copied().filter(|h| {
+                self.spans
+                    .get(h)
+                    .is_some_and(|s| s.tokens.iter().any(|t| t == token))
+            });
+            let (Some(holder), None) = (holders.next(), holders.next()) else {
+                continue;
+            };
+            match sharer {
+                None => sharer = Some(holder),
+                Some(other) if other != holder => return None,
+                Some(_) => {}
+            }
+        }
+        sharer
     }
 
     /// Records that worker `thread` handles the request `parent` (replacing its old claim).

@@ -976,3 +976,61 @@ fn delays_far_outside_the_learned_ones_are_not_trusted() {
         assert_eq!(call.links.len(), 1);
     }
 }
+
+/// Two requests in progress both carry the value 15 (a constant body field) and their own
+/// ids; the call carries 15 and the second id: the shared value tells nothing, the id does.
+#[test]
+fn a_token_every_candidate_has_does_not_hide_the_distinctive_one() {
+    let mut a = assembler();
+    let with_hint = |path: &str, t: Timing| {
+        let mut m = request(0, path, t, None);
+        if let Message::Request(r) = &mut m {
+            r.id_hints = vec!["15".into()];
+        }
+        m
+    };
+    // One event-loop thread (70) serves both and makes the call.
+    feed(
+        &mut a,
+        hub_in(1),
+        Direction::Ingress,
+        with_hint("/hub/1001", at(MS, 70)),
+    );
+    feed(
+        &mut a,
+        hub_in(2),
+        Direction::Ingress,
+        with_hint("/hub/1002", at(2 * MS, 70)),
+    );
+    feed(
+        &mut a,
+        hub_out(1),
+        Direction::Egress,
+        with_hint("/fizz/1002", at(3 * MS, 70)),
+    );
+    feed(
+        &mut a,
+        hub_out(1),
+        Direction::Ingress,
+        response(0, 200, at(4 * MS, 70)),
+    );
+    for n in [1, 2] {
+        feed(
+            &mut a,
+            hub_in(n),
+            Direction::Egress,
+            response(0, 200, at(5 * MS, 70)),
+        );
+    }
+    let spans = a.tick(500 * MS);
+    let second = spans
+        .iter()
+        .find(|s| s.name == "GET /hub/1002")
+        .expect("second request");
+    let call = by_name(&spans, "GET /fizz/1002", SpanKind::Client);
+    assert_eq!(call.parent_span_id, Some(second.span_id), "{call:#?}");
+    assert_eq!(
+        crate::span::find(&call.attributes, "tracer.link.method"),
+        Some(&crate::span::AttrValue::Str("content".into()))
+    );
+}
