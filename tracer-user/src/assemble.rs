@@ -150,6 +150,9 @@ pub struct Assembler {
     exported: FxHashMap<u64, Exported>,
     /// Latest kernel time seen in a message: how far the event stream has got.
     watermark_ns: u64,
+    /// Tokens of the requests each process served lately: (pid, token hash) -> where last
+    /// seen. A token two requests carried within `settle` names neither.
+    recent_tokens: FxHashMap<(u32, u64), inference::TokenSeen>,
     /// Learned delay from a request's start to each call it makes, per endpoint pair.
     delays: inference::DelayModel,
 }
@@ -174,6 +177,7 @@ impl Assembler {
             unmatched_servers: FxHashMap::default(),
             exported: FxHashMap::default(),
             watermark_ns: 0,
+            recent_tokens: FxHashMap::default(),
             delays: inference::DelayModel::default(),
         }
     }
@@ -290,6 +294,9 @@ impl Assembler {
             span.link_method = "context";
         }
         inc(&self.metrics.spans_created);
+        if kind == SpanKind::Server {
+            self.note_tokens(meta.pid, handle, start_ns, &span.tokens);
+        }
         self.spans.insert(handle, Box::new(span));
         match kind {
             SpanKind::Server => self.place_server(handle),
@@ -659,6 +666,8 @@ impl Assembler {
         self.exported.retain(|_, e| {
             now_ns.saturating_sub(e.at_ns) <= settle.saturating_mul(2).max(1_000_000_000)
         });
+        self.recent_tokens
+            .retain(|_, seen| now_ns.saturating_sub(seen.at_ns) <= settle);
         out
     }
 

@@ -121,6 +121,17 @@ impl DelayModel {
     }
 }
 
+/// Most (process, token) pairs remembered; beyond it the memory starts over.
+const MAX_RECENT_TOKENS: usize = 65_536;
+
+/// Where a token of a served request was last seen.
+pub(super) struct TokenSeen {
+    handle: u64,
+    pub(super) at_ns: u64,
+    /// Two requests of the process carried it within `settle`.
+    common: bool,
+}
+
 /// A proposed parent.
 pub(super) struct Guess {
     pub parent: u64,
@@ -144,7 +155,7 @@ impl Assembler {
         }
         // Content first: a pool worker may pick up its next request before the previous one's
         // response is written by another thread, so its claim can be stale.
-        if let Some(parent) = self.sole_sharer(&tokens, &candidates) {
+        if let Some(parent) = self.sole_sharer(pid, &tokens, &candidates) {
             if is_worker {
                 self.claim(thread, parent);
             }
@@ -204,12 +215,44 @@ impl Assembler {
         Some(guess)
     }
 
+    /// Remembers the tokens of a request `pid` serves (`handle`, started at `at_ns`).
+    pub(super) fn note_tokens(&mut self, pid: u32, handle: u64, at_ns: u64, tokens: &[String]) {
+        let settle = self.config.settle_ns;
+        for token in tokens {
+            if self.recent_tokens.len() >= MAX_RECENT_TOKENS {
+                self.recent_tokens.clear();
+            }
+            let seen = self
+                .recent_tokens
+                .entry((pid, super::hash_of(token)))
+                .or_insert(TokenSeen {
+                    handle,
+                    at_ns,
+                    common: false,
+                });
+            if seen.handle != handle && at_ns.abs_diff(seen.at_ns) <= settle {
+                seen.common = true;
+            }
+            seen.handle = handle;
+            seen.at_ns = seen.at_ns.max(at_ns);
+        }
+    }
+
     /// The one candidate that the call's distinctive tokens point to: tokens that exactly one
-    /// candidate has (a value every request carries, like a constant body field, tells none
-    /// apart). `None` when no token is distinctive or two point to different candidates.
-    fn sole_sharer(&self, tokens: &[String], candidates: &[u64]) -> Option<u64> {
+    /// candidate has and that no other recent request of the process carried (a value every
+    /// request carries, like a constant body field, tells none apart, even when one request
+    /// is in progress). `None` when no token is distinctive or two point to different
+    /// candidates.
+    fn sole_sharer(&self, pid: u32, tokens: &[String], candidates: &[u64]) -> Option<u64> {
         let mut sharer = None;
         for token in tokens {
+            if self
+                .recent_tokens
+                .get(&(pid, super::hash_of(token)))
+                .is_some_and(|seen| seen.common)
+            {
+                continue;
+            }
             let mut holders = candidates.iter().copied().filter(|h| {
                 self.spans
                     .get(h)

@@ -1034,3 +1034,44 @@ fn a_token_every_candidate_has_does_not_hide_the_distinctive_one() {
         Some(&crate::span::AttrValue::Str("content".into()))
     );
 }
+
+/// A value the process's requests keep carrying (a constant body field) is no id, even with
+/// one request in progress: the call is not linked by `content` (which would decide at once,
+/// before a later-registered request could compete).
+#[test]
+fn a_token_recent_requests_shared_is_no_content_evidence() {
+    let mut a = assembler();
+    let with_hint = |t: Timing| {
+        let mut m = request(0, "/hub", t, None);
+        if let Message::Request(r) = &mut m {
+            r.id_hints = vec!["15".into()];
+        }
+        m
+    };
+    feed(&mut a, hub_in(1), Direction::Ingress, with_hint(at(MS, 70)));
+    let done = response(0, 200, at(3 * MS, 70));
+    feed(&mut a, hub_in(1), Direction::Egress, done);
+    feed(
+        &mut a,
+        hub_in(2),
+        Direction::Ingress,
+        with_hint(at(10 * MS, 70)),
+    );
+    let mut call = request(0, "/fizz", at(12 * MS, 71), None);
+    if let Message::Request(r) = &mut call {
+        r.id_hints = vec!["15".into()];
+    }
+    feed(&mut a, hub_out(1), Direction::Egress, call);
+    let answer = response(0, 200, at(13 * MS, 71));
+    feed(&mut a, hub_out(1), Direction::Ingress, answer);
+    let reply = response(0, 200, at(14 * MS, 70));
+    feed(&mut a, hub_in(2), Direction::Egress, reply);
+    let spans = a.tick(500 * MS);
+    let call = by_name(&spans, "GET /fizz", SpanKind::Client);
+    let method = crate::span::find(&call.attributes, "tracer.link.method");
+    assert_eq!(
+        method,
+        Some(&crate::span::AttrValue::Str("process".into())),
+        "{call:#?}"
+    );
+}
