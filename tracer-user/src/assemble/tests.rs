@@ -1075,3 +1075,38 @@ fn a_token_recent_requests_shared_is_no_content_evidence() {
         "{call:#?}"
     );
 }
+
+/// A pure client (a load generator: pid 9 serves nothing) makes many calls at once; after
+/// the settling window they are roots all together, not 64 per tick.
+#[test]
+fn calls_of_a_process_that_serves_nothing_become_roots_all_at_once() {
+    let mut a = assembler();
+    for i in 0..200u64 {
+        let conn = meta(1000 + i, 9, "127.0.0.1:7000", "10.9.9.9:80");
+        let t = MS + i * 10_000;
+        feed(
+            &mut a,
+            conn,
+            Direction::Egress,
+            request(0, "/load", at(t, 90), None),
+        );
+        feed(
+            &mut a,
+            conn,
+            Direction::Ingress,
+            response(0, 200, at(t + 5000, 90)),
+        );
+    }
+    // Later traffic elsewhere moves the event stream on.
+    let other = meta(1, 5, "10.0.0.5:80", "10.9.9.7:5000");
+    feed(
+        &mut a,
+        other,
+        Direction::Ingress,
+        request(0, "/later", at(60 * MS, 1), None),
+    );
+    let spans = a.tick(60 * MS);
+    assert_eq!(spans.len(), 200);
+    assert!(spans.iter().all(|s| s.parent_span_id.is_none()));
+    assert_eq!(a.pending(), 1, "only /later");
+}
