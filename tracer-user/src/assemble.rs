@@ -650,13 +650,14 @@ impl Assembler {
                 out.push(record);
             }
             // A CLIENT span is no inference candidate: once out, only its identity (in
-            // `exported`) is needed. A SERVER span stays a candidate until `settle`.
-            if settled
-                || self
-                    .spans
-                    .get(&handle)
-                    .is_some_and(|s| s.kind == SpanKind::Client)
-            {
+            // `exported`) is needed. A SERVER span stays a candidate until `settle` while
+            // calls of its process wait to be placed (every call it could have caused has
+            // been seen: the stream is past its end).
+            let candidate = |s: &PendingSpan| {
+                s.kind == SpanKind::Server
+                    && self.unplaced.get(&s.pid).is_some_and(|l| !l.is_empty())
+            };
+            if settled || self.spans.get(&handle).is_some_and(|s| !candidate(s)) {
                 self.spans.remove(&handle);
             }
         }

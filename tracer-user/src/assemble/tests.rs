@@ -908,8 +908,8 @@ fn decided_spans_leave_before_settle_and_once() {
     assert_eq!(alone.parent_span_id, None);
     assert_eq!(
         a.pending(),
-        3,
-        "SERVER spans stay inference candidates until settle; the CLIENT span is gone"
+        1,
+        "no call of their processes waits to be placed: only the unfinished /later stays"
     );
     // The caller's record of /alone arrives after the SERVER span left: it does not
     // re-parent it (its record is out), and nothing leaves twice.
