@@ -27,7 +27,8 @@
 //! kernel time seen) is `settle / 5` past its start, or `settle` has passed. A span leaves
 //! once its own and its ancestors' positions are decided and the stream is `settle / 5` past
 //! its end (`settle` at the latest); a SERVER span's timing skeleton stays until `settle` as
-//! an inference candidate, a CLIENT span's identity in `exported`.
+//! an inference candidate while calls of its process wait to be placed; identities stay in
+//! `exported`.
 
 use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
 
