@@ -67,6 +67,15 @@ fn request(key: u64, path: &str, t: Timing, context: Option<TraceContext>) -> Me
     })
 }
 
+/// A request whose values gave the id hint `15` (a constant body field, say).
+fn request_with_15(path: &str, t: Timing) -> Message {
+    let mut m = request(0, path, t, None);
+    if let Message::Request(r) = &mut m {
+        r.id_hints = vec!["15".into()];
+    }
+    m
+}
+
 fn response(key: u64, status: u16, t: Timing) -> Message {
     Message::Response(Response {
         key,
@@ -982,31 +991,24 @@ fn delays_far_outside_the_learned_ones_are_not_trusted() {
 #[test]
 fn a_token_every_candidate_has_does_not_hide_the_distinctive_one() {
     let mut a = assembler();
-    let with_hint = |path: &str, t: Timing| {
-        let mut m = request(0, path, t, None);
-        if let Message::Request(r) = &mut m {
-            r.id_hints = vec!["15".into()];
-        }
-        m
-    };
     // One event-loop thread (70) serves both and makes the call.
     feed(
         &mut a,
         hub_in(1),
         Direction::Ingress,
-        with_hint("/hub/1001", at(MS, 70)),
+        request_with_15("/hub/1001", at(MS, 70)),
     );
     feed(
         &mut a,
         hub_in(2),
         Direction::Ingress,
-        with_hint("/hub/1002", at(2 * MS, 70)),
+        request_with_15("/hub/1002", at(2 * MS, 70)),
     );
     feed(
         &mut a,
         hub_out(1),
         Direction::Egress,
-        with_hint("/fizz/1002", at(3 * MS, 70)),
+        request_with_15("/fizz/1002", at(3 * MS, 70)),
     );
     feed(
         &mut a,
@@ -1041,26 +1043,21 @@ fn a_token_every_candidate_has_does_not_hide_the_distinctive_one() {
 #[test]
 fn a_token_recent_requests_shared_is_no_content_evidence() {
     let mut a = assembler();
-    let with_hint = |t: Timing| {
-        let mut m = request(0, "/hub", t, None);
-        if let Message::Request(r) = &mut m {
-            r.id_hints = vec!["15".into()];
-        }
-        m
-    };
-    feed(&mut a, hub_in(1), Direction::Ingress, with_hint(at(MS, 70)));
+    feed(
+        &mut a,
+        hub_in(1),
+        Direction::Ingress,
+        request_with_15("/hub", at(MS, 70)),
+    );
     let done = response(0, 200, at(3 * MS, 70));
     feed(&mut a, hub_in(1), Direction::Egress, done);
     feed(
         &mut a,
         hub_in(2),
         Direction::Ingress,
-        with_hint(at(10 * MS, 70)),
+        request_with_15("/hub", at(10 * MS, 70)),
     );
-    let mut call = request(0, "/fizz", at(12 * MS, 71), None);
-    if let Message::Request(r) = &mut call {
-        r.id_hints = vec!["15".into()];
-    }
+    let call = request_with_15("/fizz", at(12 * MS, 71));
     feed(&mut a, hub_out(1), Direction::Egress, call);
     let answer = response(0, 200, at(13 * MS, 71));
     feed(&mut a, hub_out(1), Direction::Ingress, answer);
