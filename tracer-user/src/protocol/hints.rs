@@ -49,18 +49,16 @@ pub fn from_query(query: &str) -> Vec<String> {
     out
 }
 
-/// Tokens of a request body prefix: the scalar values of a JSON document (object keys are
-/// not values) or the values of a form (`a=1&b=x`). Anything else gives none. A chunked
-/// body's first size line is skipped.
-pub fn from_body(sample: &[u8]) -> Vec<String> {
+/// Adds the tokens of a request body prefix: the scalar values of a JSON document (object
+/// keys are not values) or the values of a form (`a=1&b=x`). Anything else gives none. A
+/// chunked body's first size line is skipped.
+pub fn push_body(sample: &[u8], out: &mut Vec<String>) {
     let body = skip_chunk_size(sample.trim_ascii_start()).trim_ascii_start();
-    let mut out = Vec::new();
     match body.first() {
-        Some(b'{' | b'[') => json_values(body, &mut out),
-        Some(_) if looks_like_form(body) => push_pairs(body, &mut out),
+        Some(b'{' | b'[') => json_values(body, out),
+        Some(_) if looks_like_form(body) => push_pairs(body, out),
         _ => {}
     }
-    out
 }
 
 fn push_pairs(data: &[u8], out: &mut Vec<String>) {
@@ -177,6 +175,12 @@ mod tests {
         assert!(tokens("no").is_empty());
         assert!(tokens("hello world").is_empty());
         assert_eq!(tokens("3.5"), vec!["3.5"]);
+    }
+
+    fn from_body(sample: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        push_body(sample, &mut out);
+        out
     }
 
     #[test]

@@ -208,11 +208,7 @@ impl HttpParser {
         if let Open::Request(request) = &mut open
             && !self.body_sample.is_empty()
         {
-            for hint in hints::from_body(&self.body_sample) {
-                if request.id_hints.len() < hints::MAX_HINTS && !request.id_hints.contains(&hint) {
-                    request.id_hints.push(hint);
-                }
-            }
+            hints::push_body(&self.body_sample, &mut request.id_hints);
             self.body_sample.clear();
         }
         open.emit(out);
