@@ -348,16 +348,18 @@ impl Assembler {
             let Some(mut waiting) = self.unplaced.remove(&pid) else {
                 continue;
             };
-            waiting.retain(|h| self.spans.get(h).is_some_and(|s| !s.decided));
-            // Calls no request of the process was in progress for, once their window has
-            // passed, are roots: nothing to assign (a pure client such as a load generator
-            // makes thousands a second, which the bounded solver below would fall behind on).
+            // Decided ones leave. Calls no request of the process was in progress for, once
+            // their window has passed, are roots: nothing to assign (a pure client such as a
+            // load generator makes thousands a second, which the bounded solver below would
+            // fall behind on).
             waiting.retain(|h| match self.spans.get_mut(h) {
+                Some(s) if s.decided => false,
                 Some(s) if s.candidates.is_empty() && now.saturating_sub(s.start_ns) >= window => {
                     s.decided = true;
                     false
                 }
-                _ => true,
+                Some(_) => true,
+                None => false,
             });
             waiting.sort_by_key(|h| self.spans.get(h).map_or(0, |s| s.start_ns));
             let later = waiting.split_off(waiting.len().min(MAX_SOLVE));
