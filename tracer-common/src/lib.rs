@@ -19,6 +19,8 @@ pub mod kind {
     pub const DATA: u32 = 1;
     /// A [`super::ConnEvent`].
     pub const CONN: u32 = 2;
+    /// A [`super::ProcEvent`].
+    pub const PROC: u32 = 3;
 }
 
 /// `DataEvent::direction`.
@@ -63,6 +65,14 @@ pub mod conn_op {
     pub const CLOSE: u8 = 3;
 }
 
+/// `ProcEvent::what`.
+pub mod proc_op {
+    /// The process called `exec`: it may be another program now.
+    pub const EXEC: u8 = 1;
+    /// The process's main thread exited: its pid may be reused.
+    pub const EXIT: u8 = 2;
+}
+
 /// Indexes into the per-CPU `COUNTERS` array the kernel side increments.
 pub mod counter {
     /// Data events written to the ring buffer.
@@ -83,6 +93,10 @@ pub mod counter {
     pub const AGENT_PEER: u32 = 7;
     /// Connections that could not be recorded (connection table insert failed).
     pub const CONN_INSERT_FAILED: u32 = 8;
+    /// Connections whose bytes stopped at the agent's request (`MUTED_CONNS`).
+    pub const CONN_MUTED: u32 = 9;
+    /// Process changes (`exec`, exit) reported to the agent.
+    pub const PROC_EVENTS: u32 = 10;
     /// Number of counters.
     pub const COUNT: u32 = 12;
 }
@@ -157,6 +171,18 @@ pub struct ConnEvent {
     pub addrs: SockAddrs,
 }
 
+/// A process the agent decided about changed (only sent when it has process rules).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcEvent {
+    /// `fd` and `conn_id` are 0.
+    pub header: EventHeader,
+    pub ts_ns: u64,
+    /// One of [`proc_op`].
+    pub what: u8,
+    pub _pad: [u8; 7],
+}
+
 /// Byte offsets into kernel structs, computed in userspace from BTF and set as load-time
 /// globals (aya has no CO-RE for Rust programs).
 #[repr(C)]
@@ -219,6 +245,7 @@ mod user {
     unsafe impl Record for EventHeader {}
     unsafe impl Record for DataEvent {}
     unsafe impl Record for ConnEvent {}
+    unsafe impl Record for ProcEvent {}
 
     // SAFETY: integer-only repr(C) struct without padding holes that matter to the kernel.
     unsafe impl aya::Pod for SockOffsets {}
@@ -240,6 +267,8 @@ mod tests {
         assert_eq!(offset_of!(DataEvent, addrs), 56);
         assert_eq!(size_of::<DataEvent>(), 96);
         assert_eq!(size_of::<ConnEvent>(), 80);
+        assert_eq!(offset_of!(ProcEvent, what), 32);
+        assert_eq!(size_of::<ProcEvent>(), 40);
         assert_eq!(size_of::<SockOffsets>(), 32);
     }
 }

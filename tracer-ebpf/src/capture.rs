@@ -13,8 +13,8 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    AGENT_PORTS, CAPTURE_BYTES, CONNS, ConnState, EVENTS, Inflight, SCRATCH, SOCK_OFFSETS, bump,
-    port_allowed, wakeup_flags,
+    AGENT_PORTS, CAPTURE_BYTES, CONNS, ConnState, EVENTS, Inflight, MUTED_CONNS, SCRATCH,
+    SOCK_OFFSETS, bump, ignore, port_allowed, wakeup_flags,
 };
 
 /// Where the syscall's bytes live in user memory.
@@ -31,34 +31,34 @@ pub enum Payload {
 /// Finds the connection of this socket, or starts one. Returns a pointer into the map (keeps
 /// the stack small).
 #[inline(always)]
-pub fn connection(tgid: u32, fd: i32, sock: u64) -> Option<*const ConnState> {
-    if let Some(state) = CONNS.get_ptr(&sock) {
+pub fn connection(tgid: u32, fd: i32, sock: u64) -> Option<*mut ConnState> {
+    if let Some(state) = CONNS.get_ptr_mut(&sock) {
         return Some(state);
     }
     // Unique enough: two sockets first seen in the same nanosecond on the same CPU cannot be.
     // SAFETY: plain helper calls without arguments.
     let conn_id = unsafe { (bpf_ktime_get_ns() << 8) | (bpf_get_smp_processor_id() as u64 & 0xff) };
     let addrs = read_addrs(sock);
-    let mut ignore = false;
+    let mut skip = ignore::NO;
     if talks_to_agent(&addrs) {
         bump(counter::AGENT_PEER);
-        ignore = true;
+        skip = ignore::ALL;
     } else if !port_allowed(addrs.local_port, addrs.remote_port) {
         bump(counter::PORT_FILTERED);
-        ignore = true;
+        skip = ignore::ALL;
     }
     let state = ConnState {
         conn_id,
         pid: tgid,
         fd,
         addrs,
-        ignore: u64::from(ignore),
+        ignore: skip,
     };
     if CONNS.insert(&sock, &state, 0).is_err() {
         bump(counter::CONN_INSERT_FAILED);
         return None;
     }
-    CONNS.get_ptr(&sock)
+    CONNS.get_ptr_mut(&sock)
 }
 
 /// Whether a socket's peer is one of the agent's own local sockets.
@@ -126,10 +126,36 @@ fn copy_user(payload: *mut u8, off: usize, src: u64, len: usize) -> usize {
     if ret == 0 { len } else { 0 }
 }
 
-/// Builds and emits one `DataEvent` for `bytes` bytes moved by the syscall in `inflight`.
+/// The connection of a finished socket syscall when its bytes are wanted: not ignored since
+/// it was first seen, and not muted by the agent (a mute request is moved into the
+/// connection's state here, where every later syscall looks anyway).
 #[inline(always)]
+pub fn wanted_connection(tgid: u32, inflight: &Inflight) -> Option<*mut ConnState> {
+    let conn = connection(tgid, inflight.fd, inflight.sock)?;
+    // SAFETY: map value pointer, valid during this program run; a racing writer on another
+    // CPU can only set the same mark.
+    unsafe {
+        if (*conn).ignore != ignore::NO {
+            return None;
+        }
+        let conn_id = (*conn).conn_id;
+        if MUTED_CONNS.get(&conn_id).is_some() {
+            (*conn).ignore = ignore::DATA;
+            let _ = MUTED_CONNS.remove(&conn_id);
+            bump(counter::CONN_MUTED);
+            return None;
+        }
+    }
+    Some(conn)
+}
+
+/// Builds and emits one `DataEvent` for `bytes` bytes moved by the syscall in `inflight` on
+/// connection `conn` (from [`wanted_connection`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn emit_data(
     pid_tgid: u64,
+    conn: *const ConnState,
     inflight: &Inflight,
     exit_ns: u64,
     bytes: u64,
@@ -138,13 +164,6 @@ pub fn emit_data(
     flags: u8,
 ) {
     let tgid = (pid_tgid >> 32) as u32;
-    let Some(conn) = connection(tgid, inflight.fd, inflight.sock) else {
-        return;
-    };
-    // SAFETY: map value pointer, valid during this program run.
-    if unsafe { (*conn).ignore } != 0 {
-        return;
-    }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };

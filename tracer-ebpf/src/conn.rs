@@ -14,7 +14,7 @@ use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventHeader, SockAddrs, conn_o
 
 use crate::maps::{
     AGENT_PORTS, AGENT_SOCKS, AGENT_TGID, ANNOUNCED, BPF_RB_FORCE_WAKEUP, CONNS, EVENTS,
-    FILTER_PORTS, INFLIGHT, Inflight, bump, is_traced, port_allowed, wakeup_flags,
+    FILTER_PORTS, INFLIGHT, Inflight, bump, ignore, is_traced, port_allowed, wakeup_flags,
 };
 
 const EINPROGRESS: i64 = 115;
@@ -220,7 +220,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = CONNS.remove(&sk);
-    if state.ignore != 0 {
+    if state.ignore == ignore::ALL {
         return 0;
     }
     emit_conn(

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use tracer_common::{MAX_MMSG, counter, data_flags, direction, syscall};
 
 use crate::{
-    capture::{Payload, emit_data},
+    capture::{Payload, emit_data, wanted_connection},
     maps::{INFLIGHT, Inflight, bump, is_traced},
 };
 
@@ -62,12 +62,16 @@ fn exit(ctx: &TracePointContext) -> u32 {
     if inflight.sock == 0 || inflight.peek != 0 || ret <= 0 {
         return 0;
     }
+    let Some(conn) = wanted_connection((id >> 32) as u32, &inflight) else {
+        return 0;
+    };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let bytes = ret as u64;
     match inflight.syscall {
         syscall::READ | syscall::RECVFROM => emit_data(
             id,
+            conn,
             &inflight,
             now,
             bytes,
@@ -77,6 +81,7 @@ fn exit(ctx: &TracePointContext) -> u32 {
         ),
         syscall::WRITE | syscall::SENDTO => emit_data(
             id,
+            conn,
             &inflight,
             now,
             bytes,
@@ -86,6 +91,7 @@ fn exit(ctx: &TracePointContext) -> u32 {
         ),
         syscall::READV => emit_data(
             id,
+            conn,
             &inflight,
             now,
             bytes,
@@ -98,6 +104,7 @@ fn exit(ctx: &TracePointContext) -> u32 {
         ),
         syscall::WRITEV => emit_data(
             id,
+            conn,
             &inflight,
             now,
             bytes,
@@ -115,7 +122,7 @@ fn exit(ctx: &TracePointContext) -> u32 {
                 direction::EGRESS
             };
             let iov = msghdr_iov(inflight.ptr);
-            emit_data(id, &inflight, now, bytes, dir, iov, 0);
+            emit_data(id, conn, &inflight, now, bytes, dir, iov, 0);
         }
         syscall::RECVMMSG | syscall::SENDMMSG => {
             let dir = if inflight.syscall == syscall::RECVMMSG {
@@ -135,7 +142,16 @@ fn exit(ctx: &TracePointContext) -> u32 {
                     break;
                 };
                 if len > 0 {
-                    emit_data(id, &inflight, now, len as u64, dir, msghdr_iov(hdr), 0);
+                    emit_data(
+                        id,
+                        conn,
+                        &inflight,
+                        now,
+                        len as u64,
+                        dir,
+                        msghdr_iov(hdr),
+                        0,
+                    );
                 }
             }
         }
@@ -143,6 +159,7 @@ fn exit(ctx: &TracePointContext) -> u32 {
             bump(counter::SENDFILE_UNCAPTURED);
             emit_data(
                 id,
+                conn,
                 &inflight,
                 now,
                 bytes,

@@ -4,7 +4,9 @@
 //! Data flow: `sys_enter_*` stashes the syscall's arguments per thread (`INFLIGHT`);
 //! `sock:sock_{send,recv}_length` marks that syscall as TCP socket I/O and notes the socket;
 //! `sys_exit_*` copies the payload prefix and emits a `DataEvent`. Nothing is emitted for
-//! files, pipes, unix or UDP sockets, or the agent itself.
+//! files, pipes, unix or UDP sockets, or the agent itself, nor for processes and connections
+//! the agent said it does not want (`MUTED_PIDS`, `MUTED_CONNS`; `process` reports exec and
+//! exit so that it can decide again).
 #![no_std]
 #![no_main]
 
@@ -12,6 +14,7 @@ mod capture;
 mod conn;
 mod data;
 mod maps;
+mod process;
 mod sock;
 
 #[cfg(not(test))]

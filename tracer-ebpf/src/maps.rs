@@ -16,6 +16,11 @@ pub static CAPTURE_BYTES: Global<u32> = Global::new(1024);
 /// When 1, only processes listed in `TARGET_PIDS` are traced.
 #[unsafe(no_mangle)]
 pub static FILTER_PIDS: Global<u32> = Global::new(0);
+/// When 1, the agent selects processes by rules it evaluates itself (names, cgroups,
+/// containers, services): it lists the processes it decided not to trace in `MUTED_PIDS`, and
+/// an `exec` or exit of a process is reported to it so that it decides again.
+#[unsafe(no_mangle)]
+pub static PROCESS_RULES: Global<u32> = Global::new(0);
 /// Offsets into `struct sock_common`, from the running kernel's BTF.
 #[unsafe(no_mangle)]
 pub static SOCK_OFFSETS: Global<SockOffsets> = Global::new(SockOffsets::X86_64);
@@ -77,9 +82,21 @@ pub struct ConnState {
     pub pid: u32,
     pub fd: i32,
     pub addrs: SockAddrs,
-    /// 1 when the connection is not to be traced: its peer is the agent itself (its exporter or
-    /// health endpoint), or it fails the port filter. Decided once, when first seen.
+    /// One of [`ignore`]: decided when first seen (the agent's own peer, the port filter), or
+    /// later by the agent (`MUTED_CONNS`).
     pub ignore: u64,
+}
+
+/// `ConnState::ignore` values.
+pub mod ignore {
+    /// Traced.
+    pub const NO: u64 = 0;
+    /// Nothing is reported, not even the close: the peer is the agent itself (its exporter
+    /// or health endpoint), or the port filter rejects it.
+    pub const ALL: u64 = 1;
+    /// The agent wants no more of its bytes (a protocol it does not decode, a process it
+    /// does not trace); the close is still reported, so that the agent forgets it.
+    pub const DATA: u64 = 2;
 }
 
 #[map]
@@ -102,6 +119,16 @@ pub static AGENT_PORTS: LruHashMap<u16, u8> = LruHashMap::with_max_entries(4096,
 /// reach ESTABLISHED, before any byte can move.
 #[map]
 pub static AGENT_SOCKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1024, 0);
+
+/// Processes (tgid) the agent decided not to trace: their syscalls are dropped at entry,
+/// before anything is copied. Entries leave when the process calls `exec` or exits.
+#[map]
+pub static MUTED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Connections (`conn_id`) the agent wants no more bytes of. Read when a connection's next
+/// syscall finishes, which moves the mark into `ConnState::ignore` and removes the entry.
+#[map]
+pub static MUTED_CONNS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// When 1, only connections with a local or remote port listed in `TARGET_PORTS` are traced.
 #[unsafe(no_mangle)]
@@ -136,7 +163,6 @@ pub fn bump(index: u32) {
     }
 }
 
-/// Whether the current process is one the tracer should look at.
 /// Whether a connection with these endpoints passes the port filter.
 #[inline(always)]
 pub fn port_allowed(local: u16, remote: u16) -> bool {
@@ -147,14 +173,15 @@ pub fn port_allowed(local: u16, remote: u16) -> bool {
     unsafe { TARGET_PORTS.get(&local).is_some() || TARGET_PORTS.get(&remote).is_some() }
 }
 
+/// Whether the current process is one the tracer should look at.
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
     if tgid == AGENT_TGID.load() {
         return false;
     }
-    if FILTER_PIDS.load() == 1 {
-        // SAFETY: the value is a plain u8 and is only read.
-        return unsafe { TARGET_PIDS.get(&tgid) }.is_some();
+    // SAFETY (both lookups): the values are plain u8 and are only tested for presence.
+    if FILTER_PIDS.load() == 1 && unsafe { TARGET_PIDS.get(&tgid) }.is_none() {
+        return false;
     }
-    true
+    !(PROCESS_RULES.load() == 1 && unsafe { MUTED_PIDS.get(&tgid) }.is_some())
 }

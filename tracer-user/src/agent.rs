@@ -30,7 +30,7 @@ use crate::{
     k8s::Kubernetes,
     loader::{self, LoadOptions, Probes},
     metrics::Metrics,
-    metrics::inc,
+    metrics::{add, inc},
     preflight,
     process::{self, ProcessCache},
     protocol::ParserOptions,
@@ -77,6 +77,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracer_common::SockOffsets::X86_64
         }
     };
+    let selection = Selection::from_config(&config);
     let mut probes = loader::load(&LoadOptions {
         agent_pid: std::process::id(),
         capture_bytes: config.capture_bytes,
@@ -85,6 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ports: config.ports.clone(),
         own_listen_ports,
         sock_offsets,
+        process_rules: selection.has_process_rules(),
     })?;
     let ring = probes.take_ring_buffer()?;
 
@@ -93,9 +95,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut ring = RingReader::new(ring, metrics.clone()).context("polling the ring buffer")?;
 
     let mut table = ConnTable::new(
-        Filter {
-            selection: Selection::from_config(&config),
-        },
+        Filter { selection },
         ParserOptions::with_headers(config.record_query, &config.record_headers),
         config.max_connections,
         config.connection_idle_secs.saturating_mul(1_000_000_000),
@@ -152,10 +152,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     warn!("ring buffer poll failed: {e}; stopping");
                     break;
                 }
-                drain(&mut ring, &mut table, &mut assembler, &mut processes, &mut outputs);
+                drain(&mut ring, &mut probes, &mut table, &mut assembler, &mut processes, &mut outputs, &metrics);
             }
             _ = drain_timer.tick() => {
-                drain(&mut ring, &mut table, &mut assembler, &mut processes, &mut outputs);
+                drain(&mut ring, &mut probes, &mut table, &mut assembler, &mut processes, &mut outputs, &metrics);
             }
             _ = tick.tick() => {
                 let now = monotonic_ns();
@@ -182,10 +182,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     refresh_kernel_counters(&probes, &metrics);
     drain(
         &mut ring,
+        &mut probes,
         &mut table,
         &mut assembler,
         &mut processes,
         &mut outputs,
+        &metrics,
     );
     drop(ring);
     drop(probes);
@@ -205,10 +207,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// their turn under any load) through the connection table into span assembly.
 fn drain(
     ring: &mut RingReader,
+    probes: &mut Probes,
     table: &mut ConnTable,
     assembler: &mut Assembler,
     processes: &mut ProcessCache,
     outputs: &mut Vec<ConnOutput>,
+    metrics: &Metrics,
 ) {
     const MAX_BATCHES: usize = 16;
     for _ in 0..MAX_BATCHES {
@@ -227,6 +231,12 @@ fn drain(
         if read < reader::DRAIN_BATCH {
             break;
         }
+    }
+    // What the table decided not to trace stops in the kernel, before any copy.
+    let mutes = table.take_mutes();
+    if !mutes.pids.is_empty() || !mutes.conns.is_empty() {
+        let failed = probes.mute(&mutes.pids, &mutes.conns);
+        add(&metrics.mutes_failed, failed as u64);
     }
 }
 
@@ -273,6 +283,8 @@ fn refresh_kernel_counters(probes: &Probes, metrics: &Metrics) {
             metrics
                 .kernel_conn_insert_failed
                 .store(k.conn_insert_failed, Relaxed);
+            metrics.kernel_conn_muted.store(k.conn_muted, Relaxed);
+            metrics.kernel_proc_events.store(k.proc_events, Relaxed);
         }
         Err(e) => warn!("cannot read kernel counters: {e}"),
     }

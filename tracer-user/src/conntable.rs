@@ -122,11 +122,24 @@ impl Connection {
     }
 }
 
+/// Processes and connections newly left untraced: the kernel side need not send them any
+/// more (see [`ConnTable::take_mutes`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Mutes {
+    pub pids: Vec<u32>,
+    pub conns: Vec<u64>,
+}
+
+/// Mutes held at most between two takes (beyond, the kernel keeps sending and this table
+/// keeps dropping).
+const MAX_MUTES: usize = 4096;
+
 pub struct ConnTable {
     conns: FxHashMap<u64, Connection>,
     filter: Filter,
-    /// Process selection decisions per pid.
+    /// Process selection decisions per pid, until the process execs or exits.
     name_allowed: FxHashMap<u32, bool>,
+    mutes: Mutes,
     options: ParserOptions,
     max_connections: usize,
     idle_ns: u64,
@@ -146,6 +159,7 @@ impl ConnTable {
             conns: FxHashMap::default(),
             filter,
             name_allowed: FxHashMap::default(),
+            mutes: Mutes::default(),
             options,
             max_connections,
             idle_ns,
@@ -167,24 +181,48 @@ impl ConnTable {
         match event {
             Event::Data(rec) => self.on_data(rec, out),
             Event::Conn(rec) => self.on_conn(rec, out),
+            // Another program now, or soon another process: decide again.
+            Event::Process(rec) => {
+                self.name_allowed.remove(&rec.pid);
+            }
         }
     }
 
-    fn allowed(&mut self, pid: u32, endpoints: &Endpoints) -> bool {
+    /// The processes and connections left untraced since the last call.
+    pub fn take_mutes(&mut self) -> Mutes {
+        std::mem::take(&mut self.mutes)
+    }
+
+    /// Whether a new connection is traced. A process rejected by the rules, or a connection
+    /// rejected by the port rules, is noted for muting in the kernel.
+    fn allowed(&mut self, pid: u32, conn_id: u64, endpoints: &Endpoints) -> bool {
         let selection = &mut self.filter.selection;
         if !selection.ports_allowed(endpoints.local.port(), endpoints.remote.port()) {
+            self.mute_conn(conn_id);
             return false;
         }
         if !selection.has_process_rules() {
             return true;
         }
+        if let Some(&allowed) = self.name_allowed.get(&pid) {
+            return allowed;
+        }
         if self.name_allowed.len() > 65536 {
             self.name_allowed.clear();
         }
-        *self
-            .name_allowed
-            .entry(pid)
-            .or_insert_with(|| selection.process_allowed(pid))
+        let allowed = selection.process_allowed(pid);
+        self.name_allowed.insert(pid, allowed);
+        if !allowed && self.mutes.pids.len() < MAX_MUTES {
+            self.mutes.pids.push(pid);
+            inc(&self.metrics.processes_muted);
+        }
+        allowed
+    }
+
+    fn mute_conn(&mut self, conn_id: u64) {
+        if self.mutes.conns.len() < MAX_MUTES {
+            self.mutes.conns.push(conn_id);
+        }
     }
 
     fn on_data(&mut self, rec: &DataRecord<'_>, out: &mut Vec<ConnOutput>) {
@@ -193,7 +231,7 @@ impl ConnTable {
                 inc(&self.metrics.events_malformed);
                 return;
             };
-            let state = if self.allowed(rec.pid, &endpoints) {
+            let state = if self.allowed(rec.pid, rec.conn_id, &endpoints) {
                 ParseState::Detecting {
                     tries: 0,
                     held: Held::default(),
@@ -268,6 +306,7 @@ impl ConnTable {
                     if *tries >= DETECT_TRIES {
                         inc(&self.metrics.unknown_protocol);
                         conn.state = ParseState::Ignored;
+                        self.mute_conn(rec.conn_id);
                     }
                     return;
                 }
@@ -323,6 +362,7 @@ impl ConnTable {
         }
         if gave_up {
             conn.state = ParseState::Ignored;
+            self.mute_conn(rec.conn_id);
             out.push(ConnOutput::Closed {
                 meta,
                 at_ns: rec.exit_ns,
@@ -410,7 +450,10 @@ fn count_stats(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Direction, Message};
+    use crate::{
+        protocol::{Direction, Message},
+        selection::Rules,
+    };
 
     fn record(direction: Direction, payload: &[u8], at: u64) -> Event<'_> {
         Event::Data(DataRecord {
@@ -524,5 +567,118 @@ mod tests {
         let reqs = requests(&out);
         assert_eq!(reqs.len(), 1, "{out:?}");
         assert!(transport_of(reqs[0].0).is_some_and(|t| t.contains("buffered")));
+    }
+
+    fn table_with(exclude: Rules) -> ConnTable {
+        ConnTable::new(
+            Filter {
+                selection: Selection::new(Rules::default(), exclude),
+            },
+            ParserOptions::default(),
+            16,
+            u64::MAX,
+            Arc::default(),
+        )
+    }
+
+    fn on_conn_id(event: Event<'_>, conn_id: u64) -> Event<'_> {
+        match event {
+            Event::Data(mut rec) => {
+                rec.conn_id = conn_id;
+                Event::Data(rec)
+            }
+            other => other,
+        }
+    }
+
+    /// A process the rules reject is muted once; after it execs (or exits) it is decided,
+    /// and muted, again.
+    #[test]
+    fn rejected_process_is_muted_once_until_it_changes() {
+        let mut table = table_with(Rules {
+            pids: [10].into(),
+            ..Rules::default()
+        });
+        let mut out = Vec::new();
+        table.on_event(
+            &record(Direction::Ingress, b"GET / HTTP/1.1\r\n\r\n", 1),
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(
+            table.take_mutes(),
+            Mutes {
+                pids: vec![10],
+                conns: vec![]
+            }
+        );
+        let second = on_conn_id(
+            record(Direction::Ingress, b"GET / HTTP/1.1\r\n\r\n", 2),
+            100,
+        );
+        table.on_event(&second, &mut out);
+        assert_eq!(table.take_mutes(), Mutes::default(), "decided once");
+
+        table.on_event(
+            &Event::Process(crate::event::ProcRecord {
+                pid: 10,
+                ts_ns: 3,
+                op: crate::event::ProcOp::Exec,
+            }),
+            &mut out,
+        );
+        let third = on_conn_id(
+            record(Direction::Ingress, b"GET / HTTP/1.1\r\n\r\n", 4),
+            101,
+        );
+        table.on_event(&third, &mut out);
+        assert_eq!(
+            table.take_mutes().pids,
+            vec![10],
+            "decided again after exec"
+        );
+    }
+
+    /// A connection whose protocol is never recognised, or whose port the rules exclude, is
+    /// muted on its own; its process is not.
+    #[test]
+    fn unknown_protocol_and_excluded_port_mute_the_connection() {
+        let mut table = table_with(Rules::default());
+        let mut out = Vec::new();
+        for at in 0..u64::from(DETECT_TRIES) - 1 {
+            table.on_event(
+                &record(Direction::Ingress, b"\x13\x37 not a protocol", at),
+                &mut out,
+            );
+        }
+        assert_eq!(table.take_mutes(), Mutes::default(), "still detecting");
+        table.on_event(
+            &record(Direction::Ingress, b"\x13\x37 not a protocol", 9),
+            &mut out,
+        );
+        assert_eq!(
+            table.take_mutes(),
+            Mutes {
+                pids: vec![],
+                conns: vec![99]
+            }
+        );
+
+        let mut table = table_with(Rules {
+            ports: [9090].into(),
+            ..Rules::default()
+        });
+        table.on_event(
+            &record(Direction::Ingress, b"GET / HTTP/1.1\r\n\r\n", 1),
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(
+            table.take_mutes(),
+            Mutes {
+                pids: vec![],
+                conns: vec![99]
+            }
+        );
     }
 }

@@ -5,8 +5,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tracer_common::{
-    AF_INET, AF_INET6, ConnEvent, DataEvent, EventHeader, SockAddrs, conn_op, data_flags,
-    direction, kind, read_record,
+    AF_INET, AF_INET6, ConnEvent, DataEvent, EventHeader, ProcEvent, SockAddrs, conn_op,
+    data_flags, direction, kind, proc_op, read_record,
 };
 
 use crate::protocol::Direction;
@@ -94,10 +94,25 @@ pub struct ConnRecord {
     pub remote: Option<SocketAddr>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcOp {
+    Exec,
+    Exit,
+}
+
+/// A process the agent selects by its own rules called `exec` or exited.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcRecord {
+    pub pid: u32,
+    pub ts_ns: u64,
+    pub op: ProcOp,
+}
+
 #[derive(Clone, Debug)]
 pub enum Event<'a> {
     Data(DataRecord<'a>),
     Conn(ConnRecord),
+    Process(ProcRecord),
 }
 
 /// Decodes one ring-buffer record.
@@ -106,6 +121,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
     match header.kind {
         kind::DATA => decode_data(bytes),
         kind::CONN => decode_conn(bytes),
+        kind::PROC => decode_proc(bytes),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -157,6 +173,20 @@ fn decode_conn(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         ts_ns: ev.ts_ns,
         op,
         remote: Endpoints::from_abi(&ev.addrs).map(|e| e.remote),
+    }))
+}
+
+fn decode_proc(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
+    let ev: ProcEvent = read_record(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+    let op = match ev.what {
+        proc_op::EXEC => ProcOp::Exec,
+        proc_op::EXIT => ProcOp::Exit,
+        other => return Err(DecodeError::UnknownKind(other as u32 | 0x200)),
+    };
+    Ok(Event::Process(ProcRecord {
+        pid: ev.header.pid,
+        ts_ns: ev.ts_ns,
+        op,
     }))
 }
 
@@ -256,6 +286,52 @@ mod tests {
         let mut bad = bytes.clone();
         bad[0] = 77;
         assert_eq!(decode(&bad).unwrap_err(), DecodeError::UnknownKind(77));
+    }
+
+    #[test]
+    fn decodes_process_records_and_rejects_unknown_ops() {
+        let mut ev = ProcEvent {
+            header: EventHeader {
+                kind: kind::PROC,
+                pid: 42,
+                tid: 42,
+                fd: 0,
+                conn_id: 0,
+            },
+            ts_ns: 7,
+            what: proc_op::EXIT,
+            _pad: [0; 7],
+        };
+        let bytes = |ev: &ProcEvent| {
+            // SAFETY: integer-only repr(C) struct viewed as bytes.
+            unsafe {
+                std::slice::from_raw_parts(
+                    ev as *const ProcEvent as *const u8,
+                    size_of::<ProcEvent>(),
+                )
+            }
+            .to_vec()
+        };
+        let Ok(Event::Process(p)) = decode(&bytes(&ev)) else {
+            panic!("not a process record")
+        };
+        assert_eq!(
+            p,
+            ProcRecord {
+                pid: 42,
+                ts_ns: 7,
+                op: ProcOp::Exit
+            }
+        );
+        ev.what = 9;
+        assert_eq!(
+            decode(&bytes(&ev)).unwrap_err(),
+            DecodeError::UnknownKind(0x209)
+        );
+        assert_eq!(
+            decode(&bytes(&ev)[..20]).unwrap_err(),
+            DecodeError::Short(20)
+        );
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct LoadOptions {
     /// Ports the agent listens on (its health endpoint): connections to them are its own.
     pub own_listen_ports: Vec<u16>,
     pub sock_offsets: SockOffsets,
+    /// The agent selects processes by rules of its own (names, cgroups, ...): it will mute
+    /// the ones it rejects ([`Probes::mute`]) and needs to hear of `exec` and exit.
+    pub process_rules: bool,
 }
 
 /// One tracepoint: (program name in the object, category, tracepoint name, required).
@@ -94,6 +97,8 @@ const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("enter_accept4", "syscalls", "sys_enter_accept4", false),
     ("exit_accept4", "syscalls", "sys_exit_accept4", false),
     ("inet_sock_set_state", "sock", "inet_sock_set_state", false),
+    ("sched_process_exec", "sched", "sched_process_exec", false),
+    ("sched_process_exit", "sched", "sched_process_exit", false),
 ];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -152,6 +157,7 @@ pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
     ensure_tracefs()?;
     let filter_pids: u32 = u32::from(!options.pids.is_empty());
     let filter_ports: u32 = u32::from(!options.ports.is_empty());
+    let process_rules: u32 = u32::from(options.process_rules);
     let capture = options.capture_bytes.min(tracer_common::MAX_CAPTURE as u32);
     // Records below this much unread data do not wake the reader, which drains on its timer.
     let wakeup_bytes = u64::from(options.ringbuf_bytes / WAKEUP_FRACTION);
@@ -160,6 +166,7 @@ pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
         .override_global("CAPTURE_BYTES", &capture, true)
         .override_global("FILTER_PIDS", &filter_pids, true)
         .override_global("FILTER_PORTS", &filter_ports, true)
+        .override_global("PROCESS_RULES", &process_rules, true)
         .override_global("SOCK_OFFSETS", &options.sock_offsets, true)
         .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
         .map_max_entries("EVENTS", options.ringbuf_bytes)
@@ -292,7 +299,47 @@ impl Probes {
             port_filtered: sum(counter::PORT_FILTERED),
             agent_peer: sum(counter::AGENT_PEER),
             conn_insert_failed: sum(counter::CONN_INSERT_FAILED),
+            conn_muted: sum(counter::CONN_MUTED),
+            proc_events: sum(counter::PROC_EVENTS),
         })
+    }
+
+    /// Tells the kernel side to stop sending anything of processes `pids` (until they exec or
+    /// exit) and any more bytes of connections `conns`. Returns how many could not be
+    /// recorded (a full map: those keep being sent and dropped in userspace).
+    pub fn mute(&mut self, pids: &[u32], conns: &[u64]) -> usize {
+        let mut failed = 0;
+        if !pids.is_empty() {
+            match self
+                .ebpf
+                .map_mut("MUTED_PIDS")
+                .map(HashMap::<_, u32, u8>::try_from)
+            {
+                Some(Ok(mut map)) => {
+                    failed += pids
+                        .iter()
+                        .filter(|p| map.insert(**p, 1, 0).is_err())
+                        .count();
+                }
+                _ => failed += pids.len(),
+            }
+        }
+        if !conns.is_empty() {
+            match self
+                .ebpf
+                .map_mut("MUTED_CONNS")
+                .map(HashMap::<_, u64, u8>::try_from)
+            {
+                Some(Ok(mut map)) => {
+                    failed += conns
+                        .iter()
+                        .filter(|c| map.insert(**c, 1, 0).is_err())
+                        .count();
+                }
+                _ => failed += conns.len(),
+            }
+        }
+        failed
     }
 }
 
@@ -307,4 +354,6 @@ pub struct KernelCounters {
     pub port_filtered: u64,
     pub agent_peer: u64,
     pub conn_insert_failed: u64,
+    pub conn_muted: u64,
+    pub proc_events: u64,
 }
