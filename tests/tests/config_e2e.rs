@@ -5,7 +5,7 @@
 //! `/sys/fs/cgroup/unified`), `unshare` and `mount`; a missing one fails the test.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -482,6 +482,120 @@ fn exclude_by_executable_from_the_config_file() {
             .any(|s| s.is_client() && s.url_path() == Some("/excluded")),
         "curl's CLIENT span must still arrive:\n{}",
         dump(&receiver.spans())
+    );
+    agent.stop();
+}
+
+/// Reads the agent's counters once they include the kernel side's latest (it copies them
+/// every second).
+fn metrics_after_refresh(health: &str) -> String {
+    std::thread::sleep(Duration::from_millis(2500));
+    let (code, body) = http_get(health, "/metrics");
+    assert_eq!(code, 200);
+    body
+}
+
+/// Processes the rules exclude are muted in the kernel: once the agent has decided about a
+/// process (at its first connection), its socket syscalls are dropped at entry, before any
+/// copy. Both ends of the traffic here are excluded: the server by executable, the client
+/// (this test process) by pid; on the traced port nothing more leaves the kernel.
+#[test]
+fn excluded_processes_stop_in_the_kernel() {
+    require_root();
+    let receiver = Receiver::start();
+    let port = peers::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let health = format!("127.0.0.1:{}", peers::free_port());
+    let _server = peers::rust_server(port);
+    let me = std::process::id().to_string();
+    let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[port]).args([
+        "--health-addr",
+        &health,
+        "--exclude-process",
+        "rust_http_server",
+        "--exclude-pid",
+        &me,
+    ]));
+    for i in 0..3 {
+        assert_eq!(http_get(&addr, &format!("/warm{i}")).0, 200);
+    }
+    let before = metrics_after_refresh(&health);
+    assert!(
+        metric(&before, "tracer_processes_filtered_total") >= 2,
+        "server and client muted:\n{before}"
+    );
+    let sent_before = metric(&before, "tracer_events_sent_total");
+    const REQUESTS: u64 = 300;
+    for i in 0..REQUESTS {
+        assert_eq!(http_get(&addr, &format!("/quiet{i}")).0, 200);
+    }
+    let after = metrics_after_refresh(&health);
+    let sent = metric(&after, "tracer_events_sent_total") - sent_before;
+    // Unmuted, each request is 4 data events (a read and a write at each end).
+    assert!(
+        sent < REQUESTS / 10,
+        "{sent} events left the kernel for {REQUESTS} requests of muted processes:\n{after}"
+    );
+    assert!(
+        server_spans_on(&receiver, port).is_empty(),
+        "spans of excluded processes:\n{}",
+        dump(&receiver.spans())
+    );
+    agent.stop();
+}
+
+/// A connection whose bytes are no protocol the agent decodes is muted in the kernel once
+/// detection gives up: its later reads and writes are not copied at all.
+#[test]
+fn connections_of_unknown_protocol_stop_in_the_kernel() {
+    require_root();
+    let receiver = Receiver::start();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let health = format!("127.0.0.1:{}", peers::free_port());
+    let mut agent = Agent::start(
+        &AgentArgs::grpc(&receiver)
+            .ports(&[port])
+            .args(["--health-addr", &health]),
+    );
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // One write and one read per chunk, so that reads do not merge chunks.
+    let mut exchange = |n: usize| {
+        for _ in 0..n {
+            let chunk = b"\x13\x37 no protocol at all\n";
+            client.write_all(chunk).unwrap();
+            let mut buf = [0u8; 64];
+            let mut got = 0;
+            while got < chunk.len() {
+                got += server.read(&mut buf[got..]).unwrap();
+            }
+        }
+    };
+    exchange(20);
+    let before = metrics_after_refresh(&health);
+    assert!(
+        metric(&before, "tracer_connections_unknown_protocol_total") >= 2,
+        "both ends given up on:\n{before}"
+    );
+    let sent_before = metric(&before, "tracer_events_sent_total");
+    exchange(100);
+    let after = metrics_after_refresh(&health);
+    assert_eq!(
+        metric(
+            &after,
+            "tracer_connections_filtered_total{stage=\"kernel_muted\"}"
+        ),
+        2,
+        "both ends muted in the kernel:\n{after}"
+    );
+    let sent = metric(&after, "tracer_events_sent_total") - sent_before;
+    assert!(
+        sent <= 2,
+        "{sent} events left the kernel for 200 syscalls on muted connections:\n{after}"
     );
     agent.stop();
 }
