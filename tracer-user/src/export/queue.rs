@@ -91,7 +91,8 @@ async fn export_batch(
     deadline: &mut watch::Receiver<Option<Instant>>,
 ) -> BatchOutcome {
     let count = spans.len() as u64;
-    let request = otlp::build_request(spans);
+    // Encoded once: a retry resends these bytes.
+    let request = bytes::Bytes::from(prost::Message::encode_to_vec(&otlp::build_request(spans)));
     let started = Instant::now();
     let mut attempts = 0;
     loop {

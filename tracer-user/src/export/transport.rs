@@ -1,6 +1,7 @@
 //! OTLP transports (span assembly -> exporter queue -> OTLP request -> **transport** ->
-//! collector): gRPC through tonic's generated client and HTTP/protobuf through hyper's client.
-//! Both send one `ExportTraceServiceRequest` per call and classify failures as retryable or not.
+//! collector): gRPC through tonic's client and HTTP/protobuf through hyper's client. Both send
+//! one `ExportTraceServiceRequest`, encoded once by the caller (a retry resends the same
+//! bytes), and classify failures as retryable or not.
 
 use std::time::Duration;
 
@@ -15,15 +16,18 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_client::TraceServiceClient,
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use prost::Message;
 use tonic::{
-    Code,
+    Code, Status,
+    client::Grpc,
+    codec::{Codec, EncodeBuf, Encoder},
+    codegen::http::uri::PathAndQuery,
     metadata::{MetadataKey, MetadataMap, MetadataValue},
     transport::{Channel, Endpoint},
 };
+use tonic_prost::{ProstCodec, ProstDecoder};
 
 use super::{ConfigError, ExportConfig, OtlpProtocol};
 
@@ -137,10 +141,8 @@ impl Transport {
     }
 
     /// Sends one request.
-    pub async fn send(
-        &mut self,
-        request: &ExportTraceServiceRequest,
-    ) -> Result<Accepted, SendError> {
+    /// Sends one encoded `ExportTraceServiceRequest`.
+    pub async fn send(&mut self, request: &Bytes) -> Result<Accepted, SendError> {
         match self {
             Transport::Grpc(t) => t.send(request).await,
             Transport::Http(t) => t.send(request).await,
@@ -158,8 +160,42 @@ pub fn traces_url(endpoint: &str, signal_specific: bool) -> String {
     }
 }
 
+/// The method every gRPC export calls.
+const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Writes an export request that is already encoded. (The generated client takes the request
+/// by value, so every attempt would need a deep copy of all its spans.)
+struct EncodedCodec;
+
+struct EncodedEncoder;
+
+impl Encoder for EncodedEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl Codec for EncodedCodec {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = EncodedEncoder;
+    type Decoder = ProstDecoder<ExportTraceServiceResponse>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<(), ExportTraceServiceResponse>::default().decoder()
+    }
+}
+
 pub struct GrpcTransport {
-    client: TraceServiceClient<Channel>,
+    client: Grpc<Channel>,
     metadata: MetadataMap,
     timeout: Duration,
     target: String,
@@ -188,18 +224,33 @@ impl GrpcTransport {
             metadata.append(key, value);
         }
         Ok(Self {
-            client: TraceServiceClient::new(channel),
+            client: Grpc::new(channel),
             metadata,
             timeout: config.timeout,
             target: endpoint.to_owned(),
         })
     }
 
-    async fn send(&mut self, request: &ExportTraceServiceRequest) -> Result<Accepted, SendError> {
+    async fn send(&mut self, request: &Bytes) -> Result<Accepted, SendError> {
         let mut grpc_request = tonic::Request::new(request.clone());
         *grpc_request.metadata_mut() = self.metadata.clone();
         grpc_request.set_timeout(self.timeout);
-        match tokio::time::timeout(self.timeout, self.client.export(grpc_request)).await {
+        let client = &mut self.client;
+        // As tonic's generated client does it.
+        let call = async move {
+            client
+                .ready()
+                .await
+                .map_err(|e| Status::unknown(format!("Service was not ready: {e}")))?;
+            client
+                .unary(
+                    grpc_request,
+                    PathAndQuery::from_static(GRPC_EXPORT),
+                    EncodedCodec,
+                )
+                .await
+        };
+        match tokio::time::timeout(self.timeout, call).await {
             Err(_) => Err(SendError::Timeout(self.timeout)),
             Ok(Err(status)) => Err(SendError::Grpc {
                 code: status.code(),
@@ -249,8 +300,8 @@ impl HttpTransport {
         })
     }
 
-    async fn send(&mut self, request: &ExportTraceServiceRequest) -> Result<Accepted, SendError> {
-        let body = Full::new(Bytes::from(request.encode_to_vec()));
+    async fn send(&mut self, request: &Bytes) -> Result<Accepted, SendError> {
+        let body = Full::new(request.clone());
         let mut http_request = Request::post(self.uri.clone())
             .body(body)
             .map_err(|e| SendError::Request(e.to_string()))?;
@@ -406,10 +457,7 @@ mod tests {
             };
             let mut transport =
                 Transport::new(&config, &format!("http://{addr}")).expect("transport");
-            let error = transport
-                .send(&ExportTraceServiceRequest::default())
-                .await
-                .expect_err("refused");
+            let error = transport.send(&Bytes::new()).await.expect_err("refused");
             assert!(error.is_retryable(), "{protocol:?}: {error}");
             assert!(
                 error.to_string().contains("Connection refused"),
