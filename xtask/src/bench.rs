@@ -6,9 +6,10 @@
 //!
 //! - `nginx`: one nginx serving a small static file, `wrk -t2 -c32 --latency`, keep-alive and a
 //!   new connection per request (`Connection: close`); untraced vs our agent exporting OTLP/gRPC
-//!   to a counting sink (`tests/src/bin/otlp_sink.rs`).
+//!   to a counting sink (`tests/src/bin/otlp_sink.rs`), tracing every process (wrk's client
+//!   side too) and with `--exclude-process wrk` (as when the clients are on other hosts).
 //! - `chain`: the same against nginx reverse proxy (upstream keepalive) -> nginx static server.
-//! - `flask`: a Flask app under gunicorn; untraced, our agent, OpenTelemetry's Python SDK
+//! - `flask`: a Flask app under gunicorn; untraced, our agent (both ways), OpenTelemetry's Python SDK
 //!   (FlaskInstrumentor, BatchSpanProcessor, OTLP/HTTP to the same sink).
 //! - `capacity`: rate-limited steps with `hey -q` against nginx, reading the agent's drop
 //!   counters from `/metrics` after each step; then saturation with a tiny ring buffer and a tiny
@@ -161,7 +162,7 @@ pub fn bench(args: Args) -> Result<ExitCode> {
         for close in [false, true] {
             ctx.compare(
                 &format!("nginx static, {}", mode(close)),
-                &[Variant::Untraced, Variant::Agent],
+                NGINX_VARIANTS,
                 &url,
                 close,
                 |_, _| Ok(None),
@@ -175,7 +176,7 @@ pub fn bench(args: Args) -> Result<ExitCode> {
         for close in [false, true] {
             ctx.compare(
                 &format!("nginx proxy -> nginx, {}", mode(close)),
-                &[Variant::Untraced, Variant::Agent],
+                NGINX_VARIANTS,
                 &url,
                 close,
                 |_, _| Ok(None),
@@ -187,7 +188,12 @@ pub fn bench(args: Args) -> Result<ExitCode> {
         let url = format!("http://127.0.0.1:{port}/");
         ctx.compare(
             "Flask (gunicorn gthread 2x4), keep-alive",
-            &[Variant::Untraced, Variant::Agent, Variant::Otel],
+            &[
+                Variant::Untraced,
+                Variant::Agent,
+                Variant::AgentNoLoadgen,
+                Variant::Otel,
+            ],
             &url,
             false,
             |ctx, v| ctx.gunicorn(port, v).map(Some),
@@ -219,7 +225,11 @@ struct Cfg {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Variant {
     Untraced,
+    /// Our agent tracing every process, the load generator's client side included.
     Agent,
+    /// Our agent with the load generator excluded (`--exclude-process wrk`), as when the
+    /// clients run on other hosts: only the services' own spans.
+    AgentNoLoadgen,
     Otel,
 }
 
@@ -228,10 +238,23 @@ impl Variant {
         match self {
             Variant::Untraced => "untraced",
             Variant::Agent => "tracer (eBPF)",
+            Variant::AgentNoLoadgen => "tracer, wrk excl.",
             Variant::Otel => "OTel Python SDK",
         }
     }
+
+    /// Arguments of our agent for this variant (`None`: no agent).
+    fn agent_args(self) -> Option<&'static [&'static str]> {
+        match self {
+            Variant::Agent => Some(&[]),
+            Variant::AgentNoLoadgen => Some(&["--exclude-process", "wrk"]),
+            Variant::Untraced | Variant::Otel => None,
+        }
+    }
 }
+
+/// The variants every nginx comparison runs.
+const NGINX_VARIANTS: &[Variant] = &[Variant::Untraced, Variant::Agent, Variant::AgentNoLoadgen];
 
 struct Ctx {
     cfg: Cfg,
@@ -424,7 +447,10 @@ impl Ctx {
                 .collect();
             progs.sort_by(|a, b| a.0.cmp(&b.0));
             self.costs.push(CostRow {
-                scenario: scenario.to_owned(),
+                scenario: match v {
+                    Variant::AgentNoLoadgen => format!("{scenario}, wrk excl."),
+                    _ => scenario.to_owned(),
+                },
                 cpu_ms_per_1k: m(&|c, n| c.cpu_s * 1e3 / n * 1e3),
                 hwm_mib: m(&|c, _| c.hwm_kb as f64 / 1024.0),
                 map_mib: m(&|c, _| c.memlock as f64 / 1048576.0),
@@ -452,10 +478,9 @@ impl Ctx {
     fn one_run(&mut self, v: Variant, url: &str, close: bool) -> Result<RunResult> {
         wait_http(url, Duration::from_secs(20))?;
         let spans_before = self.sink.poll()?;
-        let agent = if v == Variant::Agent {
-            Some(Agent::start(self, &[])?)
-        } else {
-            None
+        let agent = match v.agent_args() {
+            Some(args) => Some(Agent::start(self, args)?),
+            None => None,
         };
         let warm_requests = if self.cfg.warmup {
             wrk(url, close, 1)?.requests
@@ -649,7 +674,7 @@ impl Ctx {
         if !self.rows.is_empty() {
             let _ = writeln!(
                 o,
-                "{:<42} {:<16} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>9} {:>6}",
+                "{:<42} {:<18} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>9} {:>6}",
                 "scenario",
                 "variant",
                 "req/s",
@@ -663,13 +688,13 @@ impl Ctx {
             );
             let _ = writeln!(
                 o,
-                "{:<42} {:<16} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7}",
+                "{:<42} {:<18} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7}",
                 "", "", "", "", "", "ratio", "ratio", "ratio"
             );
             for r in &self.rows {
                 let _ = writeln!(
                     o,
-                    "{:<42} {:<16} {:>9.0} {:>9.3} {:>9.3} {:>7.3} {:>7.2} {:>7.2} {:>9.2} {:>6}",
+                    "{:<42} {:<18} {:>9.0} {:>9.3} {:>9.3} {:>7.3} {:>7.2} {:>7.2} {:>9.2} {:>6}",
                     r.scenario,
                     r.variant.label(),
                     r.rps,
@@ -687,7 +712,7 @@ impl Ctx {
             let _ = writeln!(o, "\nAgent cost (traced runs, medians):");
             let _ = writeln!(
                 o,
-                "{:<42} {:>12} {:>9} {:>9} {:>10} {:>9} {:>10} {:>6}",
+                "{:<54} {:>12} {:>9} {:>9} {:>10} {:>9} {:>10} {:>6}",
                 "scenario",
                 "CPU ms/1k req",
                 "VmHWM MiB",
@@ -700,7 +725,7 @@ impl Ctx {
             for c in &self.costs {
                 let _ = writeln!(
                     o,
-                    "{:<42} {:>12.1} {:>9.1} {:>9.1} {:>10.0} {:>9.1} {:>10.2} {:>6}",
+                    "{:<54} {:>12.1} {:>9.1} {:>9.1} {:>10.0} {:>9.1} {:>10.2} {:>6}",
                     c.scenario,
                     c.cpu_ms_per_1k,
                     c.hwm_mib,
@@ -723,7 +748,7 @@ impl Ctx {
                     .filter(|(_, ns)| *ns > 0.0)
                     .map(|(n, ns)| format!("{n} {ns:.0}"))
                     .collect();
-                let _ = writeln!(o, "  {:<40} {}", c.scenario, progs.join(", "));
+                let _ = writeln!(o, "  {:<52} {}", c.scenario, progs.join(", "));
             }
         }
         if !self.capacity.is_empty() {
