@@ -37,6 +37,11 @@
 //! indistinguishable candidates stay below the threshold and give roots with span links; a
 //! call with one feasible request gets 0.8 (`process` when it was the only one in progress).
 //!
+//! The solver takes at most `SOLVE_BUDGET` calls of a process per tick (in assignments of
+//! `MAX_SOLVE`); due calls beyond it are decided alone: linked when one request in progress
+//! could contain them, otherwise roots with a span link (an event-loop proxy without ids at
+//! tens of thousands of calls a second gets nothing from an assignment it cannot afford).
+//!
 //! Only `content` and an existing claim decide at once: a single candidate (3) or a single
 //! unclaimed one (4) also waits for the window, since the request that caused the call may be
 //! registered after it (its record can reach the agent later).
@@ -50,8 +55,12 @@ use super::{Assembler, SpanKind};
 const MIN_LEARNED: u32 = 10;
 /// Endpoint pairs remembered at most (the table is cleared when full).
 const MAX_PAIRS: usize = 4096;
-/// Calls assigned in one solve at most (the rest wait for the next tick).
+/// Calls assigned in one solve at most.
 const MAX_SOLVE: usize = 64;
+/// Calls the solver assigns per process and tick at most. Due calls beyond it are decided
+/// one by one by containment alone (an event-loop proxy at tens of thousands of calls a
+/// second would otherwise queue without end, holding memory and falling further behind).
+const SOLVE_BUDGET: usize = 4 * MAX_SOLVE;
 
 /// Online statistics per (request name, call name).
 #[derive(Default)]
@@ -362,14 +371,67 @@ impl Assembler {
                 None => false,
             });
             waiting.sort_by_key(|h| self.spans.get(h).map_or(0, |s| s.start_ns));
-            let later = waiting.split_off(waiting.len().min(MAX_SOLVE));
-            if !later.is_empty() {
-                self.unplaced.insert(pid, later);
+            let mut rest = waiting.split_off(waiting.len().min(SOLVE_BUDGET));
+            for chunk in waiting.chunks(MAX_SOLVE) {
+                self.assign(chunk);
             }
-            if !waiting.is_empty() {
-                self.assign(&waiting);
+            // Over budget: the due ones are decided alone, the others wait their turn.
+            rest.retain(|h| {
+                let due = self
+                    .spans
+                    .get(h)
+                    .is_some_and(|s| now.saturating_sub(s.start_ns) >= window);
+                if due {
+                    self.decide_unsolved(*h);
+                }
+                !due
+            });
+            if !rest.is_empty() {
+                self.unplaced.insert(pid, rest);
             }
         }
+    }
+
+    /// A due call the solver had no budget for: linked only when one request in progress
+    /// could contain it (as the solver would, with 0.8), else a root with a span link.
+    fn decide_unsolved(&mut self, handle: u64) {
+        let Some(client) = self.spans.get(&handle) else {
+            return;
+        };
+        let feasible: Vec<u64> = client
+            .candidates
+            .iter()
+            .copied()
+            .filter(|s| {
+                self.spans.get(s).is_some_and(|server| {
+                    server.start_ns <= client.start_ns
+                        && match (server.end_ns, client.end_ns) {
+                            (Some(server_end), Some(client_end)) => client_end <= server_end,
+                            _ => true,
+                        }
+                })
+            })
+            .collect();
+        let alone = client.candidates.len() == 1;
+        let guess = match feasible.as_slice() {
+            [] => {
+                if let Some(span) = self.spans.get_mut(&handle) {
+                    span.decided = true;
+                }
+                return;
+            }
+            [one] => Guess {
+                parent: *one,
+                method: if alone { "process" } else { "timing" },
+                confidence: 0.8,
+            },
+            several => Guess {
+                parent: several[0],
+                method: "ambiguous",
+                confidence: 0.8 / several.len() as f64,
+            },
+        };
+        self.commit_guess(handle, guess);
     }
 
     /// One maximum-likelihood assignment of `clients` to their candidate requests.

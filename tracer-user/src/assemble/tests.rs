@@ -1107,3 +1107,53 @@ fn calls_of_a_process_that_serves_nothing_become_roots_all_at_once() {
     assert!(spans.iter().all(|s| s.parent_span_id.is_none()));
     assert_eq!(a.pending(), 1, "only /later");
 }
+
+/// An event-loop proxy (one thread serving many requests) makes calls without ids faster than
+/// the solver's budget: every due call is decided in the tick that finds it due (a root with
+/// a span link when several requests could contain it), none queues to a later tick.
+#[test]
+fn calls_beyond_the_solver_budget_are_decided_when_due() {
+    let mut a = assembler();
+    for r in 0..20u64 {
+        let conn = meta(100 + r, 2, "10.0.0.2:80", &format!("10.0.0.9:{}", 5000 + r));
+        feed(
+            &mut a,
+            conn,
+            Direction::Ingress,
+            request(0, "/in", at(MS + r * 1000, 20), None),
+        );
+    }
+    const CALLS: u64 = 600;
+    for i in 0..CALLS {
+        let conn = meta(1000 + i, 2, "10.0.0.2:6000", "10.0.0.3:80");
+        let t = 2 * MS + i * 10_000;
+        feed(
+            &mut a,
+            conn,
+            Direction::Egress,
+            request(0, "/up", at(t, 20), None),
+        );
+        feed(
+            &mut a,
+            conn,
+            Direction::Ingress,
+            response(0, 200, at(t + 5000, 20)),
+        );
+    }
+    // The event stream moves past every call's settling window (settle / 5 = 20 ms).
+    let other = meta(1, 5, "10.0.0.5:80", "10.9.9.7:5000");
+    feed(
+        &mut a,
+        other,
+        Direction::Ingress,
+        request(0, "/later", at(60 * MS, 1), None),
+    );
+    a.tick(60 * MS);
+    let undecided = a
+        .spans
+        .values()
+        .filter(|s| s.kind == SpanKind::Client && !s.decided)
+        .count();
+    assert_eq!(undecided, 0, "calls left for a later tick");
+    assert!(a.unplaced.get(&2).is_none_or(|w| w.is_empty()));
+}
