@@ -258,6 +258,7 @@ fn export_config(config: &Config) -> anyhow::Result<ExportConfig> {
         headers,
         timeout: Duration::from_millis(config.otlp_timeout_ms),
         max_batch: config.export_batch.max(1),
+        concurrency: usize::from(config.export_concurrency.max(1)),
         batch_delay: Duration::from_millis(200),
         queue_capacity: config.export_queue.max(1),
         ..ExportConfig::default()

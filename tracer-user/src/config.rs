@@ -187,6 +187,10 @@ pub struct Config {
     #[arg(long, env = "TRACER_EXPORT_BATCH", default_value_t = 512)]
     pub export_batch: usize,
 
+    /// Export requests in flight at once (each retried on its own).
+    #[arg(long, env = "TRACER_EXPORT_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub export_concurrency: u16,
+
     /// Seconds between self-telemetry log lines (0: only at exit).
     #[arg(long, env = "TRACER_STATS_INTERVAL_SECS", default_value_t = 60)]
     pub stats_interval_secs: u64,

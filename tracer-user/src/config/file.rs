@@ -151,6 +151,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("exporter.headers", "otlp_headers"),
     ("exporter.timeout_ms", "otlp_timeout_ms"),
     ("exporter.batch_size", "export_batch"),
+    ("exporter.concurrency", "export_concurrency"),
     ("sampling.ratio", "sample_ratio"),
     ("include.pids", "pids"),
     ("include.executables", "processes"),

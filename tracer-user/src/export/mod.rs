@@ -50,6 +50,8 @@ pub struct ExportConfig {
     pub timeout: Duration,
     /// Spans per export request at most.
     pub max_batch: usize,
+    /// Export requests in flight at once.
+    pub concurrency: usize,
     /// How long a partial batch may wait before it is sent.
     pub batch_delay: Duration,
     /// Spans the queue holds before new ones are dropped (and counted).
@@ -67,6 +69,7 @@ impl Default for ExportConfig {
             headers: Vec::new(),
             timeout: Duration::from_secs(10),
             max_batch: 512,
+            concurrency: 4,
             batch_delay: Duration::from_secs(1),
             queue_capacity: 4096,
             retry: RetryPolicy::default(),

@@ -1,12 +1,14 @@
 //! The export task (span assembly -> bounded queue -> **this task** -> transport or stdout):
-//! drains the queue into batches, sends them with retries and counts every span's fate
-//! (exported or dropped), or, without an endpoint, prints finished traces.
+//! drains the queue into batches, sends them with retries (up to `concurrency` requests in
+//! flight, each retried on its own) and counts every span's fate (exported or dropped), or,
+//! without an endpoint, prints finished traces.
 
 use std::{future, sync::Arc, time::Duration};
 
 use tokio::{
     io::AsyncWriteExt,
     sync::{mpsc, watch},
+    task::JoinSet,
     time::{Instant, sleep, sleep_until},
 };
 
@@ -42,15 +44,35 @@ async fn deadline_passed(deadline: &mut watch::Receiver<Option<Instant>>) {
 /// Drains the queue into OTLP requests until the queue is closed and empty.
 pub(super) async fn run_otlp(
     mut rx: mpsc::Receiver<SpanRecord>,
-    mut transport: Transport,
+    transport: Transport,
     config: ExportConfig,
     metrics: Arc<Metrics>,
-    mut deadline: watch::Receiver<Option<Instant>>,
+    deadline: watch::Receiver<Option<Instant>>,
 ) {
     let mut warnings = WarnLimiter::new(WARN_INTERVAL);
     let mut batch = Vec::with_capacity(config.max_batch);
+    let target = transport.target().to_owned();
+    let mut in_flight: JoinSet<BatchOutcome> = JoinSet::new();
+    let mut record = |done: Result<BatchOutcome, tokio::task::JoinError>| match done {
+        Ok(outcome) => record_outcome(&metrics, outcome, &target, &mut warnings),
+        Err(error) => tracing::warn!(%error, "OTLP export request task failed"),
+    };
     loop {
-        if rx.recv_many(&mut batch, config.max_batch).await == 0 {
+        while in_flight.len() >= config.concurrency.max(1) {
+            match in_flight.join_next().await {
+                Some(done) => record(done),
+                None => break,
+            }
+        }
+        // Wait for spans, taking note of requests that finish meanwhile.
+        let received = tokio::select! {
+            received = rx.recv_many(&mut batch, config.max_batch) => received,
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                record(done);
+                continue;
+            }
+        };
+        if received == 0 {
             break;
         }
         let flush_at = Instant::now() + config.batch_delay;
@@ -66,11 +88,16 @@ pub(super) async fn run_otlp(
             }
         }
         let spans = std::mem::replace(&mut batch, Vec::with_capacity(config.max_batch));
-        let outcome = export_batch(&mut transport, spans, &config.retry, &mut deadline).await;
-        record_outcome(&metrics, outcome, transport.target(), &mut warnings);
+        let (mut transport, retry, mut deadline) =
+            (transport.clone(), config.retry.clone(), deadline.clone());
+        in_flight
+            .spawn(async move { export_batch(&mut transport, spans, &retry, &mut deadline).await });
         if closed {
             break;
         }
+    }
+    while let Some(done) = in_flight.join_next().await {
+        record(done);
     }
     tracing::debug!("OTLP export task finished");
 }

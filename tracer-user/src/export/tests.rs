@@ -493,3 +493,73 @@ fn parses_otlp_protocol() {
         Err(ConfigError::UnknownProtocol(_))
     ));
 }
+
+/// What [`SlowReceiver`] saw.
+#[derive(Default)]
+struct SlowCounts {
+    active: std::sync::atomic::AtomicUsize,
+    most_active: std::sync::atomic::AtomicUsize,
+    spans: std::sync::atomic::AtomicUsize,
+}
+
+/// gRPC receiver that holds every request for a while and records how many it held at once.
+struct SlowReceiver(Arc<SlowCounts>);
+
+#[tonic::async_trait]
+impl TraceService for SlowReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let counts = &self.0;
+        let now = counts.active.fetch_add(1, Ordering::SeqCst) + 1;
+        counts.most_active.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let spans: usize = request
+            .get_ref()
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
+        counts.spans.fetch_add(spans, Ordering::SeqCst);
+        counts.active.fetch_sub(1, Ordering::SeqCst);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// A slow collector gets up to `concurrency` requests at once, never more, and every span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_requests_overlap_up_to_the_concurrency() {
+    for concurrency in [1, 3] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let receiver = Arc::new(SlowCounts::default());
+        tokio::spawn(tonic::transport::Server::builder().serve_with_incoming(
+            TraceServiceServer::new(SlowReceiver(receiver.clone())),
+            TcpIncoming::from(listener),
+        ));
+        let metrics = Arc::new(Metrics::default());
+        let exporter = Exporter::start(
+            ExportConfig {
+                concurrency,
+                ..config(format!("http://{addr}"), OtlpProtocol::Grpc)
+            },
+            metrics.clone(),
+        )
+        .expect("start");
+        submit_spans(&exporter, 60);
+        exporter.shutdown(Duration::from_secs(10)).await;
+        assert_eq!(
+            receiver.spans.load(Ordering::SeqCst),
+            60,
+            "concurrency {concurrency}"
+        );
+        assert_eq!(metrics.spans_exported.load(Ordering::Relaxed), 60);
+        assert_eq!(
+            receiver.most_active.load(Ordering::SeqCst),
+            concurrency,
+            "requests at once with concurrency {concurrency}"
+        );
+    }
+}

@@ -97,6 +97,7 @@ impl From<Option<ExportTracePartialSuccess>> for Accepted {
     clippy::large_enum_variant,
     reason = "one value per exporter, never moved on a hot path"
 )]
+#[derive(Clone)]
 pub enum Transport {
     Grpc(GrpcTransport),
     Http(HttpTransport),
@@ -194,6 +195,7 @@ impl Codec for EncodedCodec {
     }
 }
 
+#[derive(Clone)]
 pub struct GrpcTransport {
     client: Grpc<Channel>,
     metadata: MetadataMap,
@@ -261,6 +263,7 @@ impl GrpcTransport {
     }
 }
 
+#[derive(Clone)]
 pub struct HttpTransport {
     client: Client<HttpConnector, Full<Bytes>>,
     uri: Uri,
