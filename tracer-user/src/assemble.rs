@@ -160,6 +160,29 @@ pub struct Assembler {
 
 /// Longest parent chain followed (guards against cycles from wrong guesses).
 const MAX_DEPTH: usize = 64;
+/// SERVER spans in progress indexed per thread and per process at most (the oldest leave the
+/// index, not assembly): requests whose responses were lost stay "in progress" until the
+/// request timeout, and every call scans these lists.
+const MAX_SERVING_INDEX: usize = 256;
+/// Unmatched same-host spans kept per connection tuple at most: on one connection requests
+/// pair in order, so an older one still unmatched lost its other side.
+const MAX_UNMATCHED_PER_TUPLE: usize = 64;
+
+/// Appends `handle` to a bounded index list, dropping the oldest entry when full.
+fn push_bounded(list: &mut Vec<u64>, handle: u64, max: usize) {
+    if list.len() >= max {
+        list.remove(0);
+    }
+    list.push(handle);
+}
+
+/// Appends `handle` to a same-host matching queue, dropping the oldest entry when full.
+fn queue_bounded(queue: &mut VecDeque<u64>, handle: u64) {
+    if queue.len() >= MAX_UNMATCHED_PER_TUPLE {
+        queue.pop_front();
+    }
+    queue.push_back(handle);
+}
 
 impl Assembler {
     pub fn new(config: AssemblerConfig, metrics: Arc<Metrics>) -> Self {
@@ -336,8 +359,16 @@ impl Assembler {
             span.start_ns,
             span.fingerprint,
         );
-        self.serving.entry((pid, tid)).or_default().push(handle);
-        self.serving_by_pid.entry(pid).or_default().push(handle);
+        push_bounded(
+            self.serving.entry((pid, tid)).or_default(),
+            handle,
+            MAX_SERVING_INDEX,
+        );
+        push_bounded(
+            self.serving_by_pid.entry(pid).or_default(),
+            handle,
+            MAX_SERVING_INDEX,
+        );
         self.retry_unplaced(pid, start, handle);
         let matched = take_match(
             &mut self.unmatched_clients,
@@ -355,11 +386,7 @@ impl Assembler {
                         span.clamp_to = Some(client);
                     }
                 }
-                None => self
-                    .unmatched_servers
-                    .entry(tuple)
-                    .or_default()
-                    .push_back(handle),
+                None => queue_bounded(self.unmatched_servers.entry(tuple).or_default(), handle),
             }
             return;
         }
@@ -369,10 +396,7 @@ impl Assembler {
                 if let Some(span) = self.spans.get_mut(&handle) {
                     span.decided = false;
                 }
-                self.unmatched_servers
-                    .entry(tuple)
-                    .or_default()
-                    .push_back(handle);
+                queue_bounded(self.unmatched_servers.entry(tuple).or_default(), handle);
             }
         }
     }
@@ -427,10 +451,7 @@ impl Assembler {
                 _ => self.link(server, handle, "same_host", 1.0),
             }
         } else {
-            self.unmatched_clients
-                .entry(tuple)
-                .or_default()
-                .push_back(handle);
+            queue_bounded(self.unmatched_clients.entry(tuple).or_default(), handle);
         }
     }
 
@@ -472,33 +493,34 @@ impl Assembler {
     /// A new SERVER span `server` of `pid` that started at `start`: a candidate for the
     /// CLIENT spans of that process that started after it and are still waiting; those that
     /// now have a clear parent are placed.
+    ///
+    /// The waiting list is in arrival order, which follows the calls' start times up to how
+    /// long a syscall takes; it is walked from the newest back to the first call that
+    /// started well before the request (a busy event loop has thousands waiting, nearly all
+    /// older than the request that just arrived). Decided calls are dropped at the next tick.
     fn retry_unplaced(&mut self, pid: u32, start: u64, server: u64) {
+        /// How far a waiting list may be out of start order.
+        const DISORDER_NS: u64 = 10_000_000;
         let Some(waiting) = self.unplaced.remove(&pid) else {
             return;
         };
-        let mut still = Vec::new();
-        for client in waiting {
-            let Some(span) = self.spans.get(&client) else {
+        for &client in waiting.iter().rev() {
+            let Some(span) = self.spans.get_mut(&client) else {
                 continue;
             };
-            if span.decided {
+            if span.start_ns.saturating_add(DISORDER_NS) < start {
+                break;
+            }
+            if span.decided || span.start_ns < start {
                 continue;
             }
-            if span.start_ns < start {
-                still.push(client);
-                continue;
-            }
-            if let Some(span) = self.spans.get_mut(&client) {
-                span.candidates.push(server);
-            }
+            span.candidates.push(server);
             match self.infer_parent(client) {
                 Some(guess) if decides_at_once(&guess) => self.commit_guess(client, guess),
-                _ => still.push(client),
+                _ => {}
             }
         }
-        if !still.is_empty() {
-            self.unplaced.insert(pid, still);
-        }
+        self.unplaced.insert(pid, waiting);
     }
 
     fn link(&mut self, child: u64, parent: u64, method: &'static str, confidence: f64) {
