@@ -19,6 +19,11 @@ Roles (one per process):
   leaf          Flask on waitress (keep-alive): POST /<hop>/<rid> (or /<hop>) -> small JSON.
   relay         Flask on waitress: POST /<hop>/<rid> (or /<hop>) calls each --down hop=port in
                 turn with a thread-local requests.Session, then answers.
+                The Flask roles (leaf, relay, thrift-front) take --server: `waitress` (default;
+                an I/O thread reads requests and hands them to a pool of --threads workers) or
+                `threaded` (http.server.ThreadingHTTPServer, HTTP/1.1 keep-alive: a thread per
+                connection reads each request, runs the handler, so makes the calls, and
+                writes the answer).
   hub-sync      FastAPI, `def` endpoint (thread pool), uvicorn one worker: like relay.
   hub-async     FastAPI, `async def`, uvicorn one worker, one shared httpx.AsyncClient: all
                 --down calls issued concurrently with asyncio.gather on the event loop.
@@ -99,6 +104,9 @@ parser.add_argument("--noid", action="store_true",
 parser.add_argument("--number", action="store_true",
                     help="loadgen: body number = ordinal; callers: forward the inbound number")
 parser.add_argument("--threads", type=int, default=16)
+parser.add_argument("--server", default="waitress", choices=["waitress", "threaded"],
+                    help="Flask roles: waitress (I/O thread + worker pool) or threaded "
+                         "(ThreadingHTTPServer, a thread per connection)")
 parser.add_argument("--thrift-port", type=int, action="append")
 parser.add_argument("--log")
 # loadgen
@@ -121,10 +129,84 @@ def body_for(inbound):
 
 
 def serve_flask(app):
+    if args.server == "threaded":
+        serve_threaded(app)
+        return
     import waitress
 
     waitress.serve(app, host="127.0.0.1", port=args.port, threads=args.threads,
                    connection_limit=256, channel_timeout=60, _quiet=True)
+
+
+def serve_threaded(app):
+    """Serves the WSGI `app` with a thread per connection (HTTP/1.1 keep-alive): the thread
+    that reads a request runs the handler (so makes its calls) and writes the answer.
+
+    http.server.ThreadingHTTPServer with a minimal WSGI adapter, not werkzeug's threaded
+    server: werkzeug (3.1) answers every request with `Connection: close`, which would make
+    each request a new connection and a new thread.
+    """
+    import io
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import unquote
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            path, _, query = self.path.partition("?")
+            environ = {
+                "REQUEST_METHOD": self.command,
+                "SCRIPT_NAME": "",
+                "PATH_INFO": unquote(path),
+                "QUERY_STRING": query,
+                "SERVER_NAME": "127.0.0.1",
+                "SERVER_PORT": str(self.server.server_port),
+                "SERVER_PROTOCOL": self.request_version,
+                "REMOTE_ADDR": self.client_address[0],
+                "CONTENT_LENGTH": str(length),
+                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                "wsgi.version": (1, 0),
+                "wsgi.url_scheme": "http",
+                "wsgi.input": io.BytesIO(body),
+                "wsgi.errors": sys.stderr,
+                "wsgi.multithread": True,
+                "wsgi.multiprocess": False,
+                "wsgi.run_once": False,
+            }
+            for key, value in self.headers.items():
+                key = key.upper().replace("-", "_")
+                if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                    environ["HTTP_" + key] = value
+            started = []
+
+            def start_response(status, headers, exc_info=None):
+                started[:] = [status, headers]
+
+            result = app(environ, start_response)
+            try:
+                out = b"".join(result)
+            finally:
+                getattr(result, "close", lambda: None)()
+            status, headers = started
+            code, _, reason = status.partition(" ")
+            # Status line, headers and body in one write.
+            head = [f"HTTP/1.1 {code} {reason}"]
+            head += [f"{k}: {v}" for k, v in headers if k.lower() != "content-length"]
+            head.append(f"Content-Length: {len(out)}")
+            self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + out)
+
+        do_GET = do_POST
+
+        def log_message(self, *_):
+            pass  # no access log line per request
+
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # all load generator connections arrive at once
+
+    Server(("127.0.0.1", args.port), Handler).serve_forever()
 
 
 def flask_app(handler):

@@ -92,6 +92,8 @@ pub const ALL: &[&str] = &[
     "sync-noid",
     "async-noid",
     "chain-noid",
+    "threaded-noid",
+    "chain-threaded-noid",
     "sync-body",
     "async-body",
     "w3c",
@@ -264,6 +266,24 @@ pub fn get(name: &str) -> Option<Scenario> {
             number: false,
             nodes: chain_nodes(true),
         },
+        "threaded-noid" => Scenario {
+            name: "threaded-noid",
+            description: "sync-noid with a Flask hub on a thread-per-connection server (ThreadingHTTPServer)",
+            entry_hop: "hub",
+            propagate: Propagate::None,
+            noid: true,
+            number: false,
+            nodes: hub_nodes(true),
+        },
+        "chain-threaded-noid" => Scenario {
+            name: "chain-threaded-noid",
+            description: "chain-noid with A and B Flask on a thread-per-connection server (ThreadingHTTPServer)",
+            entry_hop: "a",
+            propagate: Propagate::None,
+            noid: true,
+            number: false,
+            nodes: chain_nodes(true),
+        },
         "w3c" => Scenario {
             name: "w3c",
             description: "sync hub; every hop sends W3C traceparent with its own span id",
@@ -329,6 +349,15 @@ impl Scenario {
             }
             cmd
         };
+        // The services that make calls in the `*threaded*` scenarios: Flask served with a
+        // thread per connection (`--server threaded`), which reads each request, makes the
+        // calls and writes the answer.
+        let threaded = self.name.contains("threaded");
+        let threaded_caller = || {
+            let mut cmd = caller("relay");
+            cmd.args(["--server", "threaded"]);
+            cmd
+        };
         let mut out = Vec::new();
         let leaf = |name: &'static str, port: u16| {
             let mut cmd = service_cmd("leaf");
@@ -341,16 +370,17 @@ impl Scenario {
         };
         match self.name {
             "sync" | "async" | "w3c" | "b3" | "sync-noid" | "async-noid" | "sync-body"
-            | "async-body" => {
+            | "async-body" | "threaded-noid" => {
                 let (hub, fizz, buzz) = (port(), port(), port());
                 out.push(leaf("fizzer", fizz));
                 out.push(leaf("buzzer", buzz));
-                let role = if self.name.starts_with("async") {
-                    "hub-async"
+                let mut cmd = if threaded {
+                    threaded_caller()
+                } else if self.name.starts_with("async") {
+                    caller("hub-async")
                 } else {
-                    "hub-sync"
+                    caller("hub-sync")
                 };
-                let mut cmd = caller(role);
                 p(&mut cmd, hub);
                 cmd.args([
                     "--down",
@@ -371,10 +401,14 @@ impl Scenario {
                     },
                 )
             }
-            "chain" | "chain-noid" => {
+            "chain" | "chain-noid" | "chain-threaded-noid" => {
                 let (a, b, c) = (port(), port(), port());
                 out.push(leaf("C", c));
-                let mut cmd = caller("relay");
+                let mut cmd = if threaded {
+                    threaded_caller()
+                } else {
+                    caller("relay")
+                };
                 p(&mut cmd, b);
                 cmd.args(["--down", &format!("c={c}")]);
                 out.push(Service {
@@ -382,7 +416,11 @@ impl Scenario {
                     command: cmd,
                     ready: vec![b],
                 });
-                let mut cmd = caller("hub-sync");
+                let mut cmd = if threaded {
+                    threaded_caller()
+                } else {
+                    caller("hub-sync")
+                };
                 p(&mut cmd, a);
                 cmd.args(["--down", &format!("b={b}")]);
                 out.push(Service {
@@ -448,4 +486,53 @@ impl Scenario {
 
 pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_scenario_resolves() {
+        for name in ALL {
+            assert_eq!(get(name).unwrap().name, *name);
+        }
+    }
+
+    /// The thread-per-connection scenarios run exactly their calling services with
+    /// `--server threaded`, as `--noid` relays; the others keep their servers.
+    #[test]
+    fn threaded_scenarios_serve_callers_thread_per_connection() {
+        let log = std::path::Path::new("/nonexistent");
+        for (name, threaded) in [
+            ("threaded-noid", &["hub"][..]),
+            ("chain-threaded-noid", &["A", "B"][..]),
+            ("sync-noid", &[][..]),
+            ("chain-noid", &[][..]),
+        ] {
+            let sc = get(name).unwrap();
+            assert!(sc.noid);
+            let (services, _) = sc.services(log);
+            for svc in &services {
+                let a = args(&svc.command);
+                let is_threaded = a.windows(2).any(|w| w == ["--server", "threaded"]);
+                assert_eq!(
+                    is_threaded,
+                    threaded.contains(&svc.name),
+                    "{name} {}",
+                    svc.name
+                );
+                if is_threaded {
+                    assert_eq!(a[1], "relay", "{name} {}", svc.name);
+                    assert!(a.contains(&"--noid".to_string()));
+                }
+            }
+        }
+    }
 }

@@ -114,13 +114,21 @@ fn main() -> ExitCode {
         "accuracy: {} root requests per level, concurrency {:?}, agent --settle-ms {}",
         opts.requests, opts.concurrency, opts.settle_ms
     );
-    print_header();
+    // The scenario column fits the longest selected name (at least the 10 columns it always had).
+    let width = opts
+        .scenarios
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .max(10);
+    print_header(width);
     let mut results = Vec::new();
     for name in &opts.scenarios {
         let sc = scenario::get(name).expect("checked in parse_args");
         let (score, agent_totals) = run_scenario(&sc, &opts);
         let drops = metric(agent_totals.as_str().unwrap_or(""), "events_dropped_total");
-        print_rows(&sc, &score, drops);
+        print_rows(&sc, &score, drops, width);
         results.push(json!({
             "scenario": sc.name,
             "description": sc.description,
@@ -404,11 +412,13 @@ fn pct(n: usize, d: usize) -> String {
     }
 }
 
-const COLUMNS: &str = "scenario    conc  roots fail  spans  recall  parent   trees  dups extra  timing  link methods (spans: parent ok among scored)             conf";
+/// The header after the scenario column (which is `width` wide, then one space).
+const COLUMNS: &str = " conc  roots fail  spans  recall  parent   trees  dups extra  timing  link methods (spans: parent ok among scored)             conf";
 
-fn print_header() {
-    println!("{COLUMNS}");
-    println!("{}", "-".repeat(COLUMNS.len()));
+fn print_header(width: usize) {
+    let header = format!("{:<width$} {COLUMNS}", "scenario");
+    println!("{header}");
+    println!("{}", "-".repeat(header.len()));
 }
 
 /// Sum of every `name{...}=N` counter in the agent's `totals:` line.
@@ -420,7 +430,7 @@ fn metric(totals: &str, name: &str) -> u64 {
         .sum()
 }
 
-fn print_rows(sc: &Scenario, score: &ScenarioScore, drops: u64) {
+fn print_rows(sc: &Scenario, score: &ScenarioScore, drops: u64, width: usize) {
     let mut out = std::io::stdout().lock();
     for l in &score.levels {
         let methods: Vec<String> = l
@@ -436,7 +446,7 @@ fn print_rows(sc: &Scenario, score: &ScenarioScore, drops: u64) {
             .collect();
         let _ = writeln!(
             out,
-            "{:<10} {:>5} {:>6} {:>4} {:>6} {:>7} {:>7} {:>7} {:>5} {:>5} {:>7}  {:<56} {}",
+            "{:<width$} {:>5} {:>6} {:>4} {:>6} {:>7} {:>7} {:>7} {:>5} {:>5} {:>7}  {:<56} {}",
             sc.name,
             l.concurrency,
             l.roots,
@@ -456,14 +466,14 @@ fn print_rows(sc: &Scenario, score: &ScenarioScore, drops: u64) {
     if drops > 0 {
         let _ = writeln!(
             out,
-            "{:<10} WARNING: the agent dropped {drops} events (ring buffer full): recall is confounded",
+            "{:<width$} WARNING: the agent dropped {drops} events (ring buffer full): recall is confounded",
             sc.name
         );
     }
     if score.unattributed > 0 {
         let _ = writeln!(
             out,
-            "{:<10} ({} spans named no root request of this run)",
+            "{:<width$} ({} spans named no root request of this run)",
             sc.name, score.unattributed
         );
     }
