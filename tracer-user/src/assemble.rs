@@ -140,8 +140,9 @@ pub struct Assembler {
     serving: FxHashMap<(u32, u32), Vec<u64>>,
     /// SERVER spans in progress per process.
     serving_by_pid: FxHashMap<u32, Vec<u64>>,
-    /// Worker thread -> the request it is handling (thread pools), and the reverse.
-    claims: FxHashMap<(u32, u32), u64>,
+    /// Worker thread -> the request it is handling (thread pools) and the confidence of the
+    /// link that showed it, and the reverse.
+    claims: FxHashMap<(u32, u32), (u64, f64)>,
     claimed: FxHashMap<u64, (u32, u32)>,
     /// CLIENT spans per process still waiting for a request in progress to be placed under.
     unplaced: FxHashMap<u32, Vec<u64>>,
@@ -151,9 +152,11 @@ pub struct Assembler {
     exported: FxHashMap<u64, Exported>,
     /// Latest kernel time seen in a message: how far the event stream has got.
     watermark_ns: u64,
-    /// Tokens of the requests each process served lately: (pid, token hash) -> where last
-    /// seen. A token two requests carried within `settle` names neither.
-    recent_tokens: FxHashMap<(u32, u64), inference::TokenSeen>,
+    /// How many of the requests each process served lately carried each token, (pid, token
+    /// hash) -> decaying count, and how many it served: a token in a large share of them
+    /// names none.
+    recent_tokens: FxHashMap<(u32, u64), inference::Recent>,
+    recent_requests: FxHashMap<u32, inference::Recent>,
     /// Learned delay from a request's start to each call it makes, per endpoint pair.
     delays: inference::DelayModel,
 }
@@ -202,6 +205,7 @@ impl Assembler {
             exported: FxHashMap::default(),
             watermark_ns: 0,
             recent_tokens: FxHashMap::default(),
+            recent_requests: FxHashMap::default(),
             delays: inference::DelayModel::default(),
         }
     }
@@ -319,7 +323,7 @@ impl Assembler {
         }
         inc(&self.metrics.spans_created);
         if kind == SpanKind::Server {
-            self.note_tokens(meta.pid, handle, start_ns, &span.tokens);
+            self.note_tokens(meta.pid, start_ns, &span.tokens);
         }
         self.spans.insert(handle, Box::new(span));
         match kind {
@@ -690,8 +694,12 @@ impl Assembler {
         self.exported.retain(|_, e| {
             now_ns.saturating_sub(e.at_ns) <= settle.saturating_mul(2).max(1_000_000_000)
         });
+        // After ten settle times a count has decayed below 1/20000 of itself.
+        let forgotten = settle.saturating_mul(10);
         self.recent_tokens
-            .retain(|_, seen| now_ns.saturating_sub(seen.at_ns) <= settle);
+            .retain(|_, seen| now_ns.saturating_sub(seen.at_ns) <= forgotten);
+        self.recent_requests
+            .retain(|_, seen| now_ns.saturating_sub(seen.at_ns) <= forgotten);
         out
     }
 

@@ -4,12 +4,19 @@
 //!
 //! Candidates are the SERVER spans of the same process in progress when the CLIENT request
 //! starts. In order:
-//! 1. `content` (0.95): exactly one candidate shares an id-like token (something with a digit)
-//!    with the outbound request — ids copied from the inbound path into the outbound one's
-//!    path or Thrift call arguments.
-//! 2. `thread_pool` (0.9): this worker thread already made a call for a request that is still
-//!    in progress: a pool worker handles one request at a time. (Content goes first: a worker
-//!    can pick up its next request before another thread has written the previous response.)
+//! 1. `content` (0.95): the outbound request's distinctive id-like tokens (something with a
+//!    digit: ids copied from the inbound path or body into the outbound one's path, body or
+//!    Thrift arguments) point to exactly one candidate. A token is distinctive unless it is in
+//!    more than a tenth of the process's recent requests (decaying counts over the settle
+//!    time: a constant body field, an API version). When several candidates hold it (a value
+//!    drawn from a small range repeats), those that already made every call of this name
+//!    their kind makes are left out; if more than one remains, the settling window below
+//!    assigns the call among them only.
+//! 2. `thread_pool` (0.9, or less when the link that made the claim was less sure): this
+//!    worker thread already made a call for a request that is still in progress and has not
+//!    made all the calls of this name its kind makes: a pool worker handles one request at a
+//!    time. (Content goes first, and the call count check second: a worker can pick up its
+//!    next request before another thread has written the previous response.)
 //! 3. `process` (0.8): exactly one request is in progress in the process.
 //! 4. `thread_pool` (0.7): exactly one candidate is not yet claimed by another worker thread.
 //! 5. otherwise `ambiguous`: the oldest unclaimed candidate with confidence 0.8/n (n >= 2).
@@ -35,7 +42,8 @@
 //! The confidence of an assigned call is the likelihood share of its request among its
 //! feasible candidates (0.95 x share when learned; 0.8 / candidates when not), so that
 //! indistinguishable candidates stay below the threshold and give roots with span links; a
-//! call with one feasible request gets 0.8 (`process` when it was the only one in progress).
+//! call with one feasible request gets 0.8 (`process` when it was the only one in progress),
+//! or 0.9 (`content`) when tokens narrowed several candidates down to it.
 //!
 //! The solver takes at most `SOLVE_BUDGET` calls of a process per tick (in assignments of
 //! `MAX_SOLVE`); due calls beyond it are decided alone: linked when one request in progress
@@ -133,12 +141,29 @@ impl DelayModel {
 /// Most (process, token) pairs remembered; beyond it the memory starts over.
 const MAX_RECENT_TOKENS: usize = 65_536;
 
-/// Where a token of a served request was last seen.
-pub(super) struct TokenSeen {
-    handle: u64,
+/// A token is no id when it is in more than this share of a process's recent requests (a
+/// constant body field, an API version in every path); a value drawn from a small range
+/// (`{"number": 1..100}`) repeats now and then but stays in a small share.
+const COMMON_SHARE: f64 = 0.1;
+
+/// A count of occurrences that decays with time constant `settle`: how often something was
+/// seen lately, without windows.
+#[derive(Default, Clone, Copy)]
+pub(super) struct Recent {
+    count: f64,
     pub(super) at_ns: u64,
-    /// Two requests of the process carried it within `settle`.
-    common: bool,
+}
+
+impl Recent {
+    fn at(&self, now_ns: u64, settle_ns: u64) -> f64 {
+        let age = now_ns.saturating_sub(self.at_ns) as f64;
+        self.count * (-age / settle_ns.max(1) as f64).exp()
+    }
+
+    fn add(&mut self, now_ns: u64, settle_ns: u64) {
+        self.count = self.at(now_ns, settle_ns) + 1.0;
+        self.at_ns = self.at_ns.max(now_ns);
+    }
 }
 
 /// A proposed parent.
@@ -153,7 +178,7 @@ impl Assembler {
     /// nothing at that time.
     pub(super) fn infer_parent(&mut self, handle: u64) -> Option<Guess> {
         let span = self.spans.get(&handle)?;
-        let (pid, tid, start) = (span.pid, span.tid, span.start_ns);
+        let (pid, tid, start, name_key) = (span.pid, span.tid, span.start_ns, span.name_key);
         let tokens = span.tokens.clone();
         let thread = (pid, tid);
         let is_worker = !self.serving.contains_key(&thread);
@@ -164,9 +189,13 @@ impl Assembler {
         }
         // Content first: a pool worker may pick up its next request before the previous one's
         // response is written by another thread, so its claim can be stale.
-        if let Some(parent) = self.sole_sharer(pid, &tokens, &candidates) {
+        if let Some([parent]) = self
+            .content_holders(pid, start, &tokens, name_key, &candidates)
+            .as_deref()
+        {
+            let parent = *parent;
             if is_worker {
-                self.claim(thread, parent);
+                self.claim(thread, parent, 0.95);
             }
             return Some(Guess {
                 parent,
@@ -174,12 +203,16 @@ impl Assembler {
                 confidence: 0.95,
             });
         }
-        if let Some(&claimed) = self.claims.get(&thread) {
-            if self.in_progress(claimed, start) {
+        if let Some(&(claimed, shown_with)) = self.claims.get(&thread) {
+            // A worker may pick up its next request before another thread has written the
+            // previous response: a claimed request that already made all the calls of this
+            // name its kind makes is not the one this call is for.
+            if self.in_progress(claimed, start) && self.has_room(claimed, name_key) {
                 return Some(Guess {
                     parent: claimed,
                     method: "thread_pool",
-                    confidence: 0.9,
+                    // No surer than the link that made the claim.
+                    confidence: shown_with.min(0.9),
                 });
             }
             self.claims.remove(&thread);
@@ -224,67 +257,119 @@ impl Assembler {
         Some(guess)
     }
 
-    /// Remembers the tokens of a request `pid` serves (`handle`, started at `at_ns`).
-    pub(super) fn note_tokens(&mut self, pid: u32, handle: u64, at_ns: u64, tokens: &[String]) {
+    /// Remembers the tokens of a request `pid` serves (started at `at_ns`), and that it
+    /// served one.
+    pub(super) fn note_tokens(&mut self, pid: u32, at_ns: u64, tokens: &[String]) {
         let settle = self.config.settle_ns;
+        if self.recent_requests.len() >= MAX_RECENT_TOKENS {
+            self.recent_requests.clear();
+        }
+        self.recent_requests
+            .entry(pid)
+            .or_default()
+            .add(at_ns, settle);
         for token in tokens {
             if self.recent_tokens.len() >= MAX_RECENT_TOKENS {
                 self.recent_tokens.clear();
             }
-            let seen = self
-                .recent_tokens
+            self.recent_tokens
                 .entry((pid, super::hash_of(token)))
-                .or_insert(TokenSeen {
-                    handle,
-                    at_ns,
-                    common: false,
-                });
-            if seen.handle != handle && at_ns.abs_diff(seen.at_ns) <= settle {
-                seen.common = true;
-            }
-            seen.handle = handle;
-            seen.at_ns = seen.at_ns.max(at_ns);
+                .or_default()
+                .add(at_ns, settle);
         }
     }
 
-    /// The one candidate that the call's distinctive tokens point to: tokens that exactly one
-    /// candidate has and that no other recent request of the process carried (a value every
-    /// request carries, like a constant body field, tells none apart, even when one request
-    /// is in progress). `None` when no token is distinctive or two point to different
-    /// candidates.
-    fn sole_sharer(&self, pid: u32, tokens: &[String], candidates: &[u64]) -> Option<u64> {
-        let mut sharer = None;
+    /// Whether `token` is in so many of the process's recent requests that it names none.
+    fn is_common(&self, pid: u32, token: &str, now_ns: u64) -> bool {
+        let settle = self.config.settle_ns;
+        let Some(seen) = self.recent_tokens.get(&(pid, super::hash_of(token))) else {
+            return false;
+        };
+        let carried = seen.at(now_ns, settle);
+        let served = self
+            .recent_requests
+            .get(&pid)
+            .map_or(0.0, |r| r.at(now_ns, settle));
+        // Twice at least: one request is not a pattern.
+        carried >= 1.5 && carried > COMMON_SHARE * served
+    }
+
+    /// The candidates the call's distinctive tokens point to, or `None` when its tokens say
+    /// nothing (none distinctive, none held by a candidate, or tokens that point to disjoint
+    /// candidates). A token is distinctive when it is not common among the process's recent
+    /// requests; the candidates it points to are those that carry it, and when several do,
+    /// those that have not yet made every call named `name_key` their kind makes (a value
+    /// drawn from a small range repeats: the request that already made its call is not this
+    /// call's parent).
+    fn content_holders(
+        &self,
+        pid: u32,
+        at_ns: u64,
+        tokens: &[String],
+        name_key: u64,
+        candidates: &[u64],
+    ) -> Option<Vec<u64>> {
+        let mut narrowed: Option<Vec<u64>> = None;
         for token in tokens {
-            if self
-                .recent_tokens
-                .get(&(pid, super::hash_of(token)))
-                .is_some_and(|seen| seen.common)
-            {
+            if self.is_common(pid, token, at_ns) {
                 continue;
             }
-            let mut holders = candidates.iter().copied().filter(|h| {
-                self.spans
-                    .get(h)
-                    .is_some_and(|s| s.tokens.iter().any(|t| t == token))
+            let mut holders: Vec<u64> = candidates
+                .iter()
+                .copied()
+                .filter(|h| {
+                    self.spans
+                        .get(h)
+                        .is_some_and(|s| s.tokens.iter().any(|t| t == token))
+                })
+                .collect();
+            if holders.len() > 1 {
+                let with_room: Vec<u64> = holders
+                    .iter()
+                    .copied()
+                    .filter(|h| self.has_room(*h, name_key))
+                    .collect();
+                if !with_room.is_empty() {
+                    holders = with_room;
+                }
+            }
+            if holders.is_empty() {
+                continue;
+            }
+            narrowed = Some(match narrowed {
+                None => holders,
+                Some(prev) => {
+                    let both: Vec<u64> = prev.into_iter().filter(|h| holders.contains(h)).collect();
+                    if both.is_empty() {
+                        return None;
+                    }
+                    both
+                }
             });
-            let (Some(holder), None) = (holders.next(), holders.next()) else {
-                continue;
-            };
-            match sharer {
-                None => sharer = Some(holder),
-                Some(other) if other != holder => return None,
-                Some(_) => {}
-            }
         }
-        sharer
+        narrowed
     }
 
-    /// Records that worker `thread` handles the request `parent` (replacing its old claim).
-    fn claim(&mut self, thread: (u32, u32), parent: u64) {
-        if let Some(old) = self.claims.insert(thread, parent) {
+    /// Records that worker `thread` handles the request `parent`, as shown by a link of
+    /// `confidence` (replacing its old claim).
+    fn claim(&mut self, thread: (u32, u32), parent: u64, confidence: f64) {
+        if let Some((old, _)) = self.claims.insert(thread, (parent, confidence)) {
             self.claimed.remove(&old);
         }
         self.claimed.insert(parent, thread);
+    }
+
+    /// Whether SERVER span `server` may still make a call named `name_key`: fewer linked to
+    /// it than requests of its kind were seen to make (one until learned).
+    fn has_room(&self, server: u64, name_key: u64) -> bool {
+        self.spans.get(&server).is_some_and(|s| {
+            let taken = s
+                .calls
+                .iter()
+                .find(|(k, _)| *k == name_key)
+                .map_or(0, |(_, n)| *n);
+            taken < self.delays.capacity((s.name_key, name_key))
+        })
     }
 
     /// Whether the span had started and not yet ended at kernel time `at`.
@@ -442,10 +527,27 @@ impl Assembler {
         let mut slots: Vec<(u64, u64)> = Vec::new();
         // Per client: (request, log-likelihood, learned, plausible) of each feasible candidate.
         let mut options: Vec<Vec<(u64, f64, bool, bool)>> = Vec::with_capacity(clients.len());
+        // Per client: whether its tokens narrowed the candidates.
+        let mut by_content: Vec<bool> = Vec::with_capacity(clients.len());
         for &c in clients {
             let mut feasible = Vec::new();
+            let mut narrowed = None;
             if let Some(client) = self.spans.get(&c) {
+                // Candidates the call's distinctive tokens point to, when they point at all.
+                narrowed = self.content_holders(
+                    client.pid,
+                    client.start_ns,
+                    &client.tokens,
+                    client.name_key,
+                    &client.candidates,
+                );
                 for &s in &client.candidates {
+                    if narrowed
+                        .as_ref()
+                        .is_some_and(|holders| !holders.contains(&s))
+                    {
+                        continue;
+                    }
                     let Some(server) = self.spans.get(&s) else {
                         continue;
                     };
@@ -482,6 +584,7 @@ impl Assembler {
                 }
             }
             options.push(feasible);
+            by_content.push(narrowed.is_some());
         }
         let n = clients.len();
         let columns = slots.len() + n;
@@ -513,9 +616,16 @@ impl Assembler {
             let plausible = feasible.iter().any(|o| o.0 == parent && o.3);
             // One request in progress at all: `process`; otherwise timing chose.
             let alone = self.spans.get(&c).is_some_and(|s| s.candidates.len() == 1);
-            let method = if alone { "process" } else { "timing" };
+            let method = if alone {
+                "process"
+            } else if by_content[i] && feasible.len() == 1 {
+                // Tokens named several requests; all but this one had made their calls.
+                "content"
+            } else {
+                "timing"
+            };
             let confidence = if feasible.len() == 1 {
-                0.8
+                if method == "content" { 0.9 } else { 0.8 }
             } else if learned && plausible {
                 let best = feasible.iter().map(|o| o.1).fold(f64::MIN, f64::max);
                 let total: f64 = feasible.iter().map(|o| (o.1 - best).exp()).sum();
@@ -542,7 +652,7 @@ impl Assembler {
                 && linked
                 && !self.serving.contains_key(&thread)
             {
-                self.claim(thread, parent);
+                self.claim(thread, parent, confidence);
             }
         }
     }

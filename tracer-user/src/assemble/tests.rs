@@ -1157,3 +1157,229 @@ fn calls_beyond_the_solver_budget_are_decided_when_due() {
     assert_eq!(undecided, 0, "calls left for a later tick");
     assert!(a.unplaced.get(&2).is_none_or(|w| w.is_empty()));
 }
+
+/// A pool worker that finished its request's calls picks up the next request before the
+/// reader thread has written the previous response: the old request is still in progress
+/// and claimed, but it has made every call of that name its kind makes, so the worker's next
+/// call is not linked to it by the claim.
+#[test]
+fn a_stale_worker_claim_does_not_take_calls_its_request_already_made() {
+    let mut a = assembler();
+    let in1 = meta(1, 7, "127.0.0.1:8000", "127.0.0.1:5001");
+    let in2 = meta(2, 7, "127.0.0.1:8000", "127.0.0.1:5002");
+    let out = meta(3, 7, "127.0.0.1:6001", "127.0.0.1:9000");
+    let fizz_for = |key: u64, hint: Option<&str>, t: Timing| {
+        let mut m = request(key, "/fizz", t, None);
+        if let Message::Request(r) = &mut m {
+            r.id_hints = hint.into_iter().map(str::to_owned).collect();
+        }
+        m
+    };
+    // Reader thread 70 reads /hub/1001; worker 72 calls /fizz with 1001 in its body.
+    feed(
+        &mut a,
+        in1,
+        Direction::Ingress,
+        request(0, "/hub/1001", at(MS, 70), None),
+    );
+    feed(
+        &mut a,
+        out,
+        Direction::Egress,
+        fizz_for(0, Some("1001"), at(2 * MS, 72)),
+    );
+    feed(
+        &mut a,
+        out,
+        Direction::Ingress,
+        response(0, 200, at(3 * MS, 72)),
+    );
+    // The reader reads /hub/1002 before writing the answer to 1001; worker 72 takes it and
+    // calls /fizz with nothing that names it.
+    feed(
+        &mut a,
+        in2,
+        Direction::Ingress,
+        request(0, "/hub/1002", at(4 * MS, 70), None),
+    );
+    feed(
+        &mut a,
+        out,
+        Direction::Egress,
+        fizz_for(1, None, at(5 * MS, 72)),
+    );
+    feed(
+        &mut a,
+        out,
+        Direction::Ingress,
+        response(1, 200, at(6 * MS, 72)),
+    );
+    feed(
+        &mut a,
+        in1,
+        Direction::Egress,
+        response(0, 200, at(7 * MS, 70)),
+    );
+    feed(
+        &mut a,
+        in2,
+        Direction::Egress,
+        response(0, 200, at(8 * MS, 70)),
+    );
+    let spans = a.tick(500 * MS);
+    let hub2 = by_name(&spans, "GET /hub/1002", SpanKind::Server);
+    let second = spans
+        .iter()
+        .filter(|s| s.name == "GET /fizz" && s.kind == SpanKind::Client)
+        .max_by_key(|s| s.start_unix_ns)
+        .expect("second /fizz");
+    assert_eq!(second.parent_span_id, Some(hub2.span_id), "{second:#?}");
+    assert_ne!(
+        crate::span::find(&second.attributes, "tracer.link.method"),
+        Some(&crate::span::AttrValue::Str("thread_pool".into()))
+    );
+}
+
+/// A request whose values gave the id hint `hint` (a body field, say).
+fn request_hinting(path: &str, hint: &str, t: Timing) -> Message {
+    let mut m = request(0, path, t, None);
+    if let Message::Request(r) = &mut m {
+        r.id_hints = vec![hint.into()];
+    }
+    m
+}
+
+/// An event-loop hub (pid 7, thread 70) that served `count` requests one at a time, 3 ms
+/// apart, each carrying a different number it copied into its /fizz call.
+fn hub_that_served_distinct_numbers(count: u64) -> Assembler {
+    let mut a = assembler();
+    for i in 0..count {
+        let (t, n) = (i * 3 * MS, (1000 + i).to_string());
+        let call = request_hinting("/fizz", &n, at(t + MS / 2, 70));
+        let hub = request_hinting("/hub", &n, at(t, 70));
+        feed(&mut a, hub_in(i), Direction::Ingress, hub);
+        feed(&mut a, hub_out(i), Direction::Egress, call);
+        let answer = response(0, 200, at(t + MS, 70));
+        feed(&mut a, hub_out(i), Direction::Ingress, answer);
+        let reply = response(0, 200, at(t + 2 * MS, 70));
+        feed(&mut a, hub_in(i), Direction::Egress, reply);
+    }
+    a
+}
+
+/// A number drawn from a small range repeats: two concurrent requests carry the same one.
+/// It stays evidence (a small share of the process's requests carry it), and of the two
+/// requests holding it, the one that already made its call is not the parent of the next.
+#[test]
+fn a_repeated_value_still_links_to_the_holder_that_has_not_called_yet() {
+    let mut a = hub_that_served_distinct_numbers(100);
+    let t = 300 * MS;
+    feed(
+        &mut a,
+        hub_in(50),
+        Direction::Ingress,
+        request_hinting("/hub/a", "7", at(t, 70)),
+    );
+    let first = request_hinting("/fizz", "7", at(t + MS, 70));
+    feed(&mut a, hub_out(50), Direction::Egress, first);
+    feed(
+        &mut a,
+        hub_out(50),
+        Direction::Ingress,
+        response(0, 200, at(t + 2 * MS, 70)),
+    );
+    feed(
+        &mut a,
+        hub_in(51),
+        Direction::Ingress,
+        request_hinting("/hub/b", "7", at(t + 3 * MS, 70)),
+    );
+    let second = request_hinting("/fizz", "7", at(t + 4 * MS, 70));
+    feed(&mut a, hub_out(51), Direction::Egress, second);
+    feed(
+        &mut a,
+        hub_out(51),
+        Direction::Ingress,
+        response(0, 200, at(t + 5 * MS, 70)),
+    );
+    feed(
+        &mut a,
+        hub_in(50),
+        Direction::Egress,
+        response(0, 200, at(t + 6 * MS, 70)),
+    );
+    feed(
+        &mut a,
+        hub_in(51),
+        Direction::Egress,
+        response(0, 200, at(t + 7 * MS, 70)),
+    );
+    let spans = a.tick(t + 500 * MS);
+    let hub_b = by_name(&spans, "GET /hub/b", SpanKind::Server);
+    let call = spans
+        .iter()
+        .filter(|s| s.name == "GET /fizz" && s.kind == SpanKind::Client)
+        .max_by_key(|s| s.start_unix_ns)
+        .expect("second /fizz");
+    assert_eq!(call.parent_span_id, Some(hub_b.span_id), "{call:#?}");
+    assert_eq!(
+        crate::span::find(&call.attributes, "tracer.link.method"),
+        Some(&crate::span::AttrValue::Str("content".into()))
+    );
+}
+
+/// Two requests in progress hold the call's value and neither has called yet: the tokens
+/// cannot choose between them (a root linked to one of them, confidence 0.8 / 2), but they
+/// rule out a third request that does not hold it.
+#[test]
+fn tokens_held_by_several_requests_narrow_the_assignment_to_them() {
+    let mut a = hub_that_served_distinct_numbers(100);
+    let t = 300 * MS;
+    let hubs = [("/hub/a", "7"), ("/hub/b", "7"), ("/hub/c", "9")];
+    for (i, (path, hint)) in hubs.iter().enumerate() {
+        let start = t + i as u64 * MS;
+        feed(
+            &mut a,
+            hub_in(50 + i as u64),
+            Direction::Ingress,
+            request_hinting(path, hint, at(start, 70)),
+        );
+    }
+    let call = request_hinting("/fizz", "7", at(t + 4 * MS, 70));
+    feed(&mut a, hub_out(50), Direction::Egress, call);
+    feed(
+        &mut a,
+        hub_out(50),
+        Direction::Ingress,
+        response(0, 200, at(t + 5 * MS, 70)),
+    );
+    for i in 0..3 {
+        feed(
+            &mut a,
+            hub_in(50 + i),
+            Direction::Egress,
+            response(0, 200, at(t + 6 * MS, 70)),
+        );
+    }
+    let spans = a.tick(t + 500 * MS);
+    let call = spans
+        .iter()
+        .filter(|s| s.name == "GET /fizz" && s.kind == SpanKind::Client)
+        .max_by_key(|s| s.start_unix_ns)
+        .expect("the /fizz call");
+    let holders = [
+        by_name(&spans, "GET /hub/a", SpanKind::Server).span_id,
+        by_name(&spans, "GET /hub/b", SpanKind::Server).span_id,
+    ];
+    let chosen = call
+        .parent_span_id
+        .or_else(|| call.links.first().map(|l| l.span_id))
+        .expect("a parent or a span link");
+    assert!(holders.contains(&chosen), "{call:#?}");
+    // Two indistinguishable candidates, not three.
+    let confidence = crate::span::find(&call.attributes, "tracer.link.confidence");
+    assert!(
+        matches!(confidence, Some(crate::span::AttrValue::Double(c)) if (c - 0.4).abs() < 1e-9),
+        "{confidence:?}"
+    );
+}
