@@ -10,10 +10,12 @@ path or query, so the tracer finds no id to match on) and carry the rid in the r
 takes the rid from its inbound path `/<hop>/<rid>` (the load generator's root request) or,
 for `/<hop>`, from the inbound header.
 
-With --number (the FizzBuzz of SCENARIOS.md) the load generator sends `{"number": n}` with n
-the request's ordinal in its level (1..count: concurrent requests carry different numbers),
-and every service sends the `number` of the request it serves in the bodies of its calls
-(otherwise all bodies are the same `{"number": 15}`).
+With --number (the FizzBuzz of SCENARIOS.md) the load generator sends `{"number": n}` and
+every service sends the `number` of the request it serves in the bodies of its calls
+(otherwise all bodies are the same `{"number": 15}`). With `--number ordinal` (or bare
+`--number`) n is the request's ordinal in its level (1..count: concurrent requests carry
+different numbers); with `--number random` it is drawn from 1..100 (seeded by the rid), so
+concurrent requests now and then carry the same number, as real FizzBuzz clients do.
 
 Roles (one per process):
   leaf          Flask on waitress (keep-alive): POST /<hop>/<rid> (or /<hop>) -> small JSON.
@@ -48,6 +50,7 @@ import json
 import logging
 import os
 import queue
+import random
 import sys
 import threading
 import time
@@ -101,8 +104,9 @@ parser.add_argument("--down", action="append", help="hop=port, called in order")
 parser.add_argument("--propagate", default="none", choices=["none", "w3c", "b3"])
 parser.add_argument("--noid", action="store_true",
                     help="outgoing calls to /<hop> with the rid in the x-bench-rid header")
-parser.add_argument("--number", action="store_true",
-                    help="loadgen: body number = ordinal; callers: forward the inbound number")
+parser.add_argument("--number", nargs="?", const="ordinal", choices=["ordinal", "random"],
+                    help="loadgen: body number = the ordinal, or random in 1..100; callers: "
+                         "forward the inbound number")
 parser.add_argument("--threads", type=int, default=16)
 parser.add_argument("--server", default="waitress", choices=["waitress", "threaded"],
                     help="Flask roles: waitress (I/O thread + worker pool) or threaded "
@@ -119,6 +123,13 @@ args = parser.parse_args()
 logging.basicConfig(level=logging.WARNING)
 
 BODY = {"number": 15}
+
+
+def number_body(ordinal, rid):
+    """The load generator's body for root request `rid`, the `ordinal`-th of its level."""
+    if args.number == "random":
+        return {"number": random.Random(rid).randint(1, 100)}
+    return {"number": ordinal}
 
 
 def body_for(inbound):
@@ -380,7 +391,7 @@ def loadgen(base, count, concurrency):
             except queue.Empty:
                 return
             try:
-                body = {"number": rid - base} if args.number else BODY
+                body = number_body(rid - base, rid) if args.number else BODY
                 r = s.post(f"http://127.0.0.1:{port}/{args.hop}/{rid}", json=body,
                            headers=context_headers(args.propagate, args.hop, rid), timeout=30)
                 ok = r.status_code == 200

@@ -77,11 +77,29 @@ pub struct Scenario {
     /// Calls below the root carry no id in their paths (services run with `--noid`; the
     /// agent records [`RID_HEADER`] for the ground truth).
     pub noid: bool,
-    /// The load generator sends `{"number": <ordinal>}` and every service forwards the number
-    /// it was sent in the bodies of its calls (services and load generator run with
-    /// `--number`): the only id is in the JSON bodies.
-    pub number: bool,
+    /// The load generator sends `{"number": n}` and every service forwards the number it was
+    /// sent in the bodies of its calls (services and load generator run with `--number`):
+    /// the only id is in the JSON bodies.
+    pub number: Option<BodyNumber>,
     pub nodes: Vec<Node>,
+}
+
+/// How the load generator picks the number in a root request's body.
+#[derive(Clone, Copy)]
+pub enum BodyNumber {
+    /// The request's ordinal in its level: concurrent requests never share one.
+    Ordinal,
+    /// Random in 1..100: concurrent requests now and then share one, as FizzBuzz clients do.
+    Random,
+}
+
+impl BodyNumber {
+    fn flag(self) -> &'static str {
+        match self {
+            BodyNumber::Ordinal => "ordinal",
+            BodyNumber::Random => "random",
+        }
+    }
 }
 
 pub const ALL: &[&str] = &[
@@ -96,6 +114,8 @@ pub const ALL: &[&str] = &[
     "chain-threaded-noid",
     "sync-body",
     "async-body",
+    "sync-body-random",
+    "async-body-random",
     "w3c",
     "b3",
 ];
@@ -176,7 +196,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "hub",
             propagate: Propagate::None,
             noid: false,
-            number: false,
+            number: None,
             nodes: hub_nodes(false),
         },
         "async" => Scenario {
@@ -185,7 +205,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "hub",
             propagate: Propagate::None,
             noid: false,
-            number: false,
+            number: None,
             nodes: hub_nodes(false),
         },
         "sync-noid" => Scenario {
@@ -194,7 +214,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "hub",
             propagate: Propagate::None,
             noid: true,
-            number: false,
+            number: None,
             nodes: hub_nodes(true),
         },
         "async-noid" => Scenario {
@@ -203,7 +223,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "hub",
             propagate: Propagate::None,
             noid: true,
-            number: false,
+            number: None,
             nodes: hub_nodes(true),
         },
         "sync-body" => Scenario {
@@ -212,7 +232,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "hub",
             propagate: Propagate::None,
             noid: true,
-            number: true,
+            number: Some(BodyNumber::Ordinal),
             nodes: hub_nodes(true),
         },
         "async-body" => Scenario {
@@ -221,7 +241,25 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "hub",
             propagate: Propagate::None,
             noid: true,
-            number: true,
+            number: Some(BodyNumber::Ordinal),
+            nodes: hub_nodes(true),
+        },
+        "sync-body-random" => Scenario {
+            name: "sync-body-random",
+            description: "sync-body with random numbers in 1..100: concurrent requests may share one",
+            entry_hop: "hub",
+            propagate: Propagate::None,
+            noid: true,
+            number: Some(BodyNumber::Random),
+            nodes: hub_nodes(true),
+        },
+        "async-body-random" => Scenario {
+            name: "async-body-random",
+            description: "async-body with random numbers in 1..100: concurrent requests may share one",
+            entry_hop: "hub",
+            propagate: Propagate::None,
+            noid: true,
+            number: Some(BodyNumber::Random),
             nodes: hub_nodes(true),
         },
         "thrift" => Scenario {
@@ -230,7 +268,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "tq",
             propagate: Propagate::None,
             noid: false,
-            number: false,
+            number: None,
             nodes: vec![
                 http("loadgen CLIENT /tq", Kind::Client, "tq", None),
                 http("front SERVER /tq", Kind::Server, "tq", Some(0)),
@@ -254,7 +292,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "a",
             propagate: Propagate::None,
             noid: false,
-            number: false,
+            number: None,
             nodes: chain_nodes(false),
         },
         "chain-noid" => Scenario {
@@ -263,7 +301,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "a",
             propagate: Propagate::None,
             noid: true,
-            number: false,
+            number: None,
             nodes: chain_nodes(true),
         },
         "threaded-noid" => Scenario {
@@ -272,7 +310,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "hub",
             propagate: Propagate::None,
             noid: true,
-            number: false,
+            number: None,
             nodes: hub_nodes(true),
         },
         "chain-threaded-noid" => Scenario {
@@ -281,7 +319,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "a",
             propagate: Propagate::None,
             noid: true,
-            number: false,
+            number: None,
             nodes: chain_nodes(true),
         },
         "w3c" => Scenario {
@@ -290,7 +328,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "hub",
             propagate: Propagate::W3c,
             noid: false,
-            number: false,
+            number: None,
             nodes: hub_nodes(false),
         },
         "b3" => Scenario {
@@ -299,7 +337,7 @@ pub fn get(name: &str) -> Option<Scenario> {
             entry_hop: "hub",
             propagate: Propagate::B3,
             noid: false,
-            number: false,
+            number: None,
             nodes: hub_nodes(false),
         },
         _ => return None,
@@ -344,7 +382,7 @@ impl Scenario {
             if noid {
                 cmd.arg("--noid");
             }
-            if number {
+            if number.is_some() {
                 cmd.arg("--number");
             }
             cmd
@@ -370,7 +408,7 @@ impl Scenario {
         };
         match self.name {
             "sync" | "async" | "w3c" | "b3" | "sync-noid" | "async-noid" | "sync-body"
-            | "async-body" | "threaded-noid" => {
+            | "async-body" | "sync-body-random" | "async-body-random" | "threaded-noid" => {
                 let (hub, fizz, buzz) = (port(), port(), port());
                 out.push(leaf("fizzer", fizz));
                 out.push(leaf("buzzer", buzz));
@@ -477,8 +515,8 @@ impl Scenario {
             self.entry_hop,
         ])
         .args(["--propagate", self.propagate.flag()]);
-        if self.number {
-            cmd.arg("--number");
+        if let Some(number) = self.number {
+            cmd.args(["--number", number.flag()]);
         }
         cmd
     }
@@ -502,6 +540,33 @@ mod tests {
     fn every_scenario_resolves() {
         for name in ALL {
             assert_eq!(get(name).unwrap().name, *name);
+        }
+    }
+
+    /// The body scenarios give the load generator its way of numbering and have every
+    /// calling service forward the number.
+    #[test]
+    fn body_scenarios_number_the_load_and_forward_it() {
+        let log = std::path::Path::new("/nonexistent");
+        for (name, numbering) in [
+            ("sync-body", Some("ordinal")),
+            ("async-body-random", Some("random")),
+            ("sync-noid", None),
+        ] {
+            let sc = get(name).unwrap();
+            let load = args(&sc.loadgen(1));
+            let given = load
+                .windows(2)
+                .find(|w| w[0] == "--number")
+                .map(|w| w[1].clone());
+            assert_eq!(given.as_deref(), numbering, "{name}");
+            let (services, _) = sc.services(log);
+            let hub = services.iter().find(|s| s.name == "hub").expect("hub");
+            assert_eq!(
+                args(&hub.command).contains(&"--number".to_string()),
+                numbering.is_some(),
+                "{name}"
+            );
         }
     }
 

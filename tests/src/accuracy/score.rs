@@ -96,6 +96,31 @@ pub struct LevelScore {
     pub methods: BTreeMap<String, MethodStat>,
     pub confidence_sum: f64,
     pub confidence_n: usize,
+    /// Inferred links by stated confidence, [`CONFIDENCE_BUCKETS`].
+    pub calibration: [Calibrated; 4],
+}
+
+/// Lower edges of the confidence buckets of [`LevelScore::calibration`]: below 0.5 (the
+/// default link threshold: a root with a span link), 0.5-0.7, 0.7-0.9, 0.9 and above.
+pub const CONFIDENCE_BUCKETS: [f64; 4] = [0.0, 0.5, 0.7, 0.9];
+
+/// Methods whose links are inferred rather than observed: their confidence is a claim the
+/// benchmark can check.
+const INFERRED: &[&str] = &["content", "thread_pool", "process", "timing", "ambiguous"];
+
+/// Expected spans linked by inference with a confidence in one bucket, and how many of them
+/// point to the right parent (as parent, or below the threshold as span link).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Calibrated {
+    pub spans: usize,
+    pub right: usize,
+}
+
+impl Calibrated {
+    pub fn add(&mut self, other: Calibrated) {
+        self.spans += other.spans;
+        self.right += other.right;
+    }
 }
 
 impl LevelScore {
@@ -129,6 +154,11 @@ impl LevelScore {
             "timing_violations": self.timing_violations,
             "link_methods": methods,
             "mean_inferred_confidence": self.mean_confidence(),
+            "calibration": CONFIDENCE_BUCKETS
+                .iter()
+                .zip(&self.calibration)
+                .map(|(from, c)| json!({"from": from, "spans": c.spans, "right": c.right}))
+                .collect::<Vec<_>>(),
         })
     }
 }
@@ -283,6 +313,14 @@ fn score_tree(
         let right = spans.iter().copied().find(|sp| is_right_parent(i, sp));
         let pick = right.or_else(|| spans.first().copied());
         if let Some(span) = pick {
+            calibrate(
+                span,
+                right.is_some(),
+                nodes[i].parent.map(|p| &found[p][..]),
+                s,
+            );
+        }
+        if let Some(span) = pick {
             s.found_spans += 1;
             let m = s.methods.entry(link_method(span)).or_default();
             m.scored += 1;
@@ -309,6 +347,39 @@ fn score_tree(
         if child.start_ns < parent.start_ns || child.end_ns > parent.end_ns {
             s.timing_violations += 1;
         }
+    }
+}
+
+/// Books an expected span's inferred link in its confidence bucket: right when the span has
+/// the right parent or, refused below the threshold, a span link to one of `parents` (the
+/// spans of the expected parent node).
+fn calibrate(
+    span: &ReceivedSpan,
+    parent_right: bool,
+    parents: Option<&[&ReceivedSpan]>,
+    s: &mut LevelScore,
+) {
+    let method = link_method(span);
+    let Some(AttrValue::Double(c)) = span.attr("tracer.link.confidence") else {
+        return;
+    };
+    if !INFERRED.contains(&method.as_str()) {
+        return;
+    }
+    let bucket = CONFIDENCE_BUCKETS
+        .iter()
+        .rposition(|from| *c >= *from)
+        .unwrap_or(0);
+    let linked_right = span.parent_span_id.is_none()
+        && parents.is_some_and(|ps| {
+            span.links
+                .iter()
+                .any(|(trace, id)| ps.iter().any(|p| p.trace_id == *trace && p.span_id == *id))
+        });
+    let b = &mut s.calibration[bucket];
+    b.spans += 1;
+    if parent_right || linked_right {
+        b.right += 1;
     }
 }
 
@@ -386,6 +457,41 @@ mod tests {
             (12, 12, 11, 1)
         );
         assert_eq!((l.timing_checked, l.timing_violations), (10, 1));
+    }
+
+    /// Inferred links land in their confidence bucket; a refused one counts as right when its
+    /// span link names the right parent, a wrong parent never does.
+    #[test]
+    fn inferred_links_are_booked_by_stated_confidence() {
+        let nodes = scenario::get("sync").unwrap().nodes;
+        let inferred = |s: &mut ReceivedSpan, method: &str, confidence: f64| {
+            s.attributes
+                .insert("tracer.link.method".into(), AttrValue::Str(method.into()));
+            s.attributes.insert(
+                "tracer.link.confidence".into(),
+                AttrValue::Double(confidence),
+            );
+        };
+        let mut spans = hub_tree(1001);
+        inferred(&mut spans[2], "timing", 0.8); // fizz call, right parent
+        inferred(&mut spans[4], "timing", 0.75); // buzz call, wrong parent
+        spans[4].parent_span_id = Some("d".into());
+        let mut refused = hub_tree(1002);
+        for (i, s) in refused.iter_mut().enumerate() {
+            s.span_id = format!("{}2", s.span_id);
+            s.parent_span_id = s.parent_span_id.as_ref().map(|p| format!("{p}2"));
+            if i == 2 {
+                inferred(s, "ambiguous", 0.4);
+                s.parent_span_id = None;
+                s.links = vec![("t1".into(), "b2".into())];
+            }
+        }
+        spans.extend(refused);
+        let s = score(&nodes, Propagate::None, &[level()], &spans, &[]);
+        let c = &s.levels[0].calibration;
+        assert_eq!((c[0].spans, c[0].right), (1, 1), "refused, linked right");
+        assert_eq!((c[1].spans, c[2].spans, c[3].spans), (0, 2, 0));
+        assert_eq!(c[2].right, 1, "one of the two 0.7-0.9 links is right");
     }
 
     #[test]

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tracer_tests::accuracy::scenario::{self, Scenario};
-use tracer_tests::accuracy::score::{self, Level, LevelScore, ScenarioScore};
+use tracer_tests::accuracy::score::{
+    self, CONFIDENCE_BUCKETS, Calibrated, Level, LevelScore, ScenarioScore,
+};
 use tracer_tests::agent::{Agent, AgentArgs};
 use tracer_tests::peers::{self, Peer};
 use tracer_tests::receiver::{AttrValue, ReceivedSpan, Receiver};
@@ -124,11 +126,17 @@ fn main() -> ExitCode {
         .max(10);
     print_header(width);
     let mut results = Vec::new();
+    let mut calibration = [Calibrated::default(); 4];
     for name in &opts.scenarios {
         let sc = scenario::get(name).expect("checked in parse_args");
         let (score, agent_totals) = run_scenario(&sc, &opts);
         let drops = metric(agent_totals.as_str().unwrap_or(""), "events_dropped_total");
         print_rows(&sc, &score, drops, width);
+        for l in &score.levels {
+            for (total, c) in calibration.iter_mut().zip(&l.calibration) {
+                total.add(*c);
+            }
+        }
         results.push(json!({
             "scenario": sc.name,
             "description": sc.description,
@@ -140,6 +148,7 @@ fn main() -> ExitCode {
         }));
     }
     let secs = started.elapsed().as_secs_f64();
+    print_calibration(&calibration);
     println!("{}", legend());
     println!("total time {secs:.0}s");
     if let Some(path) = &opts.json {
@@ -480,6 +489,24 @@ fn print_rows(sc: &Scenario, score: &ScenarioScore, drops: u64, width: usize) {
     let _ = out.flush();
 }
 
+/// Whether the stated confidence of inferred links means what it says: per bucket, over
+/// every scenario and level of the run, how many expected spans were linked so and how many
+/// of those links are right.
+fn print_calibration(calibration: &[Calibrated; 4]) {
+    println!(
+        "\ninferred links (content, thread_pool, process, timing, ambiguous) by stated confidence, all rows:"
+    );
+    println!("confidence          spans   right");
+    for (i, (from, c)) in CONFIDENCE_BUCKETS.iter().zip(calibration).enumerate() {
+        let label = match CONFIDENCE_BUCKETS.get(i + 1) {
+            Some(to) if i == 0 => format!("< {to:.1} (refused)"),
+            Some(to) => format!("{from:.1} - {to:.1}"),
+            None => format!(">= {from:.1}"),
+        };
+        println!("{label:<18} {:>6} {:>7}", c.spans, pct(c.right, c.spans));
+    }
+}
+
 fn legend() -> &'static str {
     "\nroots: root requests sent; fail: of them, failed at the load generator\n\
      spans: expected spans; recall: expected spans found\n\
@@ -489,5 +516,7 @@ fn legend() -> &'static str {
      dups: extra copies of expected spans; extra: spans of a root request matching no expected span\n\
      timing: children outside their expected parent's time range / parent-child pairs checked\n\
      link methods: spans per tracer.link.method ((none): attribute absent); conf: mean\n\
-     \x20       tracer.link.confidence of inferred links (methods other than root/context)"
+     \x20       tracer.link.confidence of inferred links (methods other than root/context)\n\
+     by stated confidence: right = the right parent, or for refused links (a root, below the\n\
+     \x20       agent's --link-threshold, default 0.5) a span link to the right parent"
 }
