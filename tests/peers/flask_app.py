@@ -1,7 +1,7 @@
 """Flask app traced by the end-to-end tests (Werkzeug dev server, threaded, one request
 per connection; or waitress with keep-alive).
 
-Usage: flask_app.py --port P [--host H] [--downstream URL] [--keep-alive]
+Usage: flask_app.py --port P [--host H] [--downstream URL] [--keep-alive] [--pause-ms MS]
 
 --keep-alive serves with waitress (HTTP/1.1 keep-alive) instead of Werkzeug's dev server,
 which closes every connection.
@@ -13,10 +13,12 @@ Routes:
   /error            500 with a JSON body
   /bytes/<n>        a text body of exactly n bytes
   /chain            GETs <downstream>/items/7 with requests and returns its JSON
+  /twice            GETs <downstream>/items/7, waits --pause-ms, GETs <downstream>/items/8
   anything else     Flask's own 404
 """
 import argparse
 import logging
+import time
 
 import requests
 from flask import Flask, Response, jsonify
@@ -26,6 +28,7 @@ parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--downstream", default=None)
 parser.add_argument("--keep-alive", action="store_true")
+parser.add_argument("--pause-ms", type=int, default=0)
 args = parser.parse_args()
 
 app = Flask(__name__)
@@ -63,6 +66,18 @@ def chain():
         return jsonify(error="no downstream configured"), 500
     r = requests.get(args.downstream.rstrip("/") + "/items/7", timeout=10)
     return jsonify(downstream_status=r.status_code, downstream=r.json()), (200 if r.ok else 502)
+
+
+@app.get("/twice")
+def twice():
+    if not args.downstream:
+        return jsonify(error="no downstream configured"), 500
+    base = args.downstream.rstrip("/")
+    first = requests.get(base + "/items/7", timeout=10)
+    time.sleep(args.pause_ms / 1000)
+    second = requests.get(base + "/items/8", timeout=10)
+    ok = first.ok and second.ok
+    return jsonify(first=first.status_code, second=second.status_code), (200 if ok else 502)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
 //! by `content`; with
 //! nothing to tell the two requests apart it must refuse to guess: the outbound CLIENT spans
 //! stay roots, each with a span link to a candidate and a confidence below the threshold.
+//! One request at a time, the event loop's calls link by `thread`; overlapping ones without
+//! ids by the learned delay (`timing`). A waitress pool worker's calls link by `process` (the
+//! one request in progress) and then by `thread_pool` (the worker keeps its request).
 
 use std::net::SocketAddr;
 
@@ -178,6 +181,13 @@ fn overlapping_calls_without_ids_are_assigned_by_the_learned_delay() {
     });
     let mut by_start: Vec<&ReceivedSpan> = servers.iter().collect();
     by_start.sort_by_key(|s| s.start_ns);
+    // One request at a time on the event loop: the thread serving it made the call.
+    for server in &by_start[..12] {
+        let call = check::one(&clients, "the call of a lone request", |c| {
+            c.parent_span_id.as_deref() == Some(server.span_id.as_str())
+        });
+        check::attr_str(call, "tracer.link.method", "thread");
+    }
     for (server, path) in by_start[12..].iter().zip(["first /in/x", "second /in/x"]) {
         let children: Vec<&ReceivedSpan> = clients
             .iter()
@@ -197,6 +207,59 @@ fn overlapping_calls_without_ids_are_assigned_by_the_learned_delay() {
             children[0]
         );
         check::within(children[0], server);
+    }
+    agent.stop();
+}
+
+/// waitress reads requests on its I/O thread and runs the app on a pool worker, so the
+/// worker's calls have no serving thread to follow. The first call of a lone request links
+/// by `process` (the only request in progress) once its settling window passes, which
+/// makes the worker claim the request; the second call, after that window, links by
+/// `thread_pool`.
+#[test]
+fn a_pool_workers_calls_link_by_process_then_by_its_claim() {
+    require_root();
+    let receiver = Receiver::start();
+    let (front_port, down_port) = (peers::free_port(), peers::free_port());
+    let _down = peers::rust_server(down_port);
+    let downstream = format!("http://127.0.0.1:{down_port}");
+    let front = peers::flask_server(
+        front_port,
+        &[
+            "--keep-alive",
+            "--downstream",
+            &downstream,
+            "--pause-ms",
+            "400",
+        ],
+        &[],
+    );
+    // The harness's settle time, 300 ms, gives a settling window of 60 ms: the first call is
+    // decided long before the second.
+    let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[front_port, down_port]));
+    let twice = std::thread::spawn(move || get(front_port, "/twice"));
+    // The agent's clock is its event stream: other traffic during the pause moves it past
+    // the first call's window (on a quiet host the first call is decided with the second).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    get(down_port, "/elsewhere");
+    twice.join().unwrap();
+
+    let front_pid = i64::from(front.pid());
+    let server = receiver.wait_exactly("SERVER /twice", 1, SPAN_TIMEOUT, QUIET, |s| {
+        s.is_server() && s.pid() == Some(front_pid)
+    });
+    let calls = receiver.wait_exactly("the two calls", 2, SPAN_TIMEOUT, QUIET, |s| {
+        s.is_client() && s.pid() == Some(front_pid)
+    });
+    for (path, method) in [("/items/7", "process"), ("/items/8", "thread_pool")] {
+        let call = check::one(&calls, path, |c| c.url_path() == Some(path));
+        check::child_of(call, &server[0]);
+        check::within(call, &server[0]);
+        check::attr_str(call, "tracer.link.method", method);
+        assert!(
+            confidence(call) >= 0.5,
+            "above the default threshold\n    {call}"
+        );
     }
     agent.stop();
 }

@@ -936,7 +936,7 @@ fn take_match(
 
 /// Shared ids and a worker's existing claim are decisive; other guesses wait for the window.
 fn decides_at_once(guess: &inference::Guess) -> bool {
-    guess.method == "content" || (guess.method == "thread_pool" && guess.confidence >= 0.9)
+    guess.at_once
 }
 
 fn hash_of(name: &str) -> u64 {

@@ -13,9 +13,9 @@
 //!    their kind makes are left out; if more than one remains, the settling window below
 //!    assigns the call among them only.
 //! 2. `thread_pool` (0.9, or less when the link that made the claim was less sure): this
-//!    worker thread already made a call for a request that is still in progress and has not
-//!    made all the calls of this name its kind makes: a pool worker handles one request at a
-//!    time. (Content goes first, and the call count check second: a worker can pick up its
+//!    worker thread already made a call for a request that is still in progress and, when an
+//!    unclaimed request could have made the call, has not made all the calls of this name
+//!    its kind makes: a pool worker handles one request at a time. (Content goes first, and the call count check second: a worker can pick up its
 //!    next request before another thread has written the previous response.)
 //! 3. `process` (0.8): exactly one request is in progress in the process.
 //! 4. `thread_pool` (0.7): exactly one candidate is not yet claimed by another worker thread.
@@ -171,6 +171,8 @@ pub(super) struct Guess {
     pub parent: u64,
     pub method: &'static str,
     pub confidence: f64,
+    /// Decided without the settling window: `content`, or a worker's existing claim.
+    pub at_once: bool,
 }
 
 impl Assembler {
@@ -201,18 +203,24 @@ impl Assembler {
                 parent,
                 method: "content",
                 confidence: 0.95,
+                at_once: true,
             });
         }
         if let Some(&(claimed, shown_with)) = self.claims.get(&thread) {
             // A worker may pick up its next request before another thread has written the
-            // previous response: a claimed request that already made all the calls of this
-            // name its kind makes is not the one this call is for.
-            if self.in_progress(claimed, start) && self.has_room(claimed, name_key) {
+            // previous response: while an unclaimed request could have made this call, a
+            // claimed one that already made all the calls of this name its kind makes is not
+            // the one this call is for.
+            let rival = candidates
+                .iter()
+                .any(|h| *h != claimed && !self.claimed.contains_key(h));
+            if self.in_progress(claimed, start) && (!rival || self.has_room(claimed, name_key)) {
                 return Some(Guess {
                     parent: claimed,
                     method: "thread_pool",
                     // No surer than the link that made the claim.
                     confidence: shown_with.min(0.9),
+                    at_once: true,
                 });
             }
             self.claims.remove(&thread);
@@ -229,11 +237,13 @@ impl Assembler {
                 parent: *one,
                 method: "process",
                 confidence: 0.8,
+                at_once: false,
             },
             (_, [one]) if is_worker => Guess {
                 parent: *one,
                 method: "thread_pool",
                 confidence: 0.7,
+                at_once: false,
             },
             _ => {
                 let pool = if unclaimed.is_empty() {
@@ -251,6 +261,7 @@ impl Assembler {
                     parent: oldest,
                     method: "ambiguous",
                     confidence: 0.8 / pool.len() as f64,
+                    at_once: false,
                 }
             }
         };
@@ -509,11 +520,13 @@ impl Assembler {
                 parent: *one,
                 method: if alone { "process" } else { "timing" },
                 confidence: 0.8,
+                at_once: false,
             },
             several => Guess {
                 parent: several[0],
                 method: "ambiguous",
                 confidence: 0.8 / several.len() as f64,
+                at_once: false,
             },
         };
         self.commit_guess(handle, guess);
@@ -644,6 +657,7 @@ impl Assembler {
                 Guess {
                     parent,
                     method,
+                    at_once: false,
                     confidence,
                 },
             );
