@@ -137,10 +137,11 @@ fn indistinguishable_concurrent_candidates_give_roots_with_links_not_wrong_paren
     agent.stop();
 }
 
-/// GET `path` from the hub over a fresh connection and read the whole answer.
+/// GET `path` from a server over a fresh connection and read the whole answer: the head and
+/// `Content-Length` bytes of body (the asyncio hub keeps the connection open).
 fn get(port: u16, path: &str) {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(loopback(port)).expect("connect to the hub");
+    let mut stream = std::net::TcpStream::connect(loopback(port)).expect("connect");
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
@@ -150,25 +151,47 @@ fn get(port: u16, path: &str) {
     )
     .unwrap();
     let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
+    let mut chunk = [0u8; 4096];
+    while !complete(&answer) {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
     assert!(
-        answer.starts_with(b"HTTP/1.1 200"),
-        "hub answered {answer:?}"
+        answer.starts_with(b"HTTP/1.1 200") && complete(&answer),
+        "{path} answered {:?}",
+        String::from_utf8_lossy(&answer)
     );
+}
+
+/// Whether `answer` holds a whole HTTP response with a `Content-Length` body.
+fn complete(answer: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(answer);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    length.is_some_and(|n| body.len() >= n)
 }
 
 #[test]
 fn overlapping_calls_without_ids_are_assigned_by_the_learned_delay() {
-    let (receiver, hub_port, hub, mut agent) = start_hub(&["--hold", "100"]);
-    // One request at a time: the agent learns the delay from a request to its call (~100 ms).
+    let (receiver, hub_port, hub, mut agent) = start_hub(&["--hold", "300"]);
+    // One request at a time: the agent learns the delay from a request to its call (~300 ms).
     // One endpoint throughout: delays are learned per (request name, call name).
     for _ in 0..12 {
         get(hub_port, "/in/x");
     }
-    // Two overlapping requests 50 ms apart: both are in progress during both calls, and only
-    // the learned delay tells which call belongs to which request.
+    // Two overlapping requests 150 ms apart: both are in progress during both calls, and only
+    // the learned delay tells which call belongs to which request. (50 ms apart with a 100 ms
+    // hold, a busy host's scheduling jitter made the two nearly simultaneous now and then.)
     let first = std::thread::spawn(move || get(hub_port, "/in/x"));
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    std::thread::sleep(std::time::Duration::from_millis(150));
     get(hub_port, "/in/x");
     first.join().unwrap();
 
