@@ -98,6 +98,24 @@ fn feed(a: &mut Assembler, meta: ConnMeta, direction: Direction, message: Messag
     );
 }
 
+/// Fails unless `span` was linked by `method`.
+fn assert_method(span: &SpanRecord, method: &str) {
+    assert_eq!(
+        crate::span::find(&span.attributes, "tracer.link.method"),
+        Some(&crate::span::AttrValue::Str(method.into())),
+        "{span:#?}"
+    );
+}
+
+/// The CLIENT span `GET /fizz` that started last.
+fn latest_fizz_call(spans: &[SpanRecord]) -> &SpanRecord {
+    spans
+        .iter()
+        .filter(|s| s.name == "GET /fizz" && s.kind == SpanKind::Client)
+        .max_by_key(|s| s.start_unix_ns)
+        .expect("a /fizz call")
+}
+
 fn by_name<'a>(spans: &'a [SpanRecord], name: &str, kind: SpanKind) -> &'a SpanRecord {
     spans
         .iter()
@@ -380,10 +398,7 @@ fn worker_threads_of_a_pool_link_by_id_tokens_and_keep_their_claim() {
     );
     let buzz = by_name(&spans, "GET /buzz", SpanKind::Client);
     assert_eq!(buzz.parent_span_id, Some(hub2.span_id));
-    assert_eq!(
-        crate::span::find(&buzz.attributes, "tracer.link.method"),
-        Some(&crate::span::AttrValue::Str("thread_pool".into()))
-    );
+    assert_method(buzz, "thread_pool");
 }
 
 #[test]
@@ -710,10 +725,7 @@ fn overlapping_calls_without_ids_are_assigned_by_learned_delays() {
             .find(|s| s.kind == SpanKind::Client && s.start_unix_ns == call_start)
             .unwrap();
         assert_eq!(call.parent_span_id, Some(parent.span_id), "{call:#?}");
-        assert_eq!(
-            crate::span::find(&call.attributes, "tracer.link.method"),
-            Some(&crate::span::AttrValue::Str("timing".into()))
-        );
+        assert_method(call, "timing");
         let confidence = crate::span::find(&call.attributes, "tracer.link.confidence");
         assert!(
             matches!(confidence, Some(crate::span::AttrValue::Double(c)) if *c > 0.9),
@@ -773,10 +785,7 @@ fn a_call_outliving_a_request_is_not_its_child() {
         down.parent_span_id,
         Some(by_name(&spans, "GET /b", SpanKind::Server).span_id)
     );
-    assert_eq!(
-        crate::span::find(&down.attributes, "tracer.link.method"),
-        Some(&crate::span::AttrValue::Str("timing".into()))
-    );
+    assert_method(down, "timing");
 }
 
 /// A SERVER span whose parent comes from propagated context is still clamped into the
@@ -978,10 +987,7 @@ fn delays_far_outside_the_learned_ones_are_not_trusted() {
     assert_eq!(calls.len(), 2);
     for call in calls {
         assert_eq!(call.parent_span_id, None, "{call:#?}");
-        assert_eq!(
-            crate::span::find(&call.attributes, "tracer.link.method"),
-            Some(&crate::span::AttrValue::Str("ambiguous".into()))
-        );
+        assert_method(call, "ambiguous");
         assert_eq!(call.links.len(), 1);
     }
 }
@@ -1031,10 +1037,7 @@ fn a_token_every_candidate_has_does_not_hide_the_distinctive_one() {
         .expect("second request");
     let call = by_name(&spans, "GET /fizz/1002", SpanKind::Client);
     assert_eq!(call.parent_span_id, Some(second.span_id), "{call:#?}");
-    assert_eq!(
-        crate::span::find(&call.attributes, "tracer.link.method"),
-        Some(&crate::span::AttrValue::Str("content".into()))
-    );
+    assert_method(call, "content");
 }
 
 /// A value the process's requests keep carrying (a constant body field) is no id, even with
@@ -1228,11 +1231,7 @@ fn a_stale_worker_claim_does_not_take_calls_its_request_already_made() {
     );
     let spans = a.tick(500 * MS);
     let hub2 = by_name(&spans, "GET /hub/1002", SpanKind::Server);
-    let second = spans
-        .iter()
-        .filter(|s| s.name == "GET /fizz" && s.kind == SpanKind::Client)
-        .max_by_key(|s| s.start_unix_ns)
-        .expect("second /fizz");
+    let second = latest_fizz_call(&spans);
     assert_eq!(second.parent_span_id, Some(hub2.span_id), "{second:#?}");
     assert_ne!(
         crate::span::find(&second.attributes, "tracer.link.method"),
@@ -1316,16 +1315,9 @@ fn a_repeated_value_still_links_to_the_holder_that_has_not_called_yet() {
     );
     let spans = a.tick(t + 500 * MS);
     let hub_b = by_name(&spans, "GET /hub/b", SpanKind::Server);
-    let call = spans
-        .iter()
-        .filter(|s| s.name == "GET /fizz" && s.kind == SpanKind::Client)
-        .max_by_key(|s| s.start_unix_ns)
-        .expect("second /fizz");
+    let call = latest_fizz_call(&spans);
     assert_eq!(call.parent_span_id, Some(hub_b.span_id), "{call:#?}");
-    assert_eq!(
-        crate::span::find(&call.attributes, "tracer.link.method"),
-        Some(&crate::span::AttrValue::Str("content".into()))
-    );
+    assert_method(call, "content");
 }
 
 /// Two requests in progress hold the call's value and neither has called yet: the tokens
@@ -1362,11 +1354,7 @@ fn tokens_held_by_several_requests_narrow_the_assignment_to_them() {
         );
     }
     let spans = a.tick(t + 500 * MS);
-    let call = spans
-        .iter()
-        .filter(|s| s.name == "GET /fizz" && s.kind == SpanKind::Client)
-        .max_by_key(|s| s.start_unix_ns)
-        .expect("the /fizz call");
+    let call = latest_fizz_call(&spans);
     let holders = [
         by_name(&spans, "GET /hub/a", SpanKind::Server).span_id,
         by_name(&spans, "GET /hub/b", SpanKind::Server).span_id,
