@@ -32,7 +32,8 @@
 //! likelihood matching of calls to the requests in progress when each call started:
 //! - a call must end before its request ends (timing containment);
 //! - a request takes as many calls of one endpoint as requests of its kind were seen to make
-//!   (learned; one until learned), minus those already linked to it;
+//!   (learned; one until learned), minus those already linked to it — except the only
+//!   request in progress in the process, which takes every call (`process`);
 //! - the delay from the request's start to the call's start is scored against a per-endpoint-
 //!   pair distribution learned online from links made by exact methods (`thread`, `content`,
 //!   `process`, `thread_pool`), as TraceWeaver does; until enough are learned, a mild
@@ -574,7 +575,11 @@ impl Assembler {
                         .iter()
                         .find(|(k, _)| *k == client.name_key)
                         .map_or(0, |(_, n)| *n);
+                    // The only request in progress in the process takes the call even
+                    // beyond its learned count (which links like this one teach).
+                    let alone = client.candidates.len() == 1;
                     let room = self.delays.capacity(pair).saturating_sub(taken);
+                    let room = if alone { u16::MAX } else { room };
                     // A pool worker handles one request at a time: not one another worker has.
                     let thread = (client.pid, client.tid);
                     let other_workers = !self.serving.contains_key(&thread)

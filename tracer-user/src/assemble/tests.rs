@@ -1371,3 +1371,40 @@ fn tokens_held_by_several_requests_narrow_the_assignment_to_them() {
         "{confidence:?}"
     );
 }
+
+/// A pool worker's handler calls one endpoint twice while its request is the only one in
+/// progress: both calls are its children (`process`), although requests of its kind were
+/// seen to make one call there until then.
+#[test]
+fn the_only_request_in_progress_takes_every_call() {
+    let mut a = assembler();
+    feed(
+        &mut a,
+        hub_in(1),
+        Direction::Ingress,
+        request(0, "/hub", at(MS, 70), None),
+    );
+    for (n, t) in [(1, 2), (2, 4)] {
+        let call = request(0, "/fizz", at(t * MS, 71), None);
+        feed(&mut a, hub_out(n), Direction::Egress, call);
+        let answer = response(0, 200, at((t + 1) * MS, 71));
+        feed(&mut a, hub_out(n), Direction::Ingress, answer);
+    }
+    feed(
+        &mut a,
+        hub_in(1),
+        Direction::Egress,
+        response(0, 200, at(6 * MS, 70)),
+    );
+    let spans = a.tick(500 * MS);
+    let hub = by_name(&spans, "GET /hub", SpanKind::Server);
+    let calls: Vec<&SpanRecord> = spans
+        .iter()
+        .filter(|s| s.name == "GET /fizz" && s.kind == SpanKind::Client)
+        .collect();
+    assert_eq!(calls.len(), 2);
+    for call in calls {
+        assert_eq!(call.parent_span_id, Some(hub.span_id), "{call:#?}");
+        assert_method(call, "process");
+    }
+}
