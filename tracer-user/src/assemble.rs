@@ -463,7 +463,7 @@ impl Assembler {
     /// settling window, where the calls of the process are assigned together.
     fn infer_or_defer(&mut self, handle: u64, pid: u32) {
         match self.infer_parent(handle) {
-            Some(guess) if decides_at_once(&guess) => self.commit_guess(handle, guess),
+            Some(guess) if guess.at_once => self.commit_guess(handle, guess),
             _ => self.defer_placement(handle, pid),
         }
     }
@@ -520,7 +520,7 @@ impl Assembler {
             }
             span.candidates.push(server);
             match self.infer_parent(client) {
-                Some(guess) if decides_at_once(&guess) => self.commit_guess(client, guess),
+                Some(guess) if guess.at_once => self.commit_guess(client, guess),
                 _ => {}
             }
         }
@@ -932,11 +932,6 @@ fn take_match(
         queues.remove(&tuple);
     }
     handle
-}
-
-/// Shared ids and a worker's existing claim are decisive; other guesses wait for the window.
-fn decides_at_once(guess: &inference::Guess) -> bool {
-    guess.at_once
 }
 
 fn hash_of(name: &str) -> u64 {

@@ -313,14 +313,8 @@ fn score_tree(
         let right = spans.iter().copied().find(|sp| is_right_parent(i, sp));
         let pick = right.or_else(|| spans.first().copied());
         if let Some(span) = pick {
-            calibrate(
-                span,
-                right.is_some(),
-                nodes[i].parent.map(|p| &found[p][..]),
-                s,
-            );
-        }
-        if let Some(span) = pick {
+            let parents = nodes[i].parent.map(|p| &found[p][..]);
+            calibrate(span, right.is_some(), parents, s);
             s.found_spans += 1;
             let m = s.methods.entry(link_method(span)).or_default();
             m.scored += 1;

@@ -15,8 +15,9 @@
 //! 2. `thread_pool` (0.9, or less when the link that made the claim was less sure): this
 //!    worker thread already made a call for a request that is still in progress and, when an
 //!    unclaimed request could have made the call, has not made all the calls of this name
-//!    its kind makes: a pool worker handles one request at a time. (Content goes first, and the call count check second: a worker can pick up its
-//!    next request before another thread has written the previous response.)
+//!    its kind makes: a pool worker handles one request at a time. (Content goes first, and
+//!    the call count check second: a worker can pick up its next request before another
+//!    thread has written the previous response.)
 //! 3. `process` (0.8): exactly one request is in progress in the process.
 //! 4. `thread_pool` (0.7): exactly one candidate is not yet claimed by another worker thread.
 //! 5. otherwise `ambiguous`: the oldest unclaimed candidate with confidence 0.8/n (n >= 2).
@@ -58,7 +59,7 @@
 use pathfinding::{kuhn_munkres::kuhn_munkres, matrix::Matrix};
 use rustc_hash::FxHashMap;
 
-use super::{Assembler, SpanKind};
+use super::{Assembler, PendingSpan, SpanKind};
 
 /// Delays learned before they are trusted.
 const MIN_LEARNED: u32 = 10;
@@ -371,17 +372,25 @@ impl Assembler {
         self.claimed.insert(parent, thread);
     }
 
-    /// Whether SERVER span `server` may still make a call named `name_key`: fewer linked to
-    /// it than requests of its kind were seen to make (one until learned).
+    /// Whether SERVER span `server` may still make a call named `name_key` (see
+    /// [`Self::room`]).
     fn has_room(&self, server: u64, name_key: u64) -> bool {
-        self.spans.get(&server).is_some_and(|s| {
-            let taken = s
-                .calls
-                .iter()
-                .find(|(k, _)| *k == name_key)
-                .map_or(0, |(_, n)| *n);
-            taken < self.delays.capacity((s.name_key, name_key))
-        })
+        self.spans
+            .get(&server)
+            .is_some_and(|s| self.room(s, name_key) > 0)
+    }
+
+    /// How many more calls named `name_key` the SERVER span `server` may make: as many as
+    /// requests of its kind were seen to make (one until learned), minus those linked to it.
+    fn room(&self, server: &PendingSpan, name_key: u64) -> u16 {
+        let taken = server
+            .calls
+            .iter()
+            .find(|(k, _)| *k == name_key)
+            .map_or(0, |(_, n)| *n);
+        self.delays
+            .capacity((server.name_key, name_key))
+            .saturating_sub(taken)
     }
 
     /// Whether the span had started and not yet ended at kernel time `at`.
@@ -555,6 +564,9 @@ impl Assembler {
                     client.name_key,
                     &client.candidates,
                 );
+                // The only request in progress in the process takes the call even beyond
+                // its learned count (which links like this one teach).
+                let alone = client.candidates.len() == 1;
                 for &s in &client.candidates {
                     if narrowed
                         .as_ref()
@@ -570,16 +582,11 @@ impl Assembler {
                         _ => true,
                     };
                     let pair = (server.name_key, client.name_key);
-                    let taken = server
-                        .calls
-                        .iter()
-                        .find(|(k, _)| *k == client.name_key)
-                        .map_or(0, |(_, n)| *n);
-                    // The only request in progress in the process takes the call even
-                    // beyond its learned count (which links like this one teach).
-                    let alone = client.candidates.len() == 1;
-                    let room = self.delays.capacity(pair).saturating_sub(taken);
-                    let room = if alone { u16::MAX } else { room };
+                    let room = if alone {
+                        u16::MAX
+                    } else {
+                        self.room(server, client.name_key)
+                    };
                     // A pool worker handles one request at a time: not one another worker has.
                     let thread = (client.pid, client.tid);
                     let other_workers = !self.serving.contains_key(&thread)
