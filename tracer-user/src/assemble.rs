@@ -273,7 +273,7 @@ impl Assembler {
         let print = fingerprint(&req.name, &req.attributes);
         let name_key = hash_of(&req.name);
         let path = match crate::span::find(&req.attributes, "url.path") {
-            Some(crate::span::AttrValue::Str(p)) => Some(p.as_str()),
+            Some(crate::span::AttrValue::Str(p)) => Some(p.as_ref()),
             _ => None,
         };
         let mut tokens = inference::id_tokens(&req.name, path);
@@ -855,7 +855,7 @@ impl Assembler {
                         trace_id: trace,
                         span_id,
                         attributes: vec![
-                            Attribute::str("tracer.link.method", span.link_method),
+                            Attribute::fixed("tracer.link.method", span.link_method),
                             Attribute::double("tracer.link.confidence", span.confidence),
                         ],
                     })
@@ -875,7 +875,7 @@ impl Assembler {
         }
         let mut attributes = std::mem::take(&mut span.attributes);
         if span.link_method != "root" || !span.link_candidates.is_empty() {
-            attributes.push(Attribute::str("tracer.link.method", span.link_method));
+            attributes.push(Attribute::fixed("tracer.link.method", span.link_method));
             attributes.push(Attribute::double("tracer.link.confidence", span.confidence));
         }
         let record = SpanRecord {
@@ -969,22 +969,21 @@ fn add_network_attributes(
     let has = |attributes: &[Attribute], key: &str| attributes.iter().any(|a| a.key == key);
     // These, the response's attributes and the two link attributes: one allocation.
     attributes.reserve(10);
-    attributes.push(Attribute::str("network.transport", "tcp"));
-    attributes.push(Attribute::str(
+    attributes.push(Attribute::fixed("network.transport", "tcp"));
+    attributes.push(Attribute::fixed(
         "network.type",
         if remote.is_ipv4() { "ipv4" } else { "ipv6" },
     ));
-    attributes.push(Attribute::str(
-        "network.peer.address",
-        remote.ip().to_string(),
-    ));
+    // Formatted once: the peer's address is also `client.address` or `server.address`.
+    let remote_ip = remote.ip().to_string();
+    attributes.push(Attribute::str("network.peer.address", remote_ip.clone()));
     attributes.push(Attribute::int(
         "network.peer.port",
         i64::from(remote.port()),
     ));
     match kind {
         SpanKind::Server => {
-            attributes.push(Attribute::str("client.address", remote.ip().to_string()));
+            attributes.push(Attribute::str("client.address", remote_ip));
             attributes.push(Attribute::int("client.port", i64::from(remote.port())));
             if !has(attributes, "server.address") {
                 attributes.push(Attribute::str("server.address", local.ip().to_string()));
@@ -995,7 +994,7 @@ fn add_network_attributes(
         }
         SpanKind::Client => {
             if !has(attributes, "server.address") {
-                attributes.push(Attribute::str("server.address", remote.ip().to_string()));
+                attributes.push(Attribute::str("server.address", remote_ip));
             }
             if !has(attributes, "server.port") {
                 attributes.push(Attribute::int("server.port", i64::from(remote.port())));

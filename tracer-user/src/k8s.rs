@@ -355,7 +355,7 @@ mod tests {
 
     fn attr(id: &PodIdentity, key: &str) -> Option<String> {
         match find(&id.attributes, key)? {
-            AttrValue::Str(s) => Some(s.clone()),
+            AttrValue::Str(s) => Some(s.to_string()),
             _ => None,
         }
     }

@@ -604,7 +604,7 @@ mod tests {
 
     fn attr(r: &ProcessResource, key: &str) -> Option<String> {
         match find(&r.attributes, key)? {
-            AttrValue::Str(s) => Some(s.clone()),
+            AttrValue::Str(s) => Some(s.to_string()),
             AttrValue::Int(i) => Some(i.to_string()),
             other => Some(format!("{other:?}")),
         }

@@ -1,12 +1,13 @@
 //! Our own span record: what the span-assembly stage produces and the exporters consume.
 //! Conversion to OpenTelemetry's wire types happens only in `export::otlp`.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 /// An attribute value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
-    Str(String),
+    /// Borrowed when the value is a constant (`tcp`, `1.1`, a link method): no allocation.
+    Str(Cow<'static, str>),
     Int(i64),
     Bool(bool),
     Double(f64),
@@ -23,7 +24,14 @@ impl Attribute {
     pub fn str(key: &'static str, value: impl Into<String>) -> Self {
         Self {
             key,
-            value: AttrValue::Str(value.into()),
+            value: AttrValue::Str(Cow::Owned(value.into())),
+        }
+    }
+    /// A constant string value, held without allocating.
+    pub fn fixed(key: &'static str, value: &'static str) -> Self {
+        Self {
+            key,
+            value: AttrValue::Str(Cow::Borrowed(value)),
         }
     }
     pub fn int(key: &'static str, value: i64) -> Self {

@@ -102,7 +102,7 @@ fn feed(a: &mut Assembler, meta: ConnMeta, direction: Direction, message: Messag
 fn assert_method(span: &SpanRecord, method: &str) {
     assert_eq!(
         crate::span::find(&span.attributes, "tracer.link.method"),
-        Some(&crate::span::AttrValue::Str(method.into())),
+        Some(&crate::span::AttrValue::Str(method.to_owned().into())),
         "{span:#?}"
     );
 }

@@ -1,18 +1,21 @@
-//! Conversion of our span records to OTLP wire types (span assembly -> exporter queue ->
-//! **OTLP request** -> transport -> collector). The only place that knows both
-//! [`crate::span`] and `opentelemetry_proto`.
+//! Encoding of our span records as an OTLP `ExportTraceServiceRequest` (span assembly ->
+//! exporter queue -> **OTLP request** -> transport -> collector). The only place that knows both
+//! [`crate::span`] and the OTLP trace schema.
+//!
+//! Written by hand on purpose: building `opentelemetry_proto`'s message structs (a `String`
+//! per attribute key and value, a `Vec` per id) and encoding them with prost took about a third
+//! of the agent's CPU at nginx saturation. Here each span is written straight from its record
+//! into one buffer: a first pass sums the lengths (protobuf puts a message's length before it),
+//! a second writes the bytes. prost's wire primitives (keys, varints) are used; the field
+//! numbers are those of `opentelemetry/proto/trace/v1/trace.proto` and its imports, and the
+//! tests decode the output with `opentelemetry_proto`'s prost types.
 //!
 //! One request carries spans of many traced processes: spans are grouped into one
 //! `ResourceSpans` per [`ProcessResource`], each with a single `ScopeSpans` for this agent.
 
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::ExportTraceServiceRequest,
-    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status},
-};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use crate::span::{
     AttrValue, Attribute, ProcessResource, SpanKind, SpanLink, SpanRecord, SpanStatus,
@@ -20,137 +23,330 @@ use crate::span::{
 
 /// Instrumentation scope name reported for every span.
 pub const SCOPE_NAME: &str = "tracer";
+const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Builds one export request, grouping spans by their process resource (same `Arc` or equal
-/// contents) in order of first appearance.
-pub fn build_request(spans: Vec<SpanRecord>) -> ExportTraceServiceRequest {
-    let mut groups: Vec<(Arc<ProcessResource>, Vec<Span>)> = Vec::new();
-    for record in spans {
-        let found = groups
-            .iter()
-            .position(|(r, _)| Arc::ptr_eq(r, &record.resource) || **r == *record.resource);
-        let index = match found {
-            Some(index) => index,
-            None => {
-                groups.push((record.resource.clone(), Vec::new()));
-                groups.len() - 1
-            }
-        };
-        groups[index].1.push(span(record));
-    }
-    ExportTraceServiceRequest {
-        resource_spans: groups
-            .into_iter()
-            .map(|(resource, spans)| ResourceSpans {
-                resource: Some(convert_resource(&resource)),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(scope()),
-                    spans,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            })
-            .collect(),
-    }
+/// Field numbers of the OTLP messages written here.
+mod field {
+    pub const REQUEST_RESOURCE_SPANS: u32 = 1;
+    pub const RESOURCE_SPANS_RESOURCE: u32 = 1;
+    pub const RESOURCE_SPANS_SCOPE_SPANS: u32 = 2;
+    pub const RESOURCE_ATTRIBUTES: u32 = 1;
+    pub const SCOPE_SPANS_SCOPE: u32 = 1;
+    pub const SCOPE_SPANS_SPANS: u32 = 2;
+    pub const SCOPE_NAME: u32 = 1;
+    pub const SCOPE_VERSION: u32 = 2;
+    pub const SPAN_TRACE_ID: u32 = 1;
+    pub const SPAN_SPAN_ID: u32 = 2;
+    pub const SPAN_TRACE_STATE: u32 = 3;
+    pub const SPAN_PARENT_SPAN_ID: u32 = 4;
+    pub const SPAN_NAME: u32 = 5;
+    pub const SPAN_KIND: u32 = 6;
+    pub const SPAN_START: u32 = 7;
+    pub const SPAN_END: u32 = 8;
+    pub const SPAN_ATTRIBUTES: u32 = 9;
+    pub const SPAN_LINKS: u32 = 13;
+    pub const SPAN_STATUS: u32 = 15;
+    pub const SPAN_FLAGS: u32 = 16;
+    pub const LINK_TRACE_ID: u32 = 1;
+    pub const LINK_SPAN_ID: u32 = 2;
+    pub const LINK_ATTRIBUTES: u32 = 4;
+    pub const STATUS_MESSAGE: u32 = 2;
+    pub const STATUS_CODE: u32 = 3;
+    pub const KEY_VALUE_KEY: u32 = 1;
+    pub const KEY_VALUE_VALUE: u32 = 2;
+    pub const ANY_STRING: u32 = 1;
+    pub const ANY_BOOL: u32 = 2;
+    pub const ANY_INT: u32 = 3;
+    pub const ANY_DOUBLE: u32 = 4;
 }
 
-fn scope() -> InstrumentationScope {
-    InstrumentationScope {
-        name: SCOPE_NAME.to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        ..Default::default()
+/// `SpanKind` enum values of the OTLP schema.
+const KIND_SERVER: u64 = 2;
+const KIND_CLIENT: u64 = 3;
+/// `Status.StatusCode.STATUS_CODE_ERROR`.
+const STATUS_CODE_ERROR: u64 = 2;
+
+/// Encodes one export request, grouping spans by their process resource (same `Arc` or equal
+/// contents) in order of first appearance.
+pub fn encode_request(spans: &[SpanRecord]) -> Vec<u8> {
+    // Group index of every span, and each group's resource; batches hold a few processes.
+    let mut resources: Vec<&Arc<ProcessResource>> = Vec::new();
+    let mut group_of = Vec::with_capacity(spans.len());
+    for record in spans {
+        let found = resources
+            .iter()
+            .position(|r| Arc::ptr_eq(r, &record.resource) || ***r == *record.resource);
+        group_of.push(found.unwrap_or_else(|| {
+            resources.push(&record.resource);
+            resources.len() - 1
+        }));
     }
+    let resource_attrs: Vec<Vec<Attribute>> =
+        resources.iter().map(|r| resource_attributes(r)).collect();
+    let resource_lens: Vec<usize> = resource_attrs
+        .iter()
+        .map(|a| attributes_len(field::RESOURCE_ATTRIBUTES, a))
+        .collect();
+    // First pass: every span's length and each group's `ScopeSpans` length.
+    let span_lens: Vec<usize> = spans.iter().map(span_len).collect();
+    let mut scope_spans_lens =
+        vec![message_field_len(field::SCOPE_SPANS_SCOPE, scope_len()); resources.len()];
+    for (&group, &len) in group_of.iter().zip(&span_lens) {
+        scope_spans_lens[group] += message_field_len(field::SCOPE_SPANS_SPANS, len);
+    }
+    let resource_spans_lens: Vec<usize> = resource_lens
+        .iter()
+        .zip(&scope_spans_lens)
+        .map(|(&resource, &scope_spans)| {
+            message_field_len(field::RESOURCE_SPANS_RESOURCE, resource)
+                + message_field_len(field::RESOURCE_SPANS_SCOPE_SPANS, scope_spans)
+        })
+        .collect();
+    let total = resource_spans_lens
+        .iter()
+        .map(|&len| message_field_len(field::REQUEST_RESOURCE_SPANS, len))
+        .sum();
+    // Second pass: the bytes, one group after the other (spans of a group in batch order).
+    let mut order: Vec<usize> = (0..spans.len()).collect();
+    order.sort_by_key(|&i| group_of[i]);
+    let mut buf = Vec::with_capacity(total);
+    let members = order.chunk_by(|&a, &b| group_of[a] == group_of[b]);
+    for ((group, resource), members) in resource_attrs.iter().enumerate().zip(members) {
+        message_header(
+            field::REQUEST_RESOURCE_SPANS,
+            resource_spans_lens[group],
+            &mut buf,
+        );
+        message_header(
+            field::RESOURCE_SPANS_RESOURCE,
+            resource_lens[group],
+            &mut buf,
+        );
+        attributes(field::RESOURCE_ATTRIBUTES, resource, &mut buf);
+        message_header(
+            field::RESOURCE_SPANS_SCOPE_SPANS,
+            scope_spans_lens[group],
+            &mut buf,
+        );
+        message_header(field::SCOPE_SPANS_SCOPE, scope_len(), &mut buf);
+        string_field(field::SCOPE_NAME, SCOPE_NAME, &mut buf);
+        string_field(field::SCOPE_VERSION, SCOPE_VERSION, &mut buf);
+        for &i in members {
+            message_header(field::SCOPE_SPANS_SPANS, span_lens[i], &mut buf);
+            encode_span(&spans[i], &mut buf);
+        }
+    }
+    debug_assert_eq!(buf.len(), total);
+    buf
+}
+
+fn scope_len() -> usize {
+    string_field_len(field::SCOPE_NAME, SCOPE_NAME)
+        + string_field_len(field::SCOPE_VERSION, SCOPE_VERSION)
 }
 
 /// `service.name` followed by the process's other resource attributes.
-pub fn convert_resource(resource: &ProcessResource) -> Resource {
+fn resource_attributes(resource: &ProcessResource) -> Vec<Attribute> {
     let mut attributes = Vec::with_capacity(resource.attributes.len() + 1);
-    attributes.push(key_value(
+    attributes.push(Attribute::str(
         "service.name",
-        any(AttrValue::Str(resource.service_name.clone())),
+        resource.service_name.as_str(),
     ));
-    attributes.extend(resource.attributes.iter().map(attribute));
-    Resource {
-        attributes,
-        ..Default::default()
-    }
+    attributes.extend(resource.attributes.iter().cloned());
+    attributes
 }
 
-/// Converts one span record (its resource is left to the caller).
-pub fn span(record: SpanRecord) -> Span {
-    let kind = match record.kind {
-        SpanKind::Server => span::SpanKind::Server,
-        SpanKind::Client => span::SpanKind::Client,
-    };
-    let status = match record.status {
-        SpanStatus::Unset => Status {
-            message: String::new(),
-            code: status::StatusCode::Unset as i32,
-        },
-        SpanStatus::Error(message) => Status {
-            message: message.unwrap_or_default(),
-            code: status::StatusCode::Error as i32,
-        },
-    };
-    Span {
-        trace_id: record.trace_id.to_vec(),
-        span_id: record.span_id.to_vec(),
-        trace_state: record.tracestate.unwrap_or_default(),
-        parent_span_id: record
+fn span_len(record: &SpanRecord) -> usize {
+    let mut len = bytes_field_len(field::SPAN_TRACE_ID, &record.trace_id)
+        + bytes_field_len(field::SPAN_SPAN_ID, &record.span_id)
+        + record
+            .tracestate
+            .as_deref()
+            .map_or(0, |s| string_field_len(field::SPAN_TRACE_STATE, s))
+        + record
             .parent_span_id
-            .map(|id| id.to_vec())
-            .unwrap_or_default(),
-        flags: u32::from(record.flags),
-        name: record.name,
-        kind: kind as i32,
-        start_time_unix_nano: record.start_unix_ns,
-        end_time_unix_nano: record.end_unix_ns,
-        attributes: record.attributes.into_iter().map(owned_attribute).collect(),
-        links: record.links.iter().map(link).collect(),
-        status: Some(status),
-        ..Default::default()
+            .map_or(0, |id| bytes_field_len(field::SPAN_PARENT_SPAN_ID, &id))
+        + string_field_len(field::SPAN_NAME, &record.name)
+        + key_len(field::SPAN_KIND)
+        + 1
+        + fixed64_field_len(field::SPAN_START, record.start_unix_ns)
+        + fixed64_field_len(field::SPAN_END, record.end_unix_ns)
+        + attributes_len(field::SPAN_ATTRIBUTES, &record.attributes)
+        + message_field_len(field::SPAN_STATUS, status_len(&record.status));
+    for link in &record.links {
+        len += message_field_len(field::SPAN_LINKS, link_len(link));
     }
-}
-
-fn link(link: &SpanLink) -> span::Link {
-    span::Link {
-        trace_id: link.trace_id.to_vec(),
-        span_id: link.span_id.to_vec(),
-        attributes: link.attributes.iter().map(attribute).collect(),
-        ..Default::default()
+    if record.flags != 0 {
+        len += key_len(field::SPAN_FLAGS) + 4;
     }
+    len
 }
 
-fn attribute(a: &Attribute) -> KeyValue {
-    key_value(a.key, any(a.value.clone()))
-}
-
-/// Moves the value instead of copying it (span attributes are consumed with their record).
-fn owned_attribute(a: Attribute) -> KeyValue {
-    key_value(a.key, any(a.value))
-}
-
-fn key_value(key: &str, value: AnyValue) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(value),
-        ..Default::default()
+fn encode_span(record: &SpanRecord, buf: &mut Vec<u8>) {
+    bytes_field(field::SPAN_TRACE_ID, &record.trace_id, buf);
+    bytes_field(field::SPAN_SPAN_ID, &record.span_id, buf);
+    if let Some(tracestate) = &record.tracestate {
+        string_field(field::SPAN_TRACE_STATE, tracestate, buf);
     }
-}
-
-fn any(value: AttrValue) -> AnyValue {
-    let value = match value {
-        AttrValue::Str(s) => any_value::Value::StringValue(s),
-        AttrValue::Int(i) => any_value::Value::IntValue(i),
-        AttrValue::Bool(b) => any_value::Value::BoolValue(b),
-        AttrValue::Double(d) => any_value::Value::DoubleValue(d),
+    if let Some(parent) = &record.parent_span_id {
+        bytes_field(field::SPAN_PARENT_SPAN_ID, parent, buf);
+    }
+    string_field(field::SPAN_NAME, &record.name, buf);
+    let kind = match record.kind {
+        SpanKind::Server => KIND_SERVER,
+        SpanKind::Client => KIND_CLIENT,
     };
-    AnyValue { value: Some(value) }
+    encode_key(field::SPAN_KIND, WireType::Varint, buf);
+    encode_varint(kind, buf);
+    fixed64_field(field::SPAN_START, record.start_unix_ns, buf);
+    fixed64_field(field::SPAN_END, record.end_unix_ns, buf);
+    attributes(field::SPAN_ATTRIBUTES, &record.attributes, buf);
+    for link in &record.links {
+        message_header(field::SPAN_LINKS, link_len(link), buf);
+        bytes_field(field::LINK_TRACE_ID, &link.trace_id, buf);
+        bytes_field(field::LINK_SPAN_ID, &link.span_id, buf);
+        attributes(field::LINK_ATTRIBUTES, &link.attributes, buf);
+    }
+    message_header(field::SPAN_STATUS, status_len(&record.status), buf);
+    if let SpanStatus::Error(message) = &record.status {
+        string_field(field::STATUS_MESSAGE, message.as_deref().unwrap_or(""), buf);
+        encode_key(field::STATUS_CODE, WireType::Varint, buf);
+        encode_varint(STATUS_CODE_ERROR, buf);
+    }
+    if record.flags != 0 {
+        encode_key(field::SPAN_FLAGS, WireType::ThirtyTwoBit, buf);
+        buf.extend_from_slice(&u32::from(record.flags).to_le_bytes());
+    }
+}
+
+fn link_len(link: &SpanLink) -> usize {
+    bytes_field_len(field::LINK_TRACE_ID, &link.trace_id)
+        + bytes_field_len(field::LINK_SPAN_ID, &link.span_id)
+        + attributes_len(field::LINK_ATTRIBUTES, &link.attributes)
+}
+
+fn status_len(status: &SpanStatus) -> usize {
+    match status {
+        SpanStatus::Unset => 0,
+        SpanStatus::Error(message) => {
+            string_field_len(field::STATUS_MESSAGE, message.as_deref().unwrap_or(""))
+                + key_len(field::STATUS_CODE)
+                + encoded_len_varint(STATUS_CODE_ERROR)
+        }
+    }
+}
+
+fn attributes_len(tag: u32, attributes: &[Attribute]) -> usize {
+    attributes
+        .iter()
+        .map(|a| message_field_len(tag, key_value_len(a.key, &a.value)))
+        .sum()
+}
+
+fn attributes(tag: u32, attributes: &[Attribute], buf: &mut Vec<u8>) {
+    for a in attributes {
+        key_value(tag, a.key, &a.value, buf);
+    }
+}
+
+/// A `KeyValue` whose `AnyValue` holds exactly one of its variants (encoded even when it is
+/// the type's default, as a set `oneof` is).
+fn key_value_len(key: &str, value: &AttrValue) -> usize {
+    string_field_len(field::KEY_VALUE_KEY, key)
+        + message_field_len(field::KEY_VALUE_VALUE, any_value_len(value))
+}
+
+fn any_value_len(value: &AttrValue) -> usize {
+    match value {
+        AttrValue::Str(s) => {
+            key_len(field::ANY_STRING) + encoded_len_varint(s.len() as u64) + s.len()
+        }
+        AttrValue::Bool(_) => key_len(field::ANY_BOOL) + 1,
+        AttrValue::Int(i) => key_len(field::ANY_INT) + encoded_len_varint(*i as u64),
+        AttrValue::Double(_) => key_len(field::ANY_DOUBLE) + 8,
+    }
+}
+
+fn key_value(tag: u32, key: &str, value: &AttrValue, buf: &mut Vec<u8>) {
+    message_header(tag, key_value_len(key, value), buf);
+    string_field(field::KEY_VALUE_KEY, key, buf);
+    message_header(field::KEY_VALUE_VALUE, any_value_len(value), buf);
+    match value {
+        AttrValue::Str(s) => {
+            encode_key(field::ANY_STRING, WireType::LengthDelimited, buf);
+            encode_varint(s.len() as u64, buf);
+            buf.extend_from_slice(s.as_bytes());
+        }
+        AttrValue::Bool(b) => {
+            encode_key(field::ANY_BOOL, WireType::Varint, buf);
+            encode_varint(u64::from(*b), buf);
+        }
+        AttrValue::Int(i) => {
+            encode_key(field::ANY_INT, WireType::Varint, buf);
+            encode_varint(*i as u64, buf);
+        }
+        AttrValue::Double(d) => {
+            encode_key(field::ANY_DOUBLE, WireType::SixtyFourBit, buf);
+            buf.extend_from_slice(&d.to_le_bytes());
+        }
+    }
+}
+
+// Wire primitives. proto3 leaves out a scalar field holding its default (empty string, zero);
+// a message field that is present is written even when empty.
+
+fn message_field_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+fn message_header(tag: u32, len: usize, buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(len as u64, buf);
+}
+
+fn bytes_field_len(tag: u32, bytes: &[u8]) -> usize {
+    if bytes.is_empty() {
+        0
+    } else {
+        message_field_len(tag, bytes.len())
+    }
+}
+
+fn bytes_field(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
+    if !bytes.is_empty() {
+        message_header(tag, bytes.len(), buf);
+        buf.extend_from_slice(bytes);
+    }
+}
+
+fn string_field_len(tag: u32, s: &str) -> usize {
+    bytes_field_len(tag, s.as_bytes())
+}
+
+fn string_field(tag: u32, s: &str, buf: &mut Vec<u8>) {
+    bytes_field(tag, s.as_bytes(), buf);
+}
+
+fn fixed64_field_len(tag: u32, value: u64) -> usize {
+    if value == 0 { 0 } else { key_len(tag) + 8 }
+}
+
+fn fixed64_field(tag: u32, value: u64, buf: &mut Vec<u8>) {
+    if value != 0 {
+        encode_key(tag, WireType::SixtyFourBit, buf);
+        buf.extend_from_slice(&value.to_le_bytes());
+    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest,
+        common::v1::{KeyValue, any_value},
+        trace::v1::{Span, span, status},
+    };
+    use prost::Message as _;
 
     pub(crate) fn resource(pid: u32, service: &str) -> Arc<ProcessResource> {
         Arc::new(ProcessResource {
@@ -183,12 +379,28 @@ pub(crate) mod tests {
         }
     }
 
+    /// The encoder's output as prost reads it, checked to be exactly what prost itself writes
+    /// for that message (field order, lengths, defaults left out).
+    fn decode(spans: &[SpanRecord]) -> ExportTraceServiceRequest {
+        let bytes = encode_request(spans);
+        let request = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("decodes");
+        assert_eq!(request.encode_to_vec(), bytes, "same bytes as prost writes");
+        request
+    }
+
+    fn only_span(request: &ExportTraceServiceRequest) -> &Span {
+        assert_eq!(request.resource_spans.len(), 1);
+        let spans = &request.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans.len(), 1);
+        &spans[0]
+    }
+
     fn value(kv: &KeyValue) -> Option<&any_value::Value> {
         kv.value.as_ref().and_then(|v| v.value.as_ref())
     }
 
     #[test]
-    fn converts_every_field() {
+    fn encodes_every_field() {
         let res = resource(42, "fizzer");
         let mut r = record(&res, 0xab, 0x01, Some(0x02));
         r.kind = SpanKind::Client;
@@ -196,9 +408,13 @@ pub(crate) mod tests {
         r.flags = 0x01;
         r.attributes = vec![
             Attribute::str("http.request.method", "POST"),
+            Attribute::str("url.query", ""),
             Attribute::int("http.response.status_code", 500),
+            Attribute::int("tracer.negative", -3),
             Attribute::bool("tracer.partial", true),
+            Attribute::bool("tracer.false", false),
             Attribute::double("tracer.ratio", 0.5),
+            Attribute::str("tracer.long", "x".repeat(300)),
         ];
         r.status = SpanStatus::Error(Some("boom".to_owned()));
         r.links = vec![SpanLink {
@@ -206,13 +422,14 @@ pub(crate) mod tests {
             span_id: [8; 8],
             attributes: vec![Attribute::str("tracer.link.reason", "ambiguous")],
         }];
-        let s = span(r);
+        let request = decode(&[r]);
+        let s = only_span(&request);
         assert_eq!(s.trace_id, vec![0xab; 16]);
         assert_eq!(s.span_id, vec![0x01; 8]);
         assert_eq!(s.parent_span_id, vec![0x02; 8]);
         assert_eq!(s.trace_state, "vendor=1");
         assert_eq!(s.flags, 1);
-        assert_eq!(s.kind, 3);
+        assert_eq!(s.kind, span::SpanKind::Client as i32);
         assert_eq!(s.name, "span 1");
         assert_eq!(
             (s.start_time_unix_nano, s.end_time_unix_nano),
@@ -223,37 +440,62 @@ pub(crate) mod tests {
             .iter()
             .map(|kv| (kv.key.as_str(), value(kv).cloned()))
             .collect();
+        use any_value::Value::*;
         assert_eq!(
             attrs,
             vec![
-                (
-                    "http.request.method",
-                    Some(any_value::Value::StringValue("POST".to_owned()))
-                ),
-                (
-                    "http.response.status_code",
-                    Some(any_value::Value::IntValue(500))
-                ),
-                ("tracer.partial", Some(any_value::Value::BoolValue(true))),
-                ("tracer.ratio", Some(any_value::Value::DoubleValue(0.5))),
+                ("http.request.method", Some(StringValue("POST".to_owned()))),
+                ("url.query", Some(StringValue(String::new()))),
+                ("http.response.status_code", Some(IntValue(500))),
+                ("tracer.negative", Some(IntValue(-3))),
+                ("tracer.partial", Some(BoolValue(true))),
+                ("tracer.false", Some(BoolValue(false))),
+                ("tracer.ratio", Some(DoubleValue(0.5))),
+                ("tracer.long", Some(StringValue("x".repeat(300)))),
             ]
         );
-        let status = s.status.expect("status");
-        assert_eq!((status.code, status.message.as_str()), (2, "boom"));
+        let status = s.status.as_ref().expect("status");
+        assert_eq!(
+            (status.code, status.message.as_str()),
+            (status::StatusCode::Error as i32, "boom")
+        );
         assert_eq!(s.links.len(), 1);
         assert_eq!(s.links[0].trace_id, vec![7; 16]);
         assert_eq!(s.links[0].span_id, vec![8; 8]);
         assert_eq!(s.links[0].attributes[0].key, "tracer.link.reason");
+        let scope = request.resource_spans[0].scope_spans[0]
+            .scope
+            .as_ref()
+            .expect("scope");
+        assert_eq!(
+            (scope.name.as_str(), scope.version.as_str()),
+            ("tracer", env!("CARGO_PKG_VERSION"))
+        );
     }
 
     #[test]
     fn root_server_span_has_empty_parent_and_unset_status() {
-        let s = span(record(&resource(1, "a"), 1, 1, None));
+        let mut r = record(&resource(1, "a"), 1, 1, None);
+        r.tracestate = Some(String::new());
+        r.flags = 0;
+        let request = decode(&[r]);
+        let s = only_span(&request);
         assert!(s.parent_span_id.is_empty());
         assert!(s.trace_state.is_empty());
-        assert_eq!(s.kind, 2);
-        let status = s.status.expect("status");
+        assert_eq!((s.kind, s.flags), (span::SpanKind::Server as i32, 0));
+        let status = s.status.as_ref().expect("status");
         assert_eq!((status.code, status.message.as_str()), (0, ""));
+        let mut error = record(&resource(1, "a"), 1, 1, None);
+        error.status = SpanStatus::Error(None);
+        let request = decode(&[error]);
+        let status = only_span(&request).status.clone().expect("status");
+        assert_eq!((status.code, status.message.as_str()), (2, ""));
+    }
+
+    #[test]
+    fn empty_batch_is_an_empty_request() {
+        assert!(encode_request(&[]).is_empty());
+        assert_eq!(decode(&[]), ExportTraceServiceRequest::default());
     }
 
     #[test]
@@ -262,7 +504,7 @@ pub(crate) mod tests {
         let b = resource(2, "beta");
         // A distinct Arc with the same contents belongs to the same group.
         let a_again = resource(1, "alpha");
-        let request = build_request(vec![
+        let request = decode(&[
             record(&a, 1, 1, None),
             record(&b, 1, 2, Some(1)),
             record(&a_again, 2, 3, None),
@@ -276,11 +518,6 @@ pub(crate) mod tests {
                 let attrs = &rs.resource.as_ref().expect("resource").attributes;
                 assert_eq!(attrs[0].key, "service.name");
                 assert_eq!(attrs[1].key, "process.pid");
-                let scope = rs.scope_spans[0].scope.as_ref().expect("scope");
-                assert_eq!(
-                    (scope.name.as_str(), scope.version.as_str()),
-                    ("tracer", env!("CARGO_PKG_VERSION"))
-                );
                 let ids: Vec<u8> = rs.scope_spans[0]
                     .spans
                     .iter()

@@ -119,7 +119,8 @@ async fn export_batch(
 ) -> BatchOutcome {
     let count = spans.len() as u64;
     // Encoded once: a retry resends these bytes.
-    let request = bytes::Bytes::from(prost::Message::encode_to_vec(&otlp::build_request(spans)));
+    let request = bytes::Bytes::from(otlp::encode_request(&spans));
+    drop(spans);
     let started = Instant::now();
     let mut attempts = 0;
     loop {

@@ -58,7 +58,12 @@ pub(super) fn message_start(buf: &[u8], expected: Option<Role>) -> Start {
 /// that ends a head, so a full parse is worth trying.
 pub(super) fn has_head_end(buf: &[u8], from: usize) -> bool {
     let tail = &buf[from.saturating_sub(3).min(buf.len())..];
-    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
+    // One pass over the line ends (a captured response prefix holds its body too).
+    memchr::memchr_iter(b'\n', tail).any(|i| match tail.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => tail.get(i + 2) == Some(&b'\n'),
+        _ => false,
+    })
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]

@@ -535,8 +535,19 @@ impl HttpParser {
 
 /// Span name and attributes of a request (semantic conventions; no other header values, no
 /// body bytes).
+/// `http.request.method`, without allocating for the methods of RFC 9110 and PATCH.
+fn method_attribute(method: &str) -> Attribute {
+    const KNOWN: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match KNOWN.iter().find(|&&known| known == method) {
+        Some(known) => Attribute::fixed("http.request.method", known),
+        None => Attribute::str("http.request.method", method),
+    }
+}
+
 fn request_attributes(head: &RequestHead, options: &ParserOptions) -> (String, Vec<Attribute>) {
-    let mut attributes = vec![Attribute::str("http.request.method", head.method.as_str())];
+    let mut attributes = vec![method_attribute(&head.method)];
     let target = url::split_target(&head.target);
     let mut name = head.method.clone();
     if let Some(path) = target.path {
@@ -548,7 +559,7 @@ fn request_attributes(head: &RequestHead, options: &ParserOptions) -> (String, V
     if let Some(query) = target.query.filter(|_| options.record_query) {
         attributes.push(Attribute::str("url.query", query));
     }
-    attributes.push(Attribute::str(
+    attributes.push(Attribute::fixed(
         "network.protocol.version",
         if head.version == 0 { "1.0" } else { "1.1" },
     ));

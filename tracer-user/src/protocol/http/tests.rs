@@ -93,7 +93,7 @@ fn attr<'a>(request: &'a Request, key: &str) -> Option<&'a AttrValue> {
 }
 
 fn s(value: &str) -> Option<AttrValue> {
-    Some(AttrValue::Str(value.to_string()))
+    Some(AttrValue::Str(value.to_string().into()))
 }
 
 const GET: &[u8] = b"GET /users/42?token=secret HTTP/1.1\r\nHost: api.example:8080\r\nUser-Agent: curl/8\r\nAuthorization: Bearer x\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";

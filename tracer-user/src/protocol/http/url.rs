@@ -38,16 +38,18 @@ pub(super) fn split_target(target: &str) -> Target<'_> {
 
 /// Replaces path segments that look like identifiers with `{id}`.
 pub(super) fn route(path: &str) -> String {
-    path.split('/')
-        .map(|segment| {
-            if is_identifier(segment) {
-                "{id}"
-            } else {
-                segment
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
+    let mut route = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            route.push('/');
+        }
+        route.push_str(if is_identifier(segment) {
+            "{id}"
+        } else {
+            segment
+        });
+    }
+    route
 }
 
 /// All digits, a UUID, 16+ hex digits, or an 8+ character token with letters and at least

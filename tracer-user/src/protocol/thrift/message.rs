@@ -88,16 +88,16 @@ fn span_name(name: &str) -> String {
 
 fn request_attributes(decoded: &Decoded) -> Vec<Attribute> {
     let (service, method) = split_name(&decoded.head.name);
-    let mut attributes = vec![Attribute::str("rpc.system", "thrift")];
+    let mut attributes = vec![Attribute::fixed("rpc.system", "thrift")];
     if let Some(service) = service {
         attributes.push(Attribute::str("rpc.service", service));
     }
     attributes.push(Attribute::str("rpc.method", method));
-    attributes.push(Attribute::str(
+    attributes.push(Attribute::fixed(
         "rpc.thrift.protocol",
         decoded.protocol.name(),
     ));
-    attributes.push(Attribute::str(
+    attributes.push(Attribute::fixed(
         "rpc.thrift.transport",
         decoded.transport.name(),
     ));
