@@ -602,16 +602,39 @@ impl Assembler {
         // reader's `read` can return before the writer's `write` exits).
         let grace = settle / 5;
         let seen = self.watermark_ns.min(now_ns);
+        // One pass over the table (it holds every span of the last `settle`, tens of
+        // thousands at high rates, and is visited every tick): decisions that timed out,
+        // requests that never got an answer, and the spans that may leave now.
+        //
         // SERVER spans that waited long enough for a same-host CLIENT span become roots: once
         // the events `grace` past their start are in (the caller's write precedes them), or
         // `settle` after their start at the latest.
-        for span in self.spans.values_mut() {
+        //
+        // A span leaves once its place is decided (its own and its ancestors'), it has ended
+        // `grace` before the latest event seen and a same-host CLIENT span it is clamped into
+        // has ended; at the latest `settle` after its end. What inference and its children
+        // still need of it stays until then.
+        let may_leave = |s: &PendingSpan| -> Option<bool> {
+            let end = s.end_ns?;
+            let settled = now_ns.saturating_sub(end) >= settle;
+            let early_ok = !s.sent && s.decided && seen.saturating_sub(end) >= grace;
+            (settled || early_ok).then_some(settled)
+        };
+        let timeout = self.config.request_timeout_ns;
+        let mut stale = Vec::new();
+        let mut ready: Vec<(u64, bool)> = Vec::new();
+        for (&handle, span) in self.spans.iter_mut() {
             if !span.decided
                 && (now_ns.saturating_sub(span.start_ns) > settle
                     || (span.kind == SpanKind::Server
                         && seen.saturating_sub(span.start_ns) > grace))
             {
                 span.decided = true;
+            }
+            if span.end_ns.is_none() && now_ns.saturating_sub(span.start_ns) > timeout {
+                stale.push(handle);
+            } else if let Some(settled) = may_leave(span) {
+                ready.push((handle, settled));
             }
         }
         let spans = &self.spans;
@@ -637,39 +660,20 @@ impl Assembler {
             list.retain(|h| spans.get(h).is_some_and(|s| !s.decided));
             !list.is_empty()
         });
-        // Requests that never got an answer.
-        let timeout = self.config.request_timeout_ns;
-        let stale: Vec<u64> = self
-            .spans
-            .iter()
-            .filter(|(_, s)| s.end_ns.is_none() && now_ns.saturating_sub(s.start_ns) > timeout)
-            .map(|(h, _)| *h)
-            .collect();
+        // Requests that never got an answer end now (and may leave at once if settle is 0).
         for handle in stale {
             for requests in self.open.values_mut() {
                 requests.retain(|_, h| *h != handle);
             }
             self.finish_unanswered(handle, now_ns, "no response before the request timeout");
+            if let Some(settled) = self.spans.get(&handle).and_then(|s| may_leave(s)) {
+                ready.push((handle, settled));
+            }
         }
         self.open.retain(|_, m| !m.is_empty());
-
-        // A span leaves once its place is decided (its own and its ancestors'), it has ended
-        // `grace` before the latest event seen and a same-host CLIENT span it is clamped into
-        // has ended; at the latest `settle` after its end. What inference and its children
-        // still need of it stays until then.
-        let ready: Vec<(u64, bool)> = self
-            .spans
-            .iter()
-            .filter_map(|(h, s)| {
-                let end = s.end_ns?;
-                let settled = now_ns.saturating_sub(end) >= settle;
-                let early_ok = !s.sent && s.decided && seen.saturating_sub(end) >= grace;
-                (settled || early_ok).then_some((*h, settled))
-            })
-            .filter(|(h, settled)| {
-                self.ancestors_decided(*h) && (*settled || self.clamp_parent_ended(*h))
-            })
-            .collect();
+        ready.retain(|&(h, settled)| {
+            self.ancestors_decided(h) && (settled || self.clamp_parent_ended(h))
+        });
         let mut out = Vec::with_capacity(ready.len());
         for (handle, settled) in ready {
             // Children exported later find this span's identity in `exported`.
