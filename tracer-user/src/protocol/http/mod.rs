@@ -533,8 +533,6 @@ impl HttpParser {
     }
 }
 
-/// Span name and attributes of a request (semantic conventions; no other header values, no
-/// body bytes).
 /// `http.request.method`, without allocating for the methods of RFC 9110 and PATCH.
 fn method_attribute(method: &str) -> Attribute {
     const KNOWN: [&str; 9] = [
@@ -546,6 +544,8 @@ fn method_attribute(method: &str) -> Attribute {
     }
 }
 
+/// Span name and attributes of a request (semantic conventions; no other header values, no
+/// body bytes).
 fn request_attributes(head: &RequestHead, options: &ParserOptions) -> (String, Vec<Attribute>) {
     let mut attributes = vec![method_attribute(&head.method)];
     let target = url::split_target(&head.target);
