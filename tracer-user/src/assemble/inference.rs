@@ -43,7 +43,11 @@
 //!
 //! The confidence of an assigned call is the likelihood share of its request among its
 //! feasible candidates (0.95 x share when learned; 0.8 / candidates when not), so that
-//! indistinguishable candidates stay below the threshold and give roots with span links; a
+//! indistinguishable candidates stay below the threshold and give roots with span links. A
+//! learned share is further divided by one plus the number of requests that started before
+//! the chosen one and are left still owed such a call: the delays were learned where nothing
+//! queued (mostly `process` links, one request at a time), and under first-come-first-served
+//! service each older request waiting for its call is at least as likely a parent. A
 //! call with one feasible request gets 0.8 (`process` when it was the only one in progress),
 //! or 0.9 (`content`) when tokens narrowed several candidates down to it.
 //!
@@ -627,6 +631,18 @@ impl Assembler {
             weights[(i, slots.len() + i)] = ROOT;
         }
         let (_, assignment) = kuhn_munkres(&weights);
+        // Calls each request may still make after this assignment, per (request, call name).
+        let mut left: FxHashMap<(u64, u64), usize> = FxHashMap::default();
+        for slot in &slots {
+            *left.entry(*slot).or_default() += 1;
+        }
+        for &column in &assignment {
+            if let Some(slot) = slots.get(column)
+                && let Some(n) = left.get_mut(slot)
+            {
+                *n = n.saturating_sub(1);
+            }
+        }
         for (i, &c) in clients.iter().enumerate() {
             let column = assignment[i];
             let Some(&(parent, _)) = slots.get(column) else {
@@ -658,7 +674,23 @@ impl Assembler {
                     .iter()
                     .find(|o| o.0 == parent)
                     .map_or(0.0, |o| (o.1 - best).exp());
-                0.95 * chosen / total
+                // Requests that started before the chosen one and are left still owing such a
+                // call are queued work the delay model (learned where nothing queued) cannot
+                // see: under first-come-first-served service each is at least as likely.
+                let parent_start = self.spans.get(&parent).map_or(0, |s| s.start_ns);
+                let name_key = self.spans.get(&c).map_or(0, |s| s.name_key);
+                let queued_before = feasible
+                    .iter()
+                    .filter(|o| {
+                        o.0 != parent
+                            && self
+                                .spans
+                                .get(&o.0)
+                                .is_some_and(|s| s.start_ns < parent_start)
+                            && left.get(&(o.0, name_key)).is_some_and(|n| *n > 0)
+                    })
+                    .count();
+                0.95 * chosen / total / (1 + queued_before) as f64
             } else {
                 0.8 / feasible.len().max(1) as f64
             };

@@ -992,6 +992,51 @@ fn delays_far_outside_the_learned_ones_are_not_trusted() {
     }
 }
 
+/// The learned delay (10 ms, learned while nothing queued) names the newer of two requests
+/// for the only call, but the older one is still owed that call: under first-come-first-
+/// served service it is at least as likely (it may have waited in a queue), so the call is a
+/// root with a span link to the delay model's pick, not a confident child of it.
+#[test]
+fn an_older_request_still_owed_the_call_keeps_timing_from_guessing() {
+    let mut a = hub_with_learned_delay();
+    let t = 1000 * MS;
+    feed(
+        &mut a,
+        hub_in(50),
+        Direction::Ingress,
+        request(0, "/hub", at(t, 70), None),
+    );
+    feed(
+        &mut a,
+        hub_in(51),
+        Direction::Ingress,
+        request(0, "/hub", at(t + 30 * MS, 70), None),
+    );
+    let call = request(0, "/fizz", at(t + 40 * MS, 72), None);
+    feed(&mut a, hub_out(50), Direction::Egress, call);
+    let answer = response(0, 200, at(t + 41 * MS, 72));
+    feed(&mut a, hub_out(50), Direction::Ingress, answer);
+    for n in [50, 51] {
+        let reply = response(0, 200, at(t + 60 * MS, 70));
+        feed(&mut a, hub_in(n), Direction::Egress, reply);
+    }
+    let spans = a.tick(t + 400 * MS);
+    let newer = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server && s.start_unix_ns == t + 30 * MS + 10)
+        .unwrap();
+    let call = spans.iter().find(|s| s.kind == SpanKind::Client).unwrap();
+    assert_eq!(call.parent_span_id, None, "{call:#?}");
+    assert_method(call, "ambiguous");
+    assert_eq!(call.links.len(), 1);
+    assert_eq!(call.links[0].span_id, newer.span_id);
+    let confidence = crate::span::find(&call.attributes, "tracer.link.confidence");
+    assert!(
+        matches!(confidence, Some(crate::span::AttrValue::Double(c)) if *c < 0.5 && *c > 0.4),
+        "{confidence:?}"
+    );
+}
+
 /// Two requests in progress both carry the value 15 (a constant body field) and their own
 /// ids; the call carries 15 and the second id: the shared value tells nothing, the id does.
 #[test]
