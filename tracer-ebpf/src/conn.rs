@@ -16,6 +16,7 @@ use crate::maps::{
     AGENT_PORTS, AGENT_SOCKS, AGENT_TGID, ANNOUNCED, BPF_RB_FORCE_WAKEUP, CONNS, EVENTS,
     FILTER_PORTS, INFLIGHT, Inflight, bump, ignore, is_traced, port_allowed, wakeup_flags,
 };
+use crate::record::field;
 
 const EINPROGRESS: i64 = 115;
 const TCP_ESTABLISHED: i32 = 1;
@@ -32,12 +33,7 @@ fn stash(ctx: &TracePointContext, syscall: u8) -> u32 {
         return 0;
     }
     // SAFETY: fd at 16, sockaddr pointer at 24 in both formats.
-    let (fd, ptr) = unsafe {
-        (
-            ctx.read_at::<u64>(16).unwrap_or(u64::MAX),
-            ctx.read_at::<u64>(24).unwrap_or(0),
-        )
-    };
+    let (fd, ptr) = unsafe { (field::<u64>(ctx, 16), field::<u64>(ctx, 24)) };
     let inflight = Inflight {
         ptr,
         count: 0,
@@ -124,7 +120,7 @@ fn finish(ctx: &TracePointContext, expect: u8) -> u32 {
         return 0;
     }
     // SAFETY: `ret` at 16 in every sys_exit format.
-    let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(-1) };
+    let ret = unsafe { field::<i64>(ctx, 16) };
     match expect {
         CONNECT if ret == 0 || ret == -EINPROGRESS => {
             if let Some(addrs) =
@@ -187,12 +183,7 @@ pub fn exit_accept4(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from the tracepoint's format file.
-    let (sk, newstate) = unsafe {
-        (
-            ctx.read_at::<u64>(8).unwrap_or(0),
-            ctx.read_at::<i32>(20).unwrap_or(0),
-        )
-    };
+    let (sk, newstate) = unsafe { (field::<u64>(&ctx, 8), field::<i32>(&ctx, 20)) };
     if newstate == TCP_SYN_SENT {
         if (bpf_get_current_pid_tgid() >> 32) as u32 == AGENT_TGID.load() {
             let _ = AGENT_SOCKS.insert(&sk, &1, 0);
@@ -204,9 +195,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         if unsafe { AGENT_SOCKS.get(&sk) }.is_some() {
             let _ = AGENT_SOCKS.remove(&sk);
             // SAFETY: offset from the format file.
-            if let Ok(sport) = unsafe { ctx.read_at::<u16>(24) } {
-                let _ = AGENT_PORTS.insert(&sport, &1, 0);
-            }
+            let sport = unsafe { field::<u16>(&ctx, 24) };
+            let _ = AGENT_PORTS.insert(&sport, &1, 0);
         }
         return 0;
     }

@@ -13,6 +13,7 @@ use aya_ebpf::{
 };
 use tracer_common::{MAX_MMSG, counter, data_flags, direction, syscall};
 
+use crate::record::field;
 use crate::{
     capture::{Payload, emit_data, wanted_connection},
     maps::{INFLIGHT, Inflight, bump, is_traced},
@@ -27,9 +28,9 @@ fn enter(ctx: &TracePointContext, syscall: u8) -> u32 {
     // SAFETY: offsets from the syscall tracepoint format (args are 8 bytes each from 16).
     let (fd, ptr, count) = unsafe {
         (
-            ctx.read_at::<u64>(16).unwrap_or(u64::MAX),
-            ctx.read_at::<u64>(24).unwrap_or(0),
-            ctx.read_at::<u64>(32).unwrap_or(0),
+            field::<u64>(ctx, 16),
+            field::<u64>(ctx, 24),
+            field::<u64>(ctx, 32),
         )
     };
     let inflight = Inflight {
@@ -58,7 +59,7 @@ fn exit(ctx: &TracePointContext) -> u32 {
     };
     let _ = INFLIGHT.remove(&id);
     // SAFETY: `ret` is at 16 in every sys_exit format.
-    let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(-1) };
+    let ret = unsafe { field::<i64>(ctx, 16) };
     if inflight.sock == 0 || inflight.peek != 0 || ret <= 0 {
         return 0;
     }

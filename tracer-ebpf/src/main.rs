@@ -15,6 +15,7 @@ mod conn;
 mod data;
 mod maps;
 mod process;
+mod record;
 mod sock;
 
 #[cfg(not(test))]

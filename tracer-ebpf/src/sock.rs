@@ -14,6 +14,7 @@ use aya_ebpf::{
 use tracer_common::{AF_INET, AF_INET6};
 
 use crate::maps::{AGENT_PORTS, AGENT_TGID, INFLIGHT, SOCK_OFFSETS};
+use crate::record::field;
 
 const IPPROTO_TCP: u16 = 6;
 const MSG_PEEK: i32 = 2;
@@ -42,10 +43,10 @@ fn note_socket(ctx: &TracePointContext) {
     // SAFETY: offsets from the tracepoint's format file; reads are checked by the helper.
     let (sk, family, protocol, flags) = unsafe {
         (
-            ctx.read_at::<u64>(8).unwrap_or(0),
-            ctx.read_at::<u16>(16).unwrap_or(0),
-            ctx.read_at::<u16>(18).unwrap_or(0),
-            ctx.read_at::<i32>(24).unwrap_or(0),
+            field::<u64>(ctx, 8),
+            field::<u16>(ctx, 16),
+            field::<u16>(ctx, 18),
+            field::<i32>(ctx, 24),
         )
     };
     if sk == 0 || (family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP {
@@ -67,7 +68,7 @@ fn note_socket(ctx: &TracePointContext) {
 fn note_agent_port(ctx: &TracePointContext) {
     // SAFETY: offsets from the tracepoint format; kernel reads through the checked helper.
     unsafe {
-        let sk = ctx.read_at::<u64>(8).unwrap_or(0);
+        let sk = field::<u64>(ctx, 8);
         if sk == 0 {
             return;
         }
