@@ -80,6 +80,85 @@ fn no_spans_for_own_export_traffic() {
     assert_no_self_traffic(&receiver, &agent);
 }
 
+/// GET /shared/port from 127.0.0.2:<argv[1]> to 127.0.0.1:<argv[2]>; exits 0 on a 200.
+const SHARED_PORT_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.2", int(sys.argv[1])))
+s.connect(("127.0.0.1", int(sys.argv[2])))
+s.sendall(b"GET /shared/port HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+answer = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    answer += chunk
+sys.exit(0 if answer.startswith(b"HTTP/1.1 200") else 1)
+"#;
+
+/// The local port of the agent's export connection: the established connection in
+/// `/proc/net/tcp` whose remote port is the receiver's gRPC port (only the agent connects
+/// to this test's receiver).
+fn export_connection_port(receiver: &Receiver) -> u16 {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("reading /proc/net/tcp");
+    let port_of = |endpoint: &str| {
+        let hex = endpoint.rsplit(':').next().unwrap_or("");
+        u16::from_str_radix(hex, 16).unwrap_or(0)
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, state) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
+            (*state == "01" && port_of(remote) == receiver.grpc_port()).then(|| port_of(local))
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no connection to the receiver in /proc/net/tcp:\n{table}"))
+}
+
+/// Linux gives one ephemeral port to several outgoing connections with different
+/// destinations, so another process's connection can carry the local port of the agent's
+/// export connection. Such a connection is traced like any other: only the agent's own
+/// endpoint pairs are left out. (Forced here by binding a client to that port on
+/// 127.0.0.2; under load it happens by chance.)
+#[test]
+fn a_connection_sharing_the_export_connections_port_is_traced() {
+    require_root();
+    let receiver = Receiver::start();
+    let port = peers::free_port();
+    let _server = peers::rust_server(port);
+    let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[
+        port,
+        receiver.grpc_port(),
+        receiver.http_port(),
+    ]));
+    peers::run_client(peers::python_client(&urls(port, &["/first"]), &[]));
+    receiver.wait_for("SERVER /first", 1, SPAN_TIMEOUT, server_at("/first"));
+    let shared = export_connection_port(&receiver);
+
+    let mut client = std::process::Command::new(peers::python());
+    client.args([
+        "-c",
+        SHARED_PORT_CLIENT,
+        &shared.to_string(),
+        &port.to_string(),
+    ]);
+    peers::run_client(client);
+    let server = receiver.wait_exactly(
+        "SERVER /shared/port",
+        1,
+        SPAN_TIMEOUT,
+        QUIET,
+        server_at("/shared/port"),
+    );
+    check::attr_str(&server[0], "network.peer.address", "127.0.0.2");
+    check::attr_int(&server[0], "network.peer.port", i64::from(shared));
+    agent.stop();
+    assert_no_self_traffic(&receiver, &agent);
+}
+
 fn http_protobuf_round(args: AgentArgs, receiver: &Receiver, port: u16) {
     let mut agent = Agent::start(&args);
     peers::run_client(peers::python_client(&urls(port, &["/over/http"]), &[]));

@@ -102,6 +102,10 @@ pub mod counter {
 }
 
 /// Address families as the kernel writes them.
+/// Value of the kernel side's `AGENT_PORTS` map for a port the agent listens on: any peer of
+/// it talks to the agent (other entries hold the remote port of the agent's connection).
+pub const AGENT_PORT_ANY_PEER: u16 = 0;
+
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 

@@ -13,7 +13,7 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    AGENT_PORTS, CAPTURE_BYTES, CONNS, ConnState, EVENTS, Inflight, MUTED_CONNS, SCRATCH,
+    AGENT_PORTS, ANY_PEER, CAPTURE_BYTES, CONNS, ConnState, EVENTS, Inflight, MUTED_CONNS, SCRATCH,
     SOCK_OFFSETS, bump, ignore, port_allowed, wakeup_flags,
 };
 
@@ -64,8 +64,11 @@ pub fn connection(tgid: u32, fd: i32, sock: u64) -> Option<*mut ConnState> {
 /// Whether a socket's peer is one of the agent's own local sockets.
 #[inline(always)]
 fn talks_to_agent(addrs: &SockAddrs) -> bool {
-    // SAFETY: read-only lookup.
-    if unsafe { AGENT_PORTS.get(&addrs.remote_port) }.is_none() {
+    // SAFETY: read-only lookup of a plain u16.
+    let Some(&agent_peer) = (unsafe { AGENT_PORTS.get(&addrs.remote_port) }) else {
+        return false;
+    };
+    if agent_peer != ANY_PEER && agent_peer != addrs.local_port {
         return false;
     }
     let loopback = (addrs.family == AF_INET && addrs.remote_addr[0] == 127)

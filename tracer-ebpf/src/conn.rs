@@ -195,8 +195,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         if unsafe { AGENT_SOCKS.get(&sk) }.is_some() {
             let _ = AGENT_SOCKS.remove(&sk);
             // SAFETY: offset from the format file.
-            let sport = unsafe { field::<u16>(&ctx, 24) };
-            let _ = AGENT_PORTS.insert(&sport, &1, 0);
+            let (sport, dport) = unsafe { (field::<u16>(&ctx, 24), field::<u16>(&ctx, 26)) };
+            let _ = AGENT_PORTS.insert(&sport, &dport, 0);
         }
         return 0;
     }

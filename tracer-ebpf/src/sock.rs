@@ -18,6 +18,8 @@ use crate::record::field;
 
 const IPPROTO_TCP: u16 = 6;
 const MSG_PEEK: i32 = 2;
+/// Map update flag (uapi `BPF_NOEXIST`): insert only when the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
@@ -63,7 +65,9 @@ fn note_socket(ctx: &TracePointContext) {
     }
 }
 
-/// Remembers the local port of one of the agent's own TCP sockets.
+/// Remembers the local and remote port of one of the agent's own TCP sockets, unless its
+/// local port is known already (its connect noted it, or it is a listening port the loader
+/// entered as `ANY_PEER`, which an accepted connection's remote port must not narrow).
 #[inline(always)]
 fn note_agent_port(ctx: &TracePointContext) {
     // SAFETY: offsets from the tracepoint format; kernel reads through the checked helper.
@@ -73,10 +77,13 @@ fn note_agent_port(ctx: &TracePointContext) {
             return;
         }
         let off = SOCK_OFFSETS.load();
-        let Ok(port) = bpf_probe_read_kernel((sk as *const u8).add(off.num as usize) as *const u16)
-        else {
+        let base = sk as *const u8;
+        let Ok(port) = bpf_probe_read_kernel(base.add(off.num as usize) as *const u16) else {
             return;
         };
-        let _ = AGENT_PORTS.insert(&port, &1, 0);
+        let Ok(dport) = bpf_probe_read_kernel(base.add(off.dport as usize) as *const u16) else {
+            return;
+        };
+        let _ = AGENT_PORTS.insert(&port, &u16::from_be(dport), BPF_NOEXIST);
     }
 }

@@ -193,16 +193,17 @@ pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
         let map = ebpf
             .map_mut("AGENT_PORTS")
             .ok_or(LoadError::MissingMap("AGENT_PORTS"))?;
-        let mut own: HashMap<_, u16, u8> =
+        let mut own: HashMap<_, u16, u16> =
             HashMap::try_from(map).map_err(|source| LoadError::Map {
                 what: "AGENT_PORTS".into(),
                 source,
             })?;
         for port in &options.own_listen_ports {
-            own.insert(port, 1, 0).map_err(|source| LoadError::Map {
-                what: format!("AGENT_PORTS insert {port}"),
-                source,
-            })?;
+            own.insert(port, tracer_common::AGENT_PORT_ANY_PEER, 0)
+                .map_err(|source| LoadError::Map {
+                    what: format!("AGENT_PORTS insert {port}"),
+                    source,
+                })?;
         }
     }
     if !options.ports.is_empty() {
