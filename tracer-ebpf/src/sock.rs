@@ -42,7 +42,7 @@ fn note_socket(ctx: &TracePointContext) {
         }
         return;
     };
-    // SAFETY: offsets from the tracepoint's format file; reads are checked by the helper.
+    // SAFETY: offsets and types from the tracepoint's format file.
     let (sk, family, protocol, flags) = unsafe {
         (
             field::<u64>(ctx, 8),
