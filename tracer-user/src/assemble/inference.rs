@@ -47,7 +47,10 @@
 //! learned share is further divided by one plus the number of requests that started before
 //! the chosen one and are left still owed such a call: the delays were learned where nothing
 //! queued (mostly `process` links, one request at a time), and under first-come-first-served
-//! service each older request waiting for its call is at least as likely a parent. A
+//! service each older request waiting for its call is at least as likely a parent. The
+//! share itself is taken with every learned spread widened by the solve's dispersion (the
+//! root mean square of the standard scores of its learned links, at least 1), so that delays
+//! stretched by queueing make concurrent requests harder to tell apart, as they are. A
 //! call with one feasible request gets 0.8 (`process` when it was the only one in progress),
 //! or 0.9 (`content`) when tokens narrowed several candidates down to it.
 //!
@@ -169,6 +172,46 @@ impl Recent {
     fn add(&mut self, now_ns: u64, settle_ns: u64) {
         self.count = self.at(now_ns, settle_ns) + 1.0;
         self.at_ns = self.at_ns.max(now_ns);
+    }
+}
+
+/// A feasible parent of a call in one assignment.
+struct Candidate {
+    request: u64,
+    /// Log-likelihood of the call's delay after the request's start (the learned model, or
+    /// the first-come-first-served prior until learned).
+    ll: f64,
+    /// Standard score of that delay and the spread used, once the endpoint pair is learned.
+    fit: Option<(f64, f64)>,
+    /// Within three spreads of the learned delay.
+    plausible: bool,
+}
+
+/// How much more the delays of a solve's learned links scatter than the learned spreads say
+/// (root mean square of their standard scores, at least 1): Pearson's dispersion estimate,
+/// as quasi-likelihood models widen a variance the data overrun. Delays learned one request
+/// at a time stretch when requests queue; a share computed with the learned spread alone
+/// then calls a permutation of concurrent requests certain.
+fn dispersion(options: &[Vec<Candidate>], slots: &[(u64, u64)], assignment: &[usize]) -> f64 {
+    let mut sum = 0.0;
+    let mut n = 0u32;
+    for (candidates, column) in options.iter().zip(assignment) {
+        let Some(&(parent, _)) = slots.get(*column) else {
+            continue;
+        };
+        if let Some((z, _)) = candidates
+            .iter()
+            .find(|o| o.request == parent)
+            .and_then(|o| o.fit)
+        {
+            sum += z * z;
+            n += 1;
+        }
+    }
+    if n == 0 {
+        1.0
+    } else {
+        (sum / f64::from(n)).sqrt().max(1.0)
     }
 }
 
@@ -552,8 +595,8 @@ impl Assembler {
         const ROOT: i64 = -10_000_000_000;
         // Slots: (request, call name), repeated by the calls it may still take.
         let mut slots: Vec<(u64, u64)> = Vec::new();
-        // Per client: (request, log-likelihood, learned, plausible) of each feasible candidate.
-        let mut options: Vec<Vec<(u64, f64, bool, bool)>> = Vec::with_capacity(clients.len());
+        // Per client: its feasible candidates.
+        let mut options: Vec<Vec<Candidate>> = Vec::with_capacity(clients.len());
         // Per client: whether its tokens narrowed the candidates.
         let mut by_content: Vec<bool> = Vec::with_capacity(clients.len());
         for &c in clients {
@@ -600,9 +643,13 @@ impl Assembler {
                         continue;
                     }
                     let delay = client.start_ns.saturating_sub(server.start_ns) as f64;
-                    let (ll, learned) = self.delays.score(pair, delay);
-                    let plausible = self.delays.plausible(pair, delay);
-                    feasible.push((s, ll.clamp(-100_000.0, 100.0), learned, plausible));
+                    let (ll, _) = self.delays.score(pair, delay);
+                    feasible.push(Candidate {
+                        request: s,
+                        ll: ll.clamp(-100_000.0, 100.0),
+                        fit: self.delays.z(pair, delay),
+                        plausible: self.delays.plausible(pair, delay),
+                    });
                     let have = slots
                         .iter()
                         .filter(|slot| **slot == (s, client.name_key))
@@ -624,8 +671,8 @@ impl Assembler {
                 if slot.1 != name_key {
                     continue;
                 }
-                if let Some((_, ll, _, _)) = options[i].iter().find(|o| o.0 == slot.0) {
-                    weights[(i, j)] = (ll * 1000.0) as i64;
+                if let Some(o) = options[i].iter().find(|o| o.request == slot.0) {
+                    weights[(i, j)] = (o.ll * 1000.0) as i64;
                 }
             }
             weights[(i, slots.len() + i)] = ROOT;
@@ -643,6 +690,7 @@ impl Assembler {
                 *n = n.saturating_sub(1);
             }
         }
+        let dispersion = dispersion(&options, &slots, &assignment);
         for (i, &c) in clients.iter().enumerate() {
             let column = assignment[i];
             let Some(&(parent, _)) = slots.get(column) else {
@@ -653,8 +701,8 @@ impl Assembler {
                 continue;
             };
             let feasible = &options[i];
-            let learned = feasible.iter().all(|o| o.2);
-            let plausible = feasible.iter().any(|o| o.0 == parent && o.3);
+            let learned = feasible.iter().all(|o| o.fit.is_some());
+            let plausible = feasible.iter().any(|o| o.request == parent && o.plausible);
             // One request in progress at all: `process`; otherwise timing chose.
             let alone = self.spans.get(&c).is_some_and(|s| s.candidates.len() == 1);
             let method = if alone {
@@ -668,12 +716,17 @@ impl Assembler {
             let confidence = if feasible.len() == 1 {
                 if method == "content" { 0.9 } else { 0.8 }
             } else if learned && plausible {
-                let best = feasible.iter().map(|o| o.1).fold(f64::MIN, f64::max);
-                let total: f64 = feasible.iter().map(|o| (o.1 - best).exp()).sum();
+                // The share under spreads widened by this solve's dispersion.
+                let weight = |o: &Candidate| match o.fit {
+                    Some((z, sd)) => -0.5 * (z / dispersion).powi(2) - (sd / 1e6).ln(),
+                    None => o.ll,
+                };
+                let best = feasible.iter().map(weight).fold(f64::MIN, f64::max);
+                let total: f64 = feasible.iter().map(|o| (weight(o) - best).exp()).sum();
                 let chosen = feasible
                     .iter()
-                    .find(|o| o.0 == parent)
-                    .map_or(0.0, |o| (o.1 - best).exp());
+                    .find(|o| o.request == parent)
+                    .map_or(0.0, |o| (weight(o) - best).exp());
                 // Requests that started before the chosen one and are left still owing such a
                 // call are queued work the delay model (learned where nothing queued) cannot
                 // see: under first-come-first-served service each is at least as likely.
@@ -682,12 +735,12 @@ impl Assembler {
                 let queued_before = feasible
                     .iter()
                     .filter(|o| {
-                        o.0 != parent
+                        o.request != parent
                             && self
                                 .spans
-                                .get(&o.0)
+                                .get(&o.request)
                                 .is_some_and(|s| s.start_ns < parent_start)
-                            && left.get(&(o.0, name_key)).is_some_and(|n| *n > 0)
+                            && left.get(&(o.request, name_key)).is_some_and(|n| *n > 0)
                     })
                     .count();
                 0.95 * chosen / total / (1 + queued_before) as f64

@@ -1037,6 +1037,54 @@ fn an_older_request_still_owed_the_call_keeps_timing_from_guessing() {
     );
 }
 
+/// Two calls, two requests 30 ms apart, a learned delay of 10 ms: one call must belong to the
+/// older request, whose delay (40 ms) the model cannot explain. The assignment gives the
+/// other call to the newer request at a delay the model likes, but that solve's delays
+/// scatter far beyond the learned spread, so the link is stated with less than the 0.95 a
+/// lone well-fitting call would get.
+#[test]
+fn delays_scattering_beyond_the_learned_spread_lower_timing_confidence() {
+    let mut a = hub_with_learned_delay();
+    let t = 1000 * MS;
+    feed(
+        &mut a,
+        hub_in(50),
+        Direction::Ingress,
+        request(0, "/hub", at(t, 70), None),
+    );
+    feed(
+        &mut a,
+        hub_in(51),
+        Direction::Ingress,
+        request(0, "/hub", at(t + 30 * MS, 70), None),
+    );
+    for (n, start, tid) in [(50, 40, 72), (51, 41, 73)] {
+        let call = request(0, "/fizz", at(t + start * MS, tid), None);
+        feed(&mut a, hub_out(n), Direction::Egress, call);
+        let answer = response(0, 200, at(t + (start + 2) * MS, tid));
+        feed(&mut a, hub_out(n), Direction::Ingress, answer);
+    }
+    for n in [50, 51] {
+        let reply = response(0, 200, at(t + 60 * MS, 70));
+        feed(&mut a, hub_in(n), Direction::Egress, reply);
+    }
+    let spans = a.tick(t + 400 * MS);
+    let newer = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server && s.start_unix_ns == t + 30 * MS + 10)
+        .unwrap();
+    let linked = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Client && s.parent_span_id == Some(newer.span_id))
+        .expect("a call linked to the newer request");
+    assert_method(linked, "timing");
+    let confidence = crate::span::find(&linked.attributes, "tracer.link.confidence");
+    assert!(
+        matches!(confidence, Some(crate::span::AttrValue::Double(c)) if *c >= 0.5 && *c < 0.8),
+        "{confidence:?}"
+    );
+}
+
 /// Two requests in progress both carry the value 15 (a constant body field) and their own
 /// ids; the call carries 15 and the second id: the shared value tells nothing, the id does.
 #[test]
