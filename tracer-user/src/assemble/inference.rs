@@ -118,13 +118,13 @@ impl DelayModel {
         self.pairs.get(&pair).map_or(1, |s| s.max_calls.max(1))
     }
 
-    /// Log-likelihood of `delay_ns`, and whether it comes from a learned distribution.
-    fn score(&self, pair: (u64, u64), delay_ns: f64) -> (f64, bool) {
+    /// Log-likelihood of `delay_ns`: under the learned distribution once there is one.
+    fn score(&self, pair: (u64, u64), delay_ns: f64) -> f64 {
         match self.z(pair, delay_ns) {
-            Some((z, sd)) => (-0.5 * z * z - (sd / 1e6).ln(), true),
+            Some((z, sd)) => -0.5 * z * z - (sd / 1e6).ln(),
             // First come, first served, mildly: convex in the delay, so that a matching keeps
             // the order in which requests and calls started.
-            _ => (-(delay_ns / 100e6).powi(2), false),
+            _ => -(delay_ns / 100e6).powi(2),
         }
     }
 
@@ -643,10 +643,9 @@ impl Assembler {
                         continue;
                     }
                     let delay = client.start_ns.saturating_sub(server.start_ns) as f64;
-                    let (ll, _) = self.delays.score(pair, delay);
                     feasible.push(Candidate {
                         request: s,
-                        ll: ll.clamp(-100_000.0, 100.0),
+                        ll: self.delays.score(pair, delay).clamp(-100_000.0, 100.0),
                         fit: self.delays.z(pair, delay),
                         plausible: self.delays.plausible(pair, delay),
                     });
