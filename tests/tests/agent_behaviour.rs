@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tracer_tests::agent::{Agent, AgentArgs, STOP_TIMEOUT, TEST_SETTLE_MS};
 use tracer_tests::check;
-use tracer_tests::peers;
+use tracer_tests::peers::{self, Peer};
 use tracer_tests::receiver::{ReceivedSpan, Receiver, dump};
 use tracer_tests::{QUIET, SPAN_TIMEOUT, require_root, urls};
 
@@ -40,20 +40,28 @@ fn assert_no_self_traffic(receiver: &Receiver, agent: &Agent) {
     );
 }
 
+/// The Rust server on a free port and an agent exporting to a fresh receiver, tracing the
+/// server's port and both of the receiver's (so that the agent's own export traffic would be
+/// seen if its kernel filter let it through).
+fn traced_server_and_receiver() -> (Receiver, u16, Peer, Agent) {
+    require_root();
+    let receiver = Receiver::start();
+    let port = peers::free_port();
+    let server = peers::rust_server(port);
+    let agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[
+        port,
+        receiver.grpc_port(),
+        receiver.http_port(),
+    ]));
+    (receiver, port, server, agent)
+}
+
 /// (Test 9) The agent's export connection is never traced, even when the
 /// receiver's ports are inside the `--port` filter and several exports happen
 /// while tracing.
 #[test]
 fn no_spans_for_own_export_traffic() {
-    require_root();
-    let receiver = Receiver::start();
-    let port = peers::free_port();
-    let _server = peers::rust_server(port);
-    let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[
-        port,
-        receiver.grpc_port(),
-        receiver.http_port(),
-    ]));
+    let (receiver, port, _server, mut agent) = traced_server_and_receiver();
 
     // Two rounds, so at least one export happens while the agent traces.
     peers::run_client(peers::python_client(&urls(port, &["/round/one"]), &[]));
@@ -125,15 +133,7 @@ fn export_connection_port(receiver: &Receiver) -> u16 {
 /// 127.0.0.2; under load it happens by chance.)
 #[test]
 fn a_connection_sharing_the_export_connections_port_is_traced() {
-    require_root();
-    let receiver = Receiver::start();
-    let port = peers::free_port();
-    let _server = peers::rust_server(port);
-    let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[
-        port,
-        receiver.grpc_port(),
-        receiver.http_port(),
-    ]));
+    let (receiver, port, _server, mut agent) = traced_server_and_receiver();
     peers::run_client(peers::python_client(&urls(port, &["/first"]), &[]));
     receiver.wait_for("SERVER /first", 1, SPAN_TIMEOUT, server_at("/first"));
     let shared = export_connection_port(&receiver);

@@ -651,6 +651,38 @@ fn hub_with_learned_delay() -> Assembler {
     a
 }
 
+/// Kernel time at which [`two_requests_and_calls`] starts its first request.
+const T_TWO: u64 = 1000 * MS;
+
+/// On [`hub_with_learned_delay`]'s hub: requests on inbound connections 50 (at `T_TWO`) and
+/// 51 (`gap_ms` later), the `calls` (outbound connection, start in ms after `T_TWO`, worker
+/// thread) each answered `answer_ms` after it starts, both replies at `reply_ms`; returns the
+/// spans settled 400 ms after `T_TWO`.
+fn two_requests_and_calls(
+    gap_ms: u64,
+    calls: &[(u64, u64, u32)],
+    answer_ms: u64,
+    reply_ms: u64,
+) -> Vec<SpanRecord> {
+    let mut a = hub_with_learned_delay();
+    let t = T_TWO;
+    for (n, start) in [(50, 0), (51, gap_ms)] {
+        let inbound = request(0, "/hub", at(t + start * MS, 70), None);
+        feed(&mut a, hub_in(n), Direction::Ingress, inbound);
+    }
+    for &(n, start, tid) in calls {
+        let call = request(0, "/fizz", at(t + start * MS, tid), None);
+        feed(&mut a, hub_out(n), Direction::Egress, call);
+        let answer = response(0, 200, at(t + (start + answer_ms) * MS, tid));
+        feed(&mut a, hub_out(n), Direction::Ingress, answer);
+    }
+    for n in [50, 51] {
+        let reply = response(0, 200, at(t + reply_ms * MS, 70));
+        feed(&mut a, hub_in(n), Direction::Egress, reply);
+    }
+    a.tick(t + 400 * MS)
+}
+
 /// A thread-pool process where nothing but timing tells requests apart: the delay from a
 /// request to its call is learned while one request runs at a time (`process`), then two
 /// overlapping requests' calls are assigned together by that delay (`timing`).
@@ -955,31 +987,7 @@ fn decided_spans_leave_before_settle_and_once() {
 /// a likelihood share between two requests: roots with a link, below the threshold.
 #[test]
 fn delays_far_outside_the_learned_ones_are_not_trusted() {
-    let mut a = hub_with_learned_delay();
-    let t = 1000 * MS;
-    feed(
-        &mut a,
-        hub_in(50),
-        Direction::Ingress,
-        request(0, "/hub", at(t, 70), None),
-    );
-    feed(
-        &mut a,
-        hub_in(51),
-        Direction::Ingress,
-        request(0, "/hub", at(t + 8 * MS, 70), None),
-    );
-    for (n, start, tid) in [(50, 60, 72), (51, 70, 73)] {
-        let call = request(0, "/fizz", at(t + start * MS, tid), None);
-        feed(&mut a, hub_out(n), Direction::Egress, call);
-        let answer = response(0, 200, at(t + (start + 1) * MS, tid));
-        feed(&mut a, hub_out(n), Direction::Ingress, answer);
-    }
-    for n in [50, 51] {
-        let reply = response(0, 200, at(t + 80 * MS, 70));
-        feed(&mut a, hub_in(n), Direction::Egress, reply);
-    }
-    let spans = a.tick(t + 400 * MS);
+    let spans = two_requests_and_calls(8, &[(50, 60, 72), (51, 70, 73)], 1, 80);
     let calls: Vec<&SpanRecord> = spans
         .iter()
         .filter(|s| s.kind == SpanKind::Client)
@@ -998,32 +1006,10 @@ fn delays_far_outside_the_learned_ones_are_not_trusted() {
 /// root with a span link to the delay model's pick, not a confident child of it.
 #[test]
 fn an_older_request_still_owed_the_call_keeps_timing_from_guessing() {
-    let mut a = hub_with_learned_delay();
-    let t = 1000 * MS;
-    feed(
-        &mut a,
-        hub_in(50),
-        Direction::Ingress,
-        request(0, "/hub", at(t, 70), None),
-    );
-    feed(
-        &mut a,
-        hub_in(51),
-        Direction::Ingress,
-        request(0, "/hub", at(t + 30 * MS, 70), None),
-    );
-    let call = request(0, "/fizz", at(t + 40 * MS, 72), None);
-    feed(&mut a, hub_out(50), Direction::Egress, call);
-    let answer = response(0, 200, at(t + 41 * MS, 72));
-    feed(&mut a, hub_out(50), Direction::Ingress, answer);
-    for n in [50, 51] {
-        let reply = response(0, 200, at(t + 60 * MS, 70));
-        feed(&mut a, hub_in(n), Direction::Egress, reply);
-    }
-    let spans = a.tick(t + 400 * MS);
+    let spans = two_requests_and_calls(30, &[(50, 40, 72)], 1, 60);
     let newer = spans
         .iter()
-        .find(|s| s.kind == SpanKind::Server && s.start_unix_ns == t + 30 * MS + 10)
+        .find(|s| s.kind == SpanKind::Server && s.start_unix_ns == T_TWO + 30 * MS + 10)
         .unwrap();
     let call = spans.iter().find(|s| s.kind == SpanKind::Client).unwrap();
     assert_eq!(call.parent_span_id, None, "{call:#?}");
@@ -1044,34 +1030,10 @@ fn an_older_request_still_owed_the_call_keeps_timing_from_guessing() {
 /// lone well-fitting call would get.
 #[test]
 fn delays_scattering_beyond_the_learned_spread_lower_timing_confidence() {
-    let mut a = hub_with_learned_delay();
-    let t = 1000 * MS;
-    feed(
-        &mut a,
-        hub_in(50),
-        Direction::Ingress,
-        request(0, "/hub", at(t, 70), None),
-    );
-    feed(
-        &mut a,
-        hub_in(51),
-        Direction::Ingress,
-        request(0, "/hub", at(t + 30 * MS, 70), None),
-    );
-    for (n, start, tid) in [(50, 40, 72), (51, 41, 73)] {
-        let call = request(0, "/fizz", at(t + start * MS, tid), None);
-        feed(&mut a, hub_out(n), Direction::Egress, call);
-        let answer = response(0, 200, at(t + (start + 2) * MS, tid));
-        feed(&mut a, hub_out(n), Direction::Ingress, answer);
-    }
-    for n in [50, 51] {
-        let reply = response(0, 200, at(t + 60 * MS, 70));
-        feed(&mut a, hub_in(n), Direction::Egress, reply);
-    }
-    let spans = a.tick(t + 400 * MS);
+    let spans = two_requests_and_calls(30, &[(50, 40, 72), (51, 41, 73)], 2, 60);
     let newer = spans
         .iter()
-        .find(|s| s.kind == SpanKind::Server && s.start_unix_ns == t + 30 * MS + 10)
+        .find(|s| s.kind == SpanKind::Server && s.start_unix_ns == T_TWO + 30 * MS + 10)
         .unwrap();
     let linked = spans
         .iter()
