@@ -118,16 +118,6 @@ impl DelayModel {
         self.pairs.get(&pair).map_or(1, |s| s.max_calls.max(1))
     }
 
-    /// Log-likelihood of `delay_ns`: under the learned distribution once there is one.
-    fn score(&self, pair: (u64, u64), delay_ns: f64) -> f64 {
-        match self.z(pair, delay_ns) {
-            Some((z, sd)) => -0.5 * z * z - (sd / 1e6).ln(),
-            // First come, first served, mildly: convex in the delay, so that a matching keeps
-            // the order in which requests and calls started.
-            _ => -(delay_ns / 100e6).powi(2),
-        }
-    }
-
     /// Standard score of `delay_ns` and the spread used, once the pair's delays are learned.
     fn z(&self, pair: (u64, u64), delay_ns: f64) -> Option<(f64, f64)> {
         let s = self.pairs.get(&pair).filter(|s| s.n >= MIN_LEARNED)?;
@@ -138,12 +128,6 @@ impl DelayModel {
             .max(0.25 * s.mean.abs())
             .max(1_000_000.0);
         Some(((delay_ns - s.mean) / sd, sd))
-    }
-
-    /// The learned distribution describes `delay_ns` (within 3 spreads of its mean); far
-    /// outside it (queueing the model never saw) a likelihood share says nothing.
-    fn plausible(&self, pair: (u64, u64), delay_ns: f64) -> bool {
-        self.z(pair, delay_ns).is_some_and(|(z, _)| z.abs() <= 3.0)
     }
 }
 
@@ -183,8 +167,30 @@ struct Candidate {
     ll: f64,
     /// Standard score of that delay and the spread used, once the endpoint pair is learned.
     fit: Option<(f64, f64)>,
-    /// Within three spreads of the learned delay.
-    plausible: bool,
+}
+
+impl Candidate {
+    /// A candidate for a call that started `delay_ns` after it, scored by `delays`.
+    fn new(request: u64, delays: &DelayModel, pair: (u64, u64), delay_ns: f64) -> Self {
+        let fit = delays.z(pair, delay_ns);
+        let ll = match fit {
+            Some((z, sd)) => -0.5 * z * z - (sd / 1e6).ln(),
+            // First come, first served, mildly: convex in the delay, so that a matching keeps
+            // the order in which requests and calls started.
+            None => -(delay_ns / 100e6).powi(2),
+        };
+        Self {
+            request,
+            ll: ll.clamp(-100_000.0, 100.0),
+            fit,
+        }
+    }
+
+    /// The learned distribution describes the delay (within 3 spreads of its mean); far
+    /// outside it (queueing the model never saw) a likelihood share says nothing.
+    fn plausible(&self) -> bool {
+        self.fit.is_some_and(|(z, _)| z.abs() <= 3.0)
+    }
 }
 
 /// How much more the delays of a solve's learned links scatter than the learned spreads say
@@ -643,12 +649,7 @@ impl Assembler {
                         continue;
                     }
                     let delay = client.start_ns.saturating_sub(server.start_ns) as f64;
-                    feasible.push(Candidate {
-                        request: s,
-                        ll: self.delays.score(pair, delay).clamp(-100_000.0, 100.0),
-                        fit: self.delays.z(pair, delay),
-                        plausible: self.delays.plausible(pair, delay),
-                    });
+                    feasible.push(Candidate::new(s, &self.delays, pair, delay));
                     let have = slots
                         .iter()
                         .filter(|slot| **slot == (s, client.name_key))
@@ -701,7 +702,9 @@ impl Assembler {
             };
             let feasible = &options[i];
             let learned = feasible.iter().all(|o| o.fit.is_some());
-            let plausible = feasible.iter().any(|o| o.request == parent && o.plausible);
+            let plausible = feasible
+                .iter()
+                .any(|o| o.request == parent && o.plausible());
             // One request in progress at all: `process`; otherwise timing chose.
             let alone = self.spans.get(&c).is_some_and(|s| s.candidates.len() == 1);
             let method = if alone {
