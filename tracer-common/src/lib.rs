@@ -101,11 +101,12 @@ pub mod counter {
     pub const COUNT: u32 = 12;
 }
 
-/// Address families as the kernel writes them.
 /// Value of the kernel side's `AGENT_PORTS` map for a port the agent listens on: any peer of
-/// it talks to the agent (other entries hold the remote port of the agent's connection).
+/// it talks to the agent (a port bound by `listen` is never handed out as another
+/// connection's ephemeral port). Other entries hold the remote port of the agent's socket.
 pub const AGENT_PORT_ANY_PEER: u16 = 0;
 
+/// Address families as the kernel writes them.
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 

@@ -9,11 +9,12 @@ use aya_ebpf::helpers::{
     generated,
 };
 use tracer_common::{
-    AF_INET, AF_INET6, DataEvent, EventHeader, MAX_CAPTURE, MAX_IOVECS, SockAddrs, counter, kind,
+    AF_INET, AF_INET6, AGENT_PORT_ANY_PEER, DataEvent, EventHeader, MAX_CAPTURE, MAX_IOVECS,
+    SockAddrs, counter, kind,
 };
 
 use crate::maps::{
-    AGENT_PORTS, ANY_PEER, CAPTURE_BYTES, CONNS, ConnState, EVENTS, Inflight, MUTED_CONNS, SCRATCH,
+    AGENT_PORTS, CAPTURE_BYTES, CONNS, ConnState, EVENTS, Inflight, MUTED_CONNS, SCRATCH,
     SOCK_OFFSETS, bump, ignore, port_allowed, wakeup_flags,
 };
 
@@ -68,7 +69,7 @@ fn talks_to_agent(addrs: &SockAddrs) -> bool {
     let Some(&agent_peer) = (unsafe { AGENT_PORTS.get(&addrs.remote_port) }) else {
         return false;
     };
-    if agent_peer != ANY_PEER && agent_peer != addrs.local_port {
+    if agent_peer != AGENT_PORT_ANY_PEER && agent_peer != addrs.local_port {
         return false;
     }
     let loopback = (addrs.family == AF_INET && addrs.remote_addr[0] == 127)

@@ -108,19 +108,15 @@ pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(6553
 #[map]
 pub static ANNOUNCED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
 
-/// Local ports of the agent's own sockets -> the remote port of that socket, or [`ANY_PEER`]
-/// for a port the agent listens on. A local connection whose endpoints are those of one of
-/// the agent's sockets, reversed, talks to the agent and is not traced, or the exporter's
-/// traffic would be traced in the receiver and feed itself. Both ports are compared: Linux
-/// gives one ephemeral port to several outgoing connections with different destinations,
-/// so another process's connection can share the local port of the agent's export
-/// connection.
+/// Local ports of the agent's own sockets -> the remote port of that socket, or
+/// [`tracer_common::AGENT_PORT_ANY_PEER`] for a port the agent listens on. A local
+/// connection whose endpoints are those of one of the agent's sockets, reversed, talks to
+/// the agent and is not traced, or the exporter's traffic would be traced in the receiver
+/// and feed itself. Both ports are compared: Linux gives one ephemeral port to several
+/// outgoing connections with different destinations, so another process's connection can
+/// share the local port of the agent's export connection.
 #[map]
 pub static AGENT_PORTS: LruHashMap<u16, u16> = LruHashMap::with_max_entries(4096, 0);
-
-/// [`AGENT_PORTS`] value of a listening port: every peer of it talks to the agent (a port
-/// bound by `listen` is never handed out as another connection's ephemeral port).
-pub const ANY_PEER: u16 = tracer_common::AGENT_PORT_ANY_PEER;
 
 /// Sockets the agent is connecting (`struct sock *`, noted at SYN_SENT in the agent's own
 /// context, when the local port is not assigned yet): their port joins `AGENT_PORTS` when they

@@ -67,7 +67,7 @@ fn note_socket(ctx: &TracePointContext) {
 
 /// Remembers the local and remote port of one of the agent's own TCP sockets, unless its
 /// local port is known already (its connect noted it, or it is a listening port the loader
-/// entered as `ANY_PEER`, which an accepted connection's remote port must not narrow).
+/// entered as `AGENT_PORT_ANY_PEER`, which an accepted connection's remote port must not narrow).
 #[inline(always)]
 fn note_agent_port(ctx: &TracePointContext) {
     // SAFETY: offsets from the tracepoint format; kernel reads through the checked helper.
