@@ -105,8 +105,14 @@ struct PendingSpan {
     name_key: u64,
     /// SERVER: calls linked to it so far, per call name (`name_key`, count).
     calls: Vec<(u64, u16)>,
+    /// SERVER in progress: ends of the calls linked to it by exact methods (`name_key`, end),
+    /// learned as gaps before its own end once it ends.
+    call_ends: Vec<(u64, u64)>,
     /// Deferred CLIENT: the requests of its process in progress when it started.
     candidates: Vec<u64>,
+    /// Deferred CLIENT: its thread served no request when it was deferred (a pool worker,
+    /// not an event loop or a thread per connection).
+    from_worker: bool,
     /// SERVER with propagated context whose CLIENT end is also traced here: its times are
     /// clamped into that CLIENT span's (the kernel race described at `build`).
     clamp_to: Option<u64>,
@@ -310,7 +316,9 @@ impl Assembler {
             fingerprint: print,
             name_key,
             calls: Vec::new(),
+            call_ends: Vec::new(),
             candidates: Vec::new(),
+            from_worker: false,
             clamp_to: None,
             sent: false,
         };
@@ -487,9 +495,11 @@ impl Assembler {
     /// or several requests are candidates, which [`Self::solve_deferred`] assigns together.
     fn defer_placement(&mut self, handle: u64, pid: u32) {
         let candidates = self.candidates_at(handle);
+        let serving = &self.serving;
         if let Some(span) = self.spans.get_mut(&handle) {
             span.decided = false;
             span.candidates = candidates;
+            span.from_worker = !serving.contains_key(&(span.pid, span.tid));
         }
         self.unplaced.entry(pid).or_default().push(handle);
     }
@@ -536,8 +546,37 @@ impl Assembler {
         span.link_method = method;
         span.confidence = confidence;
         if span.kind == SpanKind::Client {
-            let (start, name_key) = (span.start_ns, span.name_key);
+            let (start, end, name_key) = (span.start_ns, span.end_ns, span.name_key);
             self.count_call(parent, start, name_key, method);
+            if let Some(end) = end
+                && inference::teaches(method)
+            {
+                self.note_call_end(parent, name_key, end);
+            }
+        }
+    }
+
+    /// Books the end of a call exactly linked to SERVER span `parent`: its gap before the
+    /// request's end is learned when the request ends.
+    fn note_call_end(&mut self, parent: u64, name_key: u64, end_ns: u64) {
+        /// Calls of one request remembered at most (the rest teach nothing new).
+        const MAX_CALL_ENDS: usize = 16;
+        let Some(server) = self.spans.get_mut(&parent) else {
+            return;
+        };
+        if server.kind != SpanKind::Server {
+            return;
+        }
+        match server.end_ns {
+            Some(server_end) => {
+                let pair = (server.name_key, name_key);
+                self.delays
+                    .learn_end(pair, server_end.saturating_sub(end_ns) as f64);
+            }
+            None if server.call_ends.len() < MAX_CALL_ENDS => {
+                server.call_ends.push((name_key, end_ns));
+            }
+            None => {}
         }
     }
 
@@ -553,10 +592,27 @@ impl Assembler {
         let Some(span) = self.spans.get_mut(&handle) else {
             return;
         };
-        span.end_ns = Some(resp.last.exit_ns.max(span.start_ns));
+        let end = resp.last.exit_ns.max(span.start_ns);
+        span.end_ns = Some(end);
         span.attributes.extend(resp.attributes);
         span.status = status_of(span.kind, resp.http_status, resp.error);
         let key = (span.pid, span.tid);
+        match (span.kind, &span.parent) {
+            (SpanKind::Server, _) => {
+                let request = span.name_key;
+                for (call, call_end) in std::mem::take(&mut span.call_ends) {
+                    self.delays
+                        .learn_end((request, call), end.saturating_sub(call_end) as f64);
+                }
+            }
+            (SpanKind::Client, Parent::Local(parent))
+                if span.decided && inference::teaches(span.link_method) =>
+            {
+                let (parent, name_key) = (*parent, span.name_key);
+                self.note_call_end(parent, name_key, end);
+            }
+            _ => {}
+        }
         self.stop_serving(key, handle);
     }
 

@@ -38,7 +38,12 @@
 //! - the delay from the request's start to the call's start is scored against a per-endpoint-
 //!   pair distribution learned online from links made by exact methods (`thread`, `content`,
 //!   `process`, `thread_pool`), as TraceWeaver does; until enough are learned, a mild
-//!   preference for first-come-first-served order.
+//!   preference for first-come-first-served order;
+//! - for a pool worker's call (its thread served no request) whose request has ended, the gap
+//!   from the call's end to the request's end is scored the same way, when requests of that
+//!   kind make one such call: a worker hands its request back when its call returns and the
+//!   response follows, in the order the workers finish, while the delays after the starts
+//!   stretch by queueing (an event loop ends a request whenever it gets to it: not scored);
 //! - a pool worker's call cannot belong to a request another worker has claimed.
 //!
 //! The confidence of an assigned call is the likelihood share of its request among its
@@ -48,11 +53,11 @@
 //! the chosen one and are left still owed such a call: the delays were learned where nothing
 //! queued (mostly `process` links, one request at a time), and under first-come-first-served
 //! service each older request waiting for its call is at least as likely a parent. The
-//! share itself is taken with every learned spread widened by the solve's dispersion (the
-//! root mean square of the standard scores of its learned links, at least 1), so that delays
-//! stretched by queueing make concurrent requests harder to tell apart, as they are. A
-//! call with one feasible request gets 0.8 (`process` when it was the only one in progress),
-//! or 0.9 (`content`) when tokens narrowed several candidates down to it.
+//! share itself is taken with every learned spread widened by the solve's dispersion (per
+//! measure, the root mean square of the standard scores of its learned links, at least 1), so
+//! that delays stretched by queueing make concurrent requests harder to tell apart, as they
+//! are. A call with one feasible request gets 0.8 (`process` when it was the only one in
+//! progress), or 0.9 (`content`) when tokens narrowed several candidates down to it.
 //!
 //! The solver takes at most `SOLVE_BUDGET` calls of a process per tick (in assignments of
 //! `MAX_SOLVE`); due calls beyond it are decided alone: linked when one request in progress
@@ -82,7 +87,10 @@ const SOLVE_BUDGET: usize = 4 * MAX_SOLVE;
 /// Online statistics per (request name, call name).
 #[derive(Default)]
 pub(super) struct DelayModel {
+    /// Delay from the request's start to the call's start.
     pairs: FxHashMap<(u64, u64), DelayStats>,
+    /// Gap from the call's end to the request's end.
+    ends: FxHashMap<(u64, u64), DelayStats>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -94,17 +102,46 @@ struct DelayStats {
     max_calls: u16,
 }
 
+impl DelayStats {
+    /// Welford's online mean and variance.
+    fn add(&mut self, value: f64) {
+        self.n = self.n.saturating_add(1);
+        let d = value - self.mean;
+        self.mean += d / f64::from(self.n);
+        self.m2 += d * (value - self.mean);
+    }
+
+    /// Standard score of `value` and the spread used, once enough are learned.
+    fn z(&self, value: f64) -> Option<(f64, f64)> {
+        if self.n < MIN_LEARNED {
+            return None;
+        }
+        // Delays learned at low load stretch under queueing: a wide floor keeps a misfit
+        // from producing confident picks among requests it cannot tell apart.
+        let sd = (self.m2 / f64::from(self.n - 1))
+            .sqrt()
+            .max(0.25 * self.mean.abs())
+            .max(1_000_000.0);
+        Some(((value - self.mean) / sd, sd))
+    }
+}
+
+/// Adds `value` to the statistics of `pair` in a bounded table (cleared when full).
+fn learn_into(table: &mut FxHashMap<(u64, u64), DelayStats>, pair: (u64, u64), value: f64) {
+    if table.len() >= MAX_PAIRS && !table.contains_key(&pair) {
+        table.clear();
+    }
+    table.entry(pair).or_default().add(value);
+}
+
 impl DelayModel {
     fn learn(&mut self, pair: (u64, u64), delay_ns: f64) {
-        if self.pairs.len() >= MAX_PAIRS && !self.pairs.contains_key(&pair) {
-            self.pairs.clear();
-        }
-        let s = self.pairs.entry(pair).or_default();
-        // Welford's online mean and variance.
-        s.n = s.n.saturating_add(1);
-        let d = delay_ns - s.mean;
-        s.mean += d / f64::from(s.n);
-        s.m2 += d * (delay_ns - s.mean);
+        learn_into(&mut self.pairs, pair, delay_ns);
+    }
+
+    /// Learns the gap between the end of a call and the end of the request that made it.
+    pub(super) fn learn_end(&mut self, pair: (u64, u64), gap_ns: f64) {
+        learn_into(&mut self.ends, pair, gap_ns);
     }
 
     fn note_calls(&mut self, pair: (u64, u64), calls: u16) {
@@ -118,17 +155,26 @@ impl DelayModel {
         self.pairs.get(&pair).map_or(1, |s| s.max_calls.max(1))
     }
 
-    /// Standard score of `delay_ns` and the spread used, once the pair's delays are learned.
+    /// Standard score of `delay_ns` after the request's start and the spread used, once the
+    /// pair's delays are learned.
     fn z(&self, pair: (u64, u64), delay_ns: f64) -> Option<(f64, f64)> {
-        let s = self.pairs.get(&pair).filter(|s| s.n >= MIN_LEARNED)?;
-        // Delays learned at low load stretch under queueing: a wide floor keeps a misfit
-        // from producing confident picks among requests it cannot tell apart.
-        let sd = (s.m2 / f64::from(s.n - 1))
-            .sqrt()
-            .max(0.25 * s.mean.abs())
-            .max(1_000_000.0);
-        Some(((delay_ns - s.mean) / sd, sd))
+        self.pairs.get(&pair)?.z(delay_ns)
     }
+
+    /// The same for the gap from the call's end to the request's end, for pairs whose requests
+    /// make one such call (the last of several ends closer to the request's end than the
+    /// first: one distribution would describe neither).
+    fn z_end(&self, pair: (u64, u64), gap_ns: f64) -> Option<(f64, f64)> {
+        if self.capacity(pair) != 1 {
+            return None;
+        }
+        self.ends.get(&pair)?.z(gap_ns)
+    }
+}
+
+/// Whether links made by `method` are exact enough to learn delays from.
+pub(super) fn teaches(method: &str) -> bool {
+    matches!(method, "thread" | "content" | "process" | "thread_pool")
 }
 
 /// Most (process, token) pairs remembered; beyond it the memory starts over.
@@ -162,63 +208,106 @@ impl Recent {
 /// A feasible parent of a call in one assignment.
 struct Candidate {
     request: u64,
-    /// Log-likelihood of the call's delay after the request's start (the learned model, or
-    /// the first-come-first-served prior until learned).
+    /// Log-likelihood of the call's times (the learned model, or the first-come-first-served
+    /// prior until the delay after the request's start is learned).
     ll: f64,
-    /// Standard score of that delay and the spread used, once the endpoint pair is learned.
-    fit: Option<(f64, f64)>,
+    /// Standard score and spread used of each learned measure (see [`START`], [`END`]).
+    fits: [Option<(f64, f64)>; 2],
+}
+
+/// Index in [`Candidate::fits`] of the delay from the request's start to the call's start.
+const START: usize = 0;
+/// Index of the gap from the call's end to the request's end, scored for pool workers'
+/// calls: under load a worker's last call ends just before its request's response is
+/// written, in the order the workers finish, while the delays after the requests' starts
+/// stretch by queueing.
+const END: usize = 1;
+
+/// Log-likelihood of a standard score `z` with spread `sd` (ns) widened by `dispersion`.
+fn normal_ll((z, sd): (f64, f64), dispersion: f64) -> f64 {
+    -0.5 * (z / dispersion).powi(2) - (sd / 1e6).ln()
 }
 
 impl Candidate {
-    /// A candidate for a call that started `delay_ns` after it, scored by `delays`.
-    fn new(request: u64, delays: &DelayModel, pair: (u64, u64), delay_ns: f64) -> Self {
-        let fit = delays.z(pair, delay_ns);
-        let ll = match fit {
-            Some((z, sd)) => -0.5 * z * z - (sd / 1e6).ln(),
+    /// A candidate for a call that started `delay_ns` after it and, when both have ended,
+    /// ended `end_gap_ns` before it, scored by `delays`.
+    fn new(
+        request: u64,
+        delays: &DelayModel,
+        pair: (u64, u64),
+        delay_ns: f64,
+        end_gap_ns: Option<f64>,
+    ) -> Self {
+        let start = delays.z(pair, delay_ns);
+        let end = start
+            .and(end_gap_ns)
+            .and_then(|gap| delays.z_end(pair, gap));
+        let ll = match start {
+            Some(fit) => normal_ll(fit, 1.0) + end.map_or(0.0, |fit| normal_ll(fit, 1.0)),
             // First come, first served, mildly: convex in the delay, so that a matching keeps
             // the order in which requests and calls started.
             None => -(delay_ns / 100e6).powi(2),
         };
+        let mut fits = [None; 2];
+        fits[START] = start;
+        fits[END] = end;
         Self {
             request,
             ll: ll.clamp(-100_000.0, 100.0),
-            fit,
+            fits,
         }
     }
 
-    /// The learned distribution describes the delay (within 3 spreads of its mean); far
-    /// outside it (queueing the model never saw) a likelihood share says nothing.
+    /// The learned distribution describes the delay after the request's start (within 3
+    /// spreads of its mean); far outside it (queueing the model never saw) a likelihood
+    /// share says nothing.
     fn plausible(&self) -> bool {
-        self.fit.is_some_and(|(z, _)| z.abs() <= 3.0)
+        self.fits[START].is_some_and(|(z, _)| z.abs() <= 3.0)
+    }
+
+    /// Log-likelihood with each measure's spread widened by its dispersion in the solve.
+    fn weight(&self, dispersion: [f64; 2]) -> f64 {
+        match self.fits[START] {
+            Some(_) => self
+                .fits
+                .iter()
+                .zip(dispersion)
+                .filter_map(|(fit, d)| fit.map(|fit| normal_ll(fit, d)))
+                .sum(),
+            None => self.ll,
+        }
     }
 }
 
-/// How much more the delays of a solve's learned links scatter than the learned spreads say
-/// (root mean square of their standard scores, at least 1): Pearson's dispersion estimate,
-/// as quasi-likelihood models widen a variance the data overrun. Delays learned one request
-/// at a time stretch when requests queue; a share computed with the learned spread alone
-/// then calls a permutation of concurrent requests certain.
-fn dispersion(options: &[Vec<Candidate>], slots: &[(u64, u64)], assignment: &[usize]) -> f64 {
-    let mut sum = 0.0;
-    let mut n = 0u32;
+/// How much more the times of a solve's learned links scatter than the learned spreads say,
+/// per measure (root mean square of their standard scores, at least 1): Pearson's
+/// dispersion estimate, as quasi-likelihood models widen a variance the data overrun.
+/// Delays learned one request at a time stretch when requests queue; a share computed with
+/// the learned spread alone then calls a permutation of concurrent requests certain.
+fn dispersion(options: &[Vec<Candidate>], slots: &[(u64, u64)], assignment: &[usize]) -> [f64; 2] {
+    let mut sum = [0.0; 2];
+    let mut n = [0u32; 2];
     for (candidates, column) in options.iter().zip(assignment) {
         let Some(&(parent, _)) = slots.get(*column) else {
             continue;
         };
-        if let Some((z, _)) = candidates
-            .iter()
-            .find(|o| o.request == parent)
-            .and_then(|o| o.fit)
-        {
-            sum += z * z;
-            n += 1;
+        let Some(chosen) = candidates.iter().find(|o| o.request == parent) else {
+            continue;
+        };
+        for (measure, fit) in chosen.fits.iter().enumerate() {
+            if let Some((z, _)) = fit {
+                sum[measure] += z * z;
+                n[measure] += 1;
+            }
         }
     }
-    if n == 0 {
-        1.0
-    } else {
-        (sum / f64::from(n)).sqrt().max(1.0)
-    }
+    std::array::from_fn(|m| {
+        if n[m] == 0 {
+            1.0
+        } else {
+            (sum[m] / f64::from(n[m])).sqrt().max(1.0)
+        }
+    })
 }
 
 /// A proposed parent.
@@ -489,7 +578,7 @@ impl Assembler {
                 1
             }
         };
-        if matches!(method, "thread" | "content" | "process" | "thread_pool") {
+        if teaches(method) {
             let delay = start.saturating_sub(server.start_ns) as f64;
             self.delays.learn(pair, delay);
             self.delays.note_calls(pair, calls);
@@ -649,7 +738,16 @@ impl Assembler {
                         continue;
                     }
                     let delay = client.start_ns.saturating_sub(server.start_ns) as f64;
-                    feasible.push(Candidate::new(s, &self.delays, pair, delay));
+                    // A pool worker hands its request back when its last call returns, and
+                    // the response follows; an event loop ends a request whenever it gets
+                    // to it, with other requests' work in between: end gaps only for workers.
+                    let end_gap = match (server.end_ns, client.end_ns) {
+                        (Some(server_end), Some(client_end)) if client.from_worker => {
+                            Some(server_end.saturating_sub(client_end) as f64)
+                        }
+                        _ => None,
+                    };
+                    feasible.push(Candidate::new(s, &self.delays, pair, delay, end_gap));
                     let have = slots
                         .iter()
                         .filter(|slot| **slot == (s, client.name_key))
@@ -701,7 +799,7 @@ impl Assembler {
                 continue;
             };
             let feasible = &options[i];
-            let learned = feasible.iter().all(|o| o.fit.is_some());
+            let learned = feasible.iter().all(|o| o.fits[START].is_some());
             let plausible = feasible
                 .iter()
                 .any(|o| o.request == parent && o.plausible());
@@ -719,10 +817,7 @@ impl Assembler {
                 if method == "content" { 0.9 } else { 0.8 }
             } else if learned && plausible {
                 // The share under spreads widened by this solve's dispersion.
-                let weight = |o: &Candidate| match o.fit {
-                    Some((z, sd)) => -0.5 * (z / dispersion).powi(2) - (sd / 1e6).ln(),
-                    None => o.ll,
-                };
+                let weight = |o: &Candidate| o.weight(dispersion);
                 let best = feasible.iter().map(weight).fold(f64::MIN, f64::max);
                 let total: f64 = feasible.iter().map(|o| (weight(o) - best).exp()).sum();
                 let chosen = feasible

@@ -622,6 +622,12 @@ fn hub_out(n: u64) -> ConnMeta {
 /// A thread-pool hub (pid 7) that has learned, one request at a time (`process` links), that
 /// a worker calls /fizz 10 ms after a /hub request starts: reader thread 70, worker 71.
 fn hub_with_learned_delay() -> Assembler {
+    hub_with_learned_times(1)
+}
+
+/// [`hub_with_learned_delay`] where each request's reply follows its call's answer by
+/// `reply_gap_ms` (the end gap learned alongside the delay).
+fn hub_with_learned_times(reply_gap_ms: u64) -> Assembler {
     let mut a = assembler();
     for i in 0..12 {
         let t = i * 50 * MS;
@@ -635,7 +641,7 @@ fn hub_with_learned_delay() -> Assembler {
         feed(&mut a, hub_out(i), Direction::Egress, call);
         let answer = response(0, 200, at(t + 11 * MS, 71));
         feed(&mut a, hub_out(i), Direction::Ingress, answer);
-        let reply = response(0, 200, at(t + 12 * MS, 70));
+        let reply = response(0, 200, at(t + (11 + reply_gap_ms) * MS, 70));
         feed(&mut a, hub_in(i), Direction::Egress, reply);
     }
     let learned = a.tick(900 * MS);
@@ -681,6 +687,51 @@ fn two_requests_and_calls(
         feed(&mut a, hub_in(n), Direction::Egress, reply);
     }
     a.tick(t + 400 * MS)
+}
+
+/// Under load pool workers start their calls out of the requests' order, but each request's
+/// reply follows the end of its worker's call by about the learned gap: the assignment
+/// follows the ends. Request 50 starts at 0 and replies at 30 ms, request 51 starts at 2 ms
+/// and replies at 26 ms; worker 72 calls at 12-20 ms (for 51), worker 73 at 13-25 ms (for
+/// 50). By the delays after the starts alone (learned: 10 ms) the pairing would be the
+/// reverse.
+#[test]
+fn pool_workers_calls_are_assigned_by_the_gap_before_the_reply() {
+    let mut a = hub_with_learned_times(5);
+    let t = T_TWO;
+    for (n, start) in [(50, 0), (51, 2)] {
+        let inbound = request(0, "/hub", at(t + start * MS, 70), None);
+        feed(&mut a, hub_in(n), Direction::Ingress, inbound);
+    }
+    for (n, start, end, tid) in [(60, 12, 20, 72), (61, 13, 25, 73)] {
+        let call = request(0, "/fizz", at(t + start * MS, tid), None);
+        feed(&mut a, hub_out(n), Direction::Egress, call);
+        let answer = response(0, 200, at(t + end * MS, tid));
+        feed(&mut a, hub_out(n), Direction::Ingress, answer);
+    }
+    for (n, reply) in [(51, 26), (50, 30)] {
+        let reply = response(0, 200, at(t + reply * MS, 70));
+        feed(&mut a, hub_in(n), Direction::Egress, reply);
+    }
+    let spans = a.tick(t + 400 * MS);
+    let server_started = |ms: u64| {
+        spans
+            .iter()
+            .find(|s| s.kind == SpanKind::Server && s.start_unix_ns == t + ms * MS + 10)
+            .unwrap()
+    };
+    for (call_ms, request_ms) in [(12, 2), (13, 0)] {
+        let call = spans
+            .iter()
+            .find(|s| s.kind == SpanKind::Client && s.start_unix_ns == t + call_ms * MS)
+            .unwrap();
+        assert_eq!(
+            call.parent_span_id,
+            Some(server_started(request_ms).span_id),
+            "{call:#?}"
+        );
+        assert_method(call, "timing");
+    }
 }
 
 /// A thread-pool process where nothing but timing tells requests apart: the delay from a
