@@ -103,11 +103,8 @@ struct PendingSpan {
     fingerprint: u64,
     /// Hash of `name`: the endpoint, for learned delays and calls per request.
     name_key: u64,
-    /// SERVER: calls linked to it so far, per call name (`name_key`, count).
-    calls: Vec<(u64, u16)>,
-    /// SERVER in progress: ends of the calls linked to it by exact methods (`name_key`, end),
-    /// learned as gaps before its own end once it ends.
-    call_ends: Vec<(u64, u64)>,
+    /// SERVER: calls linked to it so far, per call name.
+    calls: Vec<CallsOfName>,
     /// Deferred CLIENT: the requests of its process in progress when it started.
     candidates: Vec<u64>,
     /// Deferred CLIENT: its thread served no request when it was deferred (a pool worker,
@@ -119,6 +116,15 @@ struct PendingSpan {
     /// Its record has left (`build` took name, attributes and status); what stays is what
     /// inference and its children still need, until `settle` after its end.
     sent: bool,
+}
+
+/// The calls of one name linked to a SERVER span.
+struct CallsOfName {
+    name_key: u64,
+    count: u16,
+    /// Latest end of those linked by exact methods (0: none yet), learned as a gap before the
+    /// request's end once it ends.
+    exact_end_ns: u64,
 }
 
 /// Identity of a span already exported, for children that finish after it.
@@ -316,7 +322,6 @@ impl Assembler {
             fingerprint: print,
             name_key,
             calls: Vec::new(),
-            call_ends: Vec::new(),
             candidates: Vec::new(),
             from_worker: false,
             clamp_to: None,
@@ -556,27 +561,18 @@ impl Assembler {
         }
     }
 
-    /// Books the end of a call exactly linked to SERVER span `parent`: its gap before the
-    /// request's end is learned when the request ends.
+    /// Books the end of a call exactly linked to SERVER span `parent` (already counted by
+    /// `count_call`): its gap before the request's end is learned when the request ends.
     fn note_call_end(&mut self, parent: u64, name_key: u64, end_ns: u64) {
-        /// Calls of one request remembered at most (the rest teach nothing new).
-        const MAX_CALL_ENDS: usize = 16;
         let Some(server) = self.spans.get_mut(&parent) else {
             return;
         };
-        if server.kind != SpanKind::Server {
-            return;
-        }
-        match server.end_ns {
-            Some(server_end) => {
-                let pair = (server.name_key, name_key);
-                self.delays
-                    .learn_end(pair, server_end.saturating_sub(end_ns) as f64);
-            }
-            None if server.call_ends.len() < MAX_CALL_ENDS => {
-                server.call_ends.push((name_key, end_ns));
-            }
-            None => {}
+        if let Some(server_end) = server.end_ns {
+            let pair = (server.name_key, name_key);
+            self.delays
+                .learn_end(pair, server_end.saturating_sub(end_ns) as f64);
+        } else if let Some(calls) = server.calls.iter_mut().find(|c| c.name_key == name_key) {
+            calls.exact_end_ns = calls.exact_end_ns.max(end_ns);
         }
     }
 
@@ -599,10 +595,9 @@ impl Assembler {
         let key = (span.pid, span.tid);
         match (span.kind, &span.parent) {
             (SpanKind::Server, _) => {
-                let request = span.name_key;
-                for (call, call_end) in std::mem::take(&mut span.call_ends) {
-                    self.delays
-                        .learn_end((request, call), end.saturating_sub(call_end) as f64);
+                for calls in span.calls.iter().filter(|c| c.exact_end_ns > 0) {
+                    let gap = end.saturating_sub(calls.exact_end_ns) as f64;
+                    self.delays.learn_end((span.name_key, calls.name_key), gap);
                 }
             }
             (SpanKind::Client, Parent::Local(parent))

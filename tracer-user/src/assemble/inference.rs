@@ -71,7 +71,7 @@
 use pathfinding::{kuhn_munkres::kuhn_munkres, matrix::Matrix};
 use rustc_hash::FxHashMap;
 
-use super::{Assembler, PendingSpan, SpanKind};
+use super::{Assembler, CallsOfName, PendingSpan, SpanKind};
 
 /// Delays learned before they are trusted.
 const MIN_LEARNED: u32 = 10;
@@ -528,8 +528,8 @@ impl Assembler {
         let taken = server
             .calls
             .iter()
-            .find(|(k, _)| *k == name_key)
-            .map_or(0, |(_, n)| *n);
+            .find(|c| c.name_key == name_key)
+            .map_or(0, |c| c.count);
         self.delays
             .capacity((server.name_key, name_key))
             .saturating_sub(taken)
@@ -568,13 +568,17 @@ impl Assembler {
             return;
         }
         let pair = (server.name_key, name_key);
-        let calls = match server.calls.iter_mut().find(|(k, _)| *k == name_key) {
-            Some((_, count)) => {
-                *count = count.saturating_add(1);
-                *count
+        let calls = match server.calls.iter_mut().find(|c| c.name_key == name_key) {
+            Some(calls) => {
+                calls.count = calls.count.saturating_add(1);
+                calls.count
             }
             None => {
-                server.calls.push((name_key, 1));
+                server.calls.push(CallsOfName {
+                    name_key,
+                    count: 1,
+                    exact_end_ns: 0,
+                });
                 1
             }
         };
