@@ -564,7 +564,11 @@ impl Assembler {
     /// Books the end of a call exactly linked to SERVER span `parent` (already counted by
     /// `count_call`): its gap before the request's end is learned when the request ends.
     fn note_call_end(&mut self, parent: u64, name_key: u64, end_ns: u64) {
-        let Some(server) = self.spans.get_mut(&parent) else {
+        let Some(server) = self
+            .spans
+            .get_mut(&parent)
+            .filter(|s| s.kind == SpanKind::Server)
+        else {
             return;
         };
         if let Some(server_end) = server.end_ns {
