@@ -552,31 +552,7 @@ impl Assembler {
         span.confidence = confidence;
         if span.kind == SpanKind::Client {
             let (start, end, name_key) = (span.start_ns, span.end_ns, span.name_key);
-            self.count_call(parent, start, name_key, method);
-            if let Some(end) = end
-                && inference::teaches(method)
-            {
-                self.note_call_end(parent, name_key, end);
-            }
-        }
-    }
-
-    /// Books the end of a call exactly linked to SERVER span `parent` (already counted by
-    /// `count_call`): its gap before the request's end is learned when the request ends.
-    fn note_call_end(&mut self, parent: u64, name_key: u64, end_ns: u64) {
-        let Some(server) = self
-            .spans
-            .get_mut(&parent)
-            .filter(|s| s.kind == SpanKind::Server)
-        else {
-            return;
-        };
-        if let Some(server_end) = server.end_ns {
-            let pair = (server.name_key, name_key);
-            self.delays
-                .learn_end(pair, server_end.saturating_sub(end_ns) as f64);
-        } else if let Some(calls) = server.calls.iter_mut().find(|c| c.name_key == name_key) {
-            calls.exact_end_ns = calls.exact_end_ns.max(end_ns);
+            self.count_call(parent, start, end, name_key, method);
         }
     }
 

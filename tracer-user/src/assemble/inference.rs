@@ -242,15 +242,15 @@ impl Candidate {
         let end = start
             .and(end_gap_ns)
             .and_then(|gap| delays.z_end(pair, gap));
+        let mut fits = [None; 2];
+        fits[START] = start;
+        fits[END] = end;
         let ll = match start {
-            Some(fit) => normal_ll(fit, 1.0) + end.map_or(0.0, |fit| normal_ll(fit, 1.0)),
+            Some(_) => learned_ll(&fits, [1.0; 2]),
             // First come, first served, mildly: convex in the delay, so that a matching keeps
             // the order in which requests and calls started.
             None => -(delay_ns / 100e6).powi(2),
         };
-        let mut fits = [None; 2];
-        fits[START] = start;
-        fits[END] = end;
         Self {
             request,
             ll: ll.clamp(-100_000.0, 100.0),
@@ -268,15 +268,18 @@ impl Candidate {
     /// Log-likelihood with each measure's spread widened by its dispersion in the solve.
     fn weight(&self, dispersion: [f64; 2]) -> f64 {
         match self.fits[START] {
-            Some(_) => self
-                .fits
-                .iter()
-                .zip(dispersion)
-                .filter_map(|(fit, d)| fit.map(|fit| normal_ll(fit, d)))
-                .sum(),
+            Some(_) => learned_ll(&self.fits, dispersion),
             None => self.ll,
         }
     }
+}
+
+/// Log-likelihood of the learned measures in `fits`, each spread widened by its dispersion.
+fn learned_ll(fits: &[Option<(f64, f64)>; 2], dispersion: [f64; 2]) -> f64 {
+    fits.iter()
+        .zip(dispersion)
+        .filter_map(|(fit, d)| fit.map(|fit| normal_ll(fit, d)))
+        .sum()
 }
 
 /// How much more the times of a solve's learned links scatter than the learned spreads say,
@@ -559,8 +562,16 @@ impl Assembler {
     }
 
     /// Books a CLIENT span linked to SERVER span `parent`: the call count of the request,
-    /// and, for links made by exact methods, the delay distribution of the endpoint pair.
-    pub(super) fn count_call(&mut self, parent: u64, start: u64, name_key: u64, method: &str) {
+    /// and, for links made by exact methods, the delay distribution of the endpoint pair and,
+    /// once the call has ended (`end`), its gap before the request's end.
+    pub(super) fn count_call(
+        &mut self,
+        parent: u64,
+        start: u64,
+        end: Option<u64>,
+        name_key: u64,
+        method: &str,
+    ) {
         let Some(server) = self.spans.get_mut(&parent) else {
             return;
         };
@@ -586,6 +597,28 @@ impl Assembler {
             let delay = start.saturating_sub(server.start_ns) as f64;
             self.delays.learn(pair, delay);
             self.delays.note_calls(pair, calls);
+            if let Some(end) = end {
+                self.note_call_end(parent, name_key, end);
+            }
+        }
+    }
+
+    /// Books the end of a call exactly linked to SERVER span `parent` (already counted by
+    /// `count_call`): its gap before the request's end is learned when the request ends.
+    pub(super) fn note_call_end(&mut self, parent: u64, name_key: u64, end_ns: u64) {
+        let Some(server) = self
+            .spans
+            .get_mut(&parent)
+            .filter(|s| s.kind == SpanKind::Server)
+        else {
+            return;
+        };
+        if let Some(server_end) = server.end_ns {
+            let pair = (server.name_key, name_key);
+            self.delays
+                .learn_end(pair, server_end.saturating_sub(end_ns) as f64);
+        } else if let Some(calls) = server.calls.iter_mut().find(|c| c.name_key == name_key) {
+            calls.exact_end_ns = calls.exact_end_ns.max(end_ns);
         }
     }
 
