@@ -126,6 +126,79 @@ fn receiver_decodes_http_protobuf_export() {
     check_decoded(&receiver, "http-span", "http");
 }
 
+/// The benchmark's counting sink reads only the nesting down to the spans: it must count
+/// every span of every resource and scope, over gRPC and OTLP/HTTP alike.
+#[test]
+fn benchmark_sink_counts_spans_over_both_transports() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let mut sink = Command::new(env!("CARGO_BIN_EXE_otlp_sink"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start otlp_sink");
+    let mut lines = BufReader::new(sink.stdout.take().unwrap()).lines();
+    let mut stdin = sink.stdin.take().unwrap();
+    let first = lines.next().unwrap().unwrap();
+    let endpoint = |name: &str| {
+        first
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {first:?}"))
+            .to_owned()
+    };
+    let (grpc, http) = (endpoint("grpc="), endpoint("http="));
+    // Two resources, the first with two scopes: 2 + 1 + 3 spans.
+    let mut three_groups = request("a");
+    let resource = three_groups.resource_spans[0].clone();
+    let span = resource.scope_spans[0].spans[0].clone();
+    three_groups.resource_spans[0].scope_spans.push(ScopeSpans {
+        spans: vec![span.clone(), span.clone()],
+        ..Default::default()
+    });
+    let mut second = resource.clone();
+    second.scope_spans[0].spans = vec![span.clone(), span.clone(), span];
+    three_groups.resource_spans.push(second);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = TraceServiceClient::connect(grpc)
+            .await
+            .expect("connect grpc");
+        client
+            .export(three_groups.clone())
+            .await
+            .expect("export over grpc");
+    });
+    let body = three_groups.encode_to_vec();
+    let port = http.rsplit(':').next().unwrap();
+    let mut s = TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "sink answered: {resp:?}");
+
+    writeln!(stdin, "poll").unwrap();
+    let counted = lines.next().unwrap().unwrap();
+    let _ = sink.kill();
+    let _ = sink.wait();
+    assert!(
+        counted.starts_with("spans=12 requests=2 cpu_ms="),
+        "sink counted {counted:?}"
+    );
+}
+
 #[test]
 fn rust_server_handles_keep_alive_and_pipelining() {
     let port = peers::free_port();

@@ -17,7 +17,9 @@
 //!
 //! For every traced run the agent's own cost is read from /proc (utime+stime, VmHWM, `memlock`
 //! of its BPF map fds) and from its BPF program fds (`run_time_ns`/`run_cnt`, with
-//! `kernel.bpf_stats_enabled=1` for the duration of the bench, restored after).
+//! `kernel.bpf_stats_enabled=1` for the duration of the bench, restored after). The sink's CPU
+//! time over the same interval is reported beside it: the receiver shares the 2 cores with the
+//! measured servers, so its cost is in the traced throughput too.
 //!
 //! All servers run on free loopback ports out of a temp dir; every child runs in its own process
 //! group and is stopped when its guard drops, on errors and Ctrl-C too.
@@ -286,6 +288,7 @@ struct Row {
 struct CostRow {
     scenario: String,
     cpu_ms_per_1k: f64,
+    sink_ms_per_1k: f64,
     hwm_mib: f64,
     map_mib: f64,
     bpf_ns_per_run: f64,
@@ -330,6 +333,8 @@ struct RunResult {
 
 struct Cost {
     cpu_s: f64,
+    /// The receiving end of the export (the OTLP sink, on the same cores).
+    sink_cpu_s: f64,
     hwm_kb: u64,
     memlock: u64,
     bpf: BTreeMap<u32, (u64, u64)>,
@@ -453,6 +458,7 @@ impl Ctx {
                     _ => scenario.to_owned(),
                 },
                 cpu_ms_per_1k: m(&|c, n| c.cpu_s * 1e3 / n * 1e3),
+                sink_ms_per_1k: m(&|c, n| c.sink_cpu_s * 1e3 / n * 1e3),
                 hwm_mib: m(&|c, _| c.hwm_kb as f64 / 1024.0),
                 map_mib: m(&|c, _| c.memlock as f64 / 1048576.0),
                 bpf_ns_per_run: m(&|c, _| {
@@ -478,7 +484,7 @@ impl Ctx {
     /// One run of one variant: agent up (if traced), warm-up, measured load, drain, agent down.
     fn one_run(&mut self, v: Variant, url: &str, close: bool) -> Result<RunResult> {
         wait_http(url, Duration::from_secs(20))?;
-        let spans_before = self.sink.poll()?;
+        let (spans_before, _) = self.sink.poll()?;
         let agent = match v.agent_args() {
             Some(args) => Some(Agent::start(self, args)?),
             None => None,
@@ -489,18 +495,20 @@ impl Ctx {
             0
         };
         let before = agent.as_ref().map(Agent::sample).transpose()?;
+        let (_, sink_cpu_before) = self.sink.poll()?;
         let load = wrk(url, close, self.cfg.duration)?;
         let mut cost = None;
         if let (Some(agent), Some(before)) = (&agent, before) {
             // Let the pipeline finish what the load produced before reading its cost.
             std::thread::sleep(DRAIN);
             let after = agent.sample()?;
-            cost = Some(after.cost_since(&before));
+            let (_, sink_cpu_after) = self.sink.poll()?;
+            cost = Some(after.cost_since(&before, sink_cpu_after - sink_cpu_before));
         }
         if let Some(mut agent) = agent {
             agent.group.stop();
         }
-        let spans = self.sink.poll()? - spans_before;
+        let spans = self.sink.poll()?.0 - spans_before;
         Ok(RunResult {
             load,
             spans,
@@ -712,12 +720,17 @@ impl Ctx {
             }
         }
         if !self.costs.is_empty() {
-            let _ = writeln!(o, "\nAgent cost (traced runs, medians):");
             let _ = writeln!(
                 o,
-                "{:<54} {:>12} {:>9} {:>9} {:>10} {:>9} {:>10} {:>6}",
+                "\nAgent cost (traced runs, medians; sink: the OTLP receiver on the same cores, \
+                 counting spans without decoding them):"
+            );
+            let _ = writeln!(
+                o,
+                "{:<54} {:>12} {:>14} {:>9} {:>9} {:>10} {:>9} {:>10} {:>6}",
                 "scenario",
                 "CPU ms/1k req",
+                "sink ms/1k req",
                 "VmHWM MiB",
                 "maps MiB",
                 "BPF ns/run",
@@ -728,9 +741,10 @@ impl Ctx {
             for c in &self.costs {
                 let _ = writeln!(
                     o,
-                    "{:<54} {:>12.1} {:>9.1} {:>9.1} {:>10.0} {:>9.1} {:>10.2} {:>6}",
+                    "{:<54} {:>12.1} {:>14.1} {:>9.1} {:>9.1} {:>10.0} {:>9.1} {:>10.2} {:>6}",
                     c.scenario,
                     c.cpu_ms_per_1k,
+                    c.sink_ms_per_1k,
                     c.hwm_mib,
                     c.map_mib,
                     c.bpf_ns_per_run,
@@ -919,7 +933,8 @@ impl Drop for Agent {
 }
 
 impl Sample {
-    fn cost_since(&self, before: &Sample) -> Cost {
+    /// `sink_cpu_s`: the OTLP sink's CPU time over the same interval.
+    fn cost_since(&self, before: &Sample, sink_cpu_s: f64) -> Cost {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let bpf = self
@@ -940,6 +955,7 @@ impl Sample {
             .collect();
         Cost {
             cpu_s: (self.ticks - before.ticks) as f64 / hz,
+            sink_cpu_s,
             hwm_kb: self.hwm_kb,
             memlock: self.memlock,
             bpf,
@@ -1070,15 +1086,20 @@ impl Sink {
         })
     }
 
-    /// Spans received so far.
-    fn poll(&mut self) -> Result<u64> {
+    /// Spans received so far, and the sink's CPU time so far in seconds.
+    fn poll(&mut self) -> Result<(u64, f64)> {
         self.stdin.write_all(b"\n")?;
         self.stdin.flush()?;
         let mut line = String::new();
         self.stdout.read_line(&mut line)?;
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix("spans="))
-            .and_then(|n| n.parse().ok())
+        let field = |key: &str| -> Option<u64> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|n| n.parse().ok())
+        };
+        field("spans=")
+            .zip(field("cpu_ms="))
+            .map(|(spans, ms)| (spans, ms as f64 / 1e3))
             .with_context(|| format!("bench: otlp_sink answered {line:?}"))
     }
 }
