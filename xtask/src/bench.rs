@@ -11,6 +11,10 @@
 //! - `chain`: the same against nginx reverse proxy (upstream keepalive) -> nginx static server.
 //! - `flask`: a Flask app under gunicorn; untraced, our agent (both ways), OpenTelemetry's Python SDK
 //!   (FlaskInstrumentor, BatchSpanProcessor, OTLP/HTTP to the same sink).
+//! - `pipeline`: the agent's userspace pipeline alone on one thread (`tracer-user/examples/
+//!   pipeline.rs`: a synthetic keep-alive load through the connection table, span assembly and
+//!   the OTLP encoding): CPU ns and heap allocations per request, the steady A/B measure for
+//!   userspace changes.
 //! - `capacity`: rate-limited steps with `hey -q` against nginx, reading the agent's drop
 //!   counters from `/metrics` after each step; then saturation with a tiny ring buffer and a tiny
 //!   event queue to show the counters move.
@@ -36,7 +40,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const SECTIONS: &[&str] = &["nginx", "chain", "flask", "capacity"];
+const SECTIONS: &[&str] = &["nginx", "chain", "flask", "pipeline", "capacity"];
 /// wrk's shape for every saturation run.
 const WRK_THREADS: &str = "2";
 const WRK_CONNECTIONS: &str = "32";
@@ -146,6 +150,7 @@ pub fn bench(args: Args) -> Result<ExitCode> {
         costs: Vec::new(),
         capacity: Vec::new(),
         notes: Vec::new(),
+        pipeline: None,
     };
     eprintln!(
         "bench: {} s per run, {} repetition(s), sections: {}",
@@ -201,6 +206,9 @@ pub fn bench(args: Args) -> Result<ExitCode> {
             false,
             |ctx, v| ctx.gunicorn(port, v).map(Some),
         )?;
+    }
+    if want("pipeline") {
+        ctx.pipeline()?;
     }
     if want("capacity") {
         ctx.capacity()?;
@@ -269,6 +277,8 @@ struct Ctx {
     costs: Vec<CostRow>,
     capacity: Vec<CapRow>,
     notes: Vec<String>,
+    /// The userspace pipeline alone: medians of (ns CPU, allocations) per request.
+    pipeline: Option<(f64, f64)>,
 }
 
 /// One line of the main table: the medians of one variant of one scenario.
@@ -814,10 +824,60 @@ impl Ctx {
                 "highest rate sustained with zero lost events: {clean:.0} req/s"
             );
         }
+        if let Some((ns, allocations)) = self.pipeline {
+            let _ = writeln!(
+                o,
+                "\nUserspace pipeline alone (one thread, synthetic nginx keep-alive load, median of \
+                 {} runs): {ns:.0} ns CPU and {allocations:.1} heap allocations per request",
+                self.cfg.reps
+            );
+        }
         for n in &self.notes {
             let _ = writeln!(o, "note: {n}");
         }
         o
+    }
+
+    /// Runs the pipeline example `reps` times; keeps the medians.
+    fn pipeline(&mut self) -> Result<()> {
+        proc::run(
+            "bench: build the pipeline example",
+            proc::cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "tracer-user",
+                "--example",
+                "pipeline",
+            ]),
+        )?;
+        let bin = crate::target_dir()?.join("release/examples/pipeline");
+        let (mut ns, mut allocations) = (Vec::new(), Vec::new());
+        for rep in 0..self.cfg.reps {
+            check_stop()?;
+            eprintln!("bench: pipeline (run {}/{})", rep + 1, self.cfg.reps);
+            let out = Command::new(&bin)
+                .output()
+                .with_context(|| format!("bench: running {}", bin.display()))?;
+            let line = String::from_utf8_lossy(&out.stdout).into_owned();
+            if !out.status.success() {
+                bail!(
+                    "bench: the pipeline example failed: {line}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            eprint!("bench:   {line}");
+            let field = |key: &str| -> Result<f64> {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(key))
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("bench: no {key} in {line:?}"))
+            };
+            ns.push(field("ns_per_request=")?);
+            allocations.push(field("allocations_per_request=")?);
+        }
+        self.pipeline = Some((median(ns), median(allocations)));
+        Ok(())
     }
 }
 
