@@ -1002,8 +1002,8 @@ fn add_network_attributes(
     remote: SocketAddr,
 ) {
     let has = |attributes: &[Attribute], key: &str| attributes.iter().any(|a| a.key == key);
-    // These, the response's attributes and the two link attributes: one allocation.
-    attributes.reserve(10);
+    // The parsers left room for these, the response's attributes and the link's.
+    attributes.reserve(crate::protocol::ASSEMBLY_ATTRIBUTES);
     attributes.push(Attribute::fixed("network.transport", "tcp"));
     attributes.push(Attribute::fixed(
         "network.type",

@@ -55,6 +55,10 @@ impl Protocol {
     }
 }
 
+/// Attributes span assembly adds to a request's (network: up to 8, response: 2, link: 2): the
+/// parsers reserve room for them, so that a span's list is allocated once.
+pub const ASSEMBLY_ATTRIBUTES: usize = 12;
+
 /// A request seen on a connection (its head, and its end once the body is through).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Request {
@@ -63,7 +67,8 @@ pub struct Request {
     pub key: u64,
     /// Span name (`GET /path` style for HTTP, `Service/method` or `method` for Thrift).
     pub name: String,
-    /// Span attributes known from the request alone.
+    /// Span attributes known from the request alone, with room for
+    /// [`ASSEMBLY_ATTRIBUTES`] more.
     pub attributes: Vec<Attribute>,
     /// Trace context propagated in the request, if any.
     pub context: Option<TraceContext>,

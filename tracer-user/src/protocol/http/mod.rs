@@ -325,26 +325,25 @@ impl HttpParser {
         };
         self.consecutive_errors = 0;
         self.set_role(dir, Role::Request);
-        let request = self.open_request(&head, first, timing);
-        Some((
-            self.open_body(Open::Request(request), head.framing(), out),
-            len,
-        ))
+        let framing = head.framing();
+        let request = self.open_request(head, first, timing);
+        Some((self.open_body(Open::Request(request), framing, out), len))
     }
 
-    fn open_request(&mut self, head: &RequestHead, first: Timing, last: Timing) -> Request {
+    fn open_request(&mut self, head: RequestHead<'_>, first: Timing, last: Timing) -> Request {
         let key = self.push_pending(&head.method, true);
         self.body_sample.clear();
-        let (name, attributes) = request_attributes(head, &self.options);
         let id_hints = url::split_target(&head.target)
             .query
             .map(hints::from_query)
             .unwrap_or_default();
+        let context = head.context.clone();
+        let (name, attributes) = request_attributes(head, &self.options);
         Request {
             key,
             name,
             attributes,
-            context: head.context.clone(),
+            context,
             first,
             last,
             expects_response: true,
@@ -509,25 +508,28 @@ impl HttpParser {
         self.set_role(dir, role);
         match role {
             Role::Request => match head::parse_cut(&head.buf, |b| {
-                head::parse_request(b, &self.options.record_headers)
+                head::complete(head::parse_request(b, &self.options.record_headers))
+                    .map(RequestHead::into_owned)
             }) {
                 Some(parsed) => {
-                    Open::Request(self.open_request(&parsed, head.first, timing)).emit(out)
+                    Open::Request(self.open_request(parsed, head.first, timing)).emit(out)
                 }
                 None => return self.uncaptured_message(Some(role)),
             },
-            Role::Response => match head::parse_cut(&head.buf, head::parse_response) {
-                // Whatever body it has lies in the gap: report the response now.
-                Some(parsed) => {
-                    if let State::Body { mut open, .. } =
-                        self.open_response(&parsed, head.first, timing, out)
-                    {
-                        open.touch(timing);
-                        self.emit(open, out);
+            Role::Response => {
+                match head::parse_cut(&head.buf, |b| head::complete(head::parse_response(b))) {
+                    // Whatever body it has lies in the gap: report the response now.
+                    Some(parsed) => {
+                        if let State::Body { mut open, .. } =
+                            self.open_response(&parsed, head.first, timing, out)
+                        {
+                            open.touch(timing);
+                            self.emit(open, out);
+                        }
                     }
+                    None => return self.uncaptured_message(Some(role)),
                 }
-                None => return self.uncaptured_message(Some(role)),
-            },
+            }
         }
         self.consecutive_errors = 0;
     }
@@ -546,16 +548,21 @@ fn method_attribute(method: &str) -> Attribute {
 
 /// Span name and attributes of a request (semantic conventions; no other header values, no
 /// body bytes).
-fn request_attributes(head: &RequestHead, options: &ParserOptions) -> (String, Vec<Attribute>) {
-    let mut attributes = vec![method_attribute(&head.method)];
+fn request_attributes(head: RequestHead<'_>, options: &ParserOptions) -> (String, Vec<Attribute>) {
+    // Method, path, route, query, version, user agent, host and port.
+    let mut attributes = Vec::with_capacity(8 + head.recorded.len() + super::ASSEMBLY_ATTRIBUTES);
+    attributes.push(method_attribute(&head.method));
     let target = url::split_target(&head.target);
-    let mut name = head.method.clone();
-    if let Some(path) = target.path {
-        let route = url::route(path);
-        name = format!("{} {route}", head.method);
-        attributes.push(Attribute::str("url.path", path));
-        attributes.push(Attribute::str("http.route", route));
-    }
+    let name = match target.path {
+        Some(path) => {
+            let route = url::route(path);
+            let name = format!("{} {route}", head.method);
+            attributes.push(Attribute::str("url.path", path));
+            attributes.push(Attribute::str("http.route", route));
+            name
+        }
+        None => head.method.into_owned(),
+    };
     if let Some(query) = target.query.filter(|_| options.record_query) {
         attributes.push(Attribute::str("url.query", query));
     }
@@ -563,11 +570,11 @@ fn request_attributes(head: &RequestHead, options: &ParserOptions) -> (String, V
         "network.protocol.version",
         if head.version == 0 { "1.0" } else { "1.1" },
     ));
-    if let Some(user_agent) = &head.user_agent {
-        attributes.push(Attribute::str("user_agent.original", user_agent.as_str()));
+    if let Some(user_agent) = head.user_agent {
+        attributes.push(Attribute::str("user_agent.original", user_agent));
     }
-    for (key, value) in &head.recorded {
-        attributes.push(Attribute::str(key, value.as_str()));
+    for (key, value) in head.recorded {
+        attributes.push(Attribute::str(key, value));
     }
     if let Some((address, port)) = head.host.as_deref().and_then(url::split_host) {
         attributes.push(Attribute::str("server.address", address));

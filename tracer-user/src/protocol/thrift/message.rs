@@ -88,7 +88,8 @@ fn span_name(name: &str) -> String {
 
 fn request_attributes(decoded: &Decoded) -> Vec<Attribute> {
     let (service, method) = split_name(&decoded.head.name);
-    let mut attributes = vec![Attribute::fixed("rpc.system", "thrift")];
+    let mut attributes = Vec::with_capacity(5 + crate::protocol::ASSEMBLY_ATTRIBUTES);
+    attributes.push(Attribute::fixed("rpc.system", "thrift"));
     if let Some(service) = service {
         attributes.push(Attribute::str("rpc.service", service));
     }
