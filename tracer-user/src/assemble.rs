@@ -1009,19 +1009,17 @@ fn add_network_attributes(
         "network.type",
         if remote.is_ipv4() { "ipv4" } else { "ipv6" },
     ));
-    // Formatted once: the peer's address is also `client.address` or `server.address`.
-    let remote_ip = remote.ip().to_string();
-    attributes.push(Attribute::str("network.peer.address", remote_ip.clone()));
+    attributes.push(Attribute::ip("network.peer.address", remote.ip()));
     attributes.push(Attribute::int(
         "network.peer.port",
         i64::from(remote.port()),
     ));
     match kind {
         SpanKind::Server => {
-            attributes.push(Attribute::str("client.address", remote_ip));
+            attributes.push(Attribute::ip("client.address", remote.ip()));
             attributes.push(Attribute::int("client.port", i64::from(remote.port())));
             if !has(attributes, "server.address") {
-                attributes.push(Attribute::str("server.address", local.ip().to_string()));
+                attributes.push(Attribute::ip("server.address", local.ip()));
             }
             if !has(attributes, "server.port") {
                 attributes.push(Attribute::int("server.port", i64::from(local.port())));
@@ -1029,7 +1027,7 @@ fn add_network_attributes(
         }
         SpanKind::Client => {
             if !has(attributes, "server.address") {
-                attributes.push(Attribute::str("server.address", remote_ip));
+                attributes.push(Attribute::ip("server.address", remote.ip()));
             }
             if !has(attributes, "server.port") {
                 attributes.push(Attribute::int("server.port", i64::from(remote.port())));

@@ -1,17 +1,29 @@
 //! Our own span record: what the span-assembly stage produces and the exporters consume.
 //! Conversion to OpenTelemetry's wire types happens only in `export::otlp`.
 
-use std::{borrow::Cow, sync::Arc};
+use std::{
+    borrow::Cow,
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
 
 /// An attribute value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
     /// Borrowed when the value is a constant (`tcp`, `1.1`, a link method): no allocation.
     Str(Cow<'static, str>),
+    /// A string attribute holding an IPv4 address, kept as the address and written as text
+    /// on export: no allocation per span for the peer and server addresses. (An IPv6 address
+    /// would make the enum larger; those are `Str`.)
+    Ipv4(Ipv4Addr),
     Int(i64),
     Bool(bool),
     Double(f64),
 }
+
+// Every span holds about twenty attributes: a variant must not make the value larger than a
+// string's.
+const _: () = assert!(std::mem::size_of::<AttrValue>() == 24);
 
 /// A span or resource attribute with an OpenTelemetry semantic-convention key.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +45,14 @@ impl Attribute {
             key,
             value: AttrValue::Str(Cow::Borrowed(value)),
         }
+    }
+    /// An address attribute (`network.peer.address`, ...): its text on the wire.
+    pub fn ip(key: &'static str, ip: IpAddr) -> Self {
+        let value = match ip {
+            IpAddr::V4(v4) => AttrValue::Ipv4(v4),
+            IpAddr::V6(v6) => AttrValue::Str(Cow::Owned(v6.to_string())),
+        };
+        Self { key, value }
     }
     pub fn int(key: &'static str, value: i64) -> Self {
         Self {

@@ -176,9 +176,13 @@ fn span_line(out: &mut String, span: &SpanRecord, depth: usize) {
         width = depth * 2
     );
     if span.kind == SpanKind::Client
-        && let Some(AttrValue::Str(host)) = find(&span.attributes, "server.address")
+        && let Some(host) = find(&span.attributes, "server.address").and_then(|v| match v {
+            AttrValue::Str(host) => Some(printable(host)),
+            AttrValue::Ipv4(ip) => Some(ip.to_string()),
+            _ => None,
+        })
     {
-        let _ = write!(out, "  -> {}", printable(host));
+        let _ = write!(out, "  -> {host}");
         if let Some(AttrValue::Int(port)) = find(&span.attributes, "server.port") {
             let _ = write!(out, ":{port}");
         }

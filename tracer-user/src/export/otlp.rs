@@ -13,7 +13,7 @@
 //! One request carries spans of many traced processes: spans are grouped into one
 //! `ResourceSpans` per [`ProcessResource`], each with a single `ScopeSpans` for this agent.
 
-use std::sync::Arc;
+use std::{net::Ipv4Addr, sync::Arc};
 
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
@@ -261,6 +261,10 @@ fn any_value_len(value: &AttrValue) -> usize {
         AttrValue::Str(s) => {
             key_len(field::ANY_STRING) + encoded_len_varint(s.len() as u64) + s.len()
         }
+        AttrValue::Ipv4(ip) => {
+            let len = ipv4_text(*ip).1;
+            key_len(field::ANY_STRING) + encoded_len_varint(len as u64) + len
+        }
         AttrValue::Bool(_) => key_len(field::ANY_BOOL) + 1,
         AttrValue::Int(i) => key_len(field::ANY_INT) + encoded_len_varint(*i as u64),
         AttrValue::Double(_) => key_len(field::ANY_DOUBLE) + 8,
@@ -277,6 +281,12 @@ fn key_value(tag: u32, key: &str, value: &AttrValue, buf: &mut Vec<u8>) {
             encode_varint(s.len() as u64, buf);
             buf.extend_from_slice(s.as_bytes());
         }
+        AttrValue::Ipv4(ip) => {
+            let (text, len) = ipv4_text(*ip);
+            encode_key(field::ANY_STRING, WireType::LengthDelimited, buf);
+            encode_varint(len as u64, buf);
+            buf.extend_from_slice(&text[..len]);
+        }
         AttrValue::Bool(b) => {
             encode_key(field::ANY_BOOL, WireType::Varint, buf);
             encode_varint(u64::from(*b), buf);
@@ -290,6 +300,30 @@ fn key_value(tag: u32, key: &str, value: &AttrValue, buf: &mut Vec<u8>) {
             buf.extend_from_slice(&d.to_le_bytes());
         }
     }
+}
+
+/// Dotted-quad text of an address in a stack buffer, and its length (what `Display` writes,
+/// without a formatter or an allocation).
+fn ipv4_text(ip: Ipv4Addr) -> ([u8; 15], usize) {
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    (text, len)
 }
 
 // Wire primitives. proto3 leaves out a scalar field holding its default (empty string, zero);
@@ -400,6 +434,23 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn ipv4_text_is_what_display_writes() {
+        for octets in [
+            [0, 0, 0, 0],
+            [255, 255, 255, 255],
+            [127, 0, 0, 1],
+            [9, 10, 99, 100],
+        ] {
+            let ip = Ipv4Addr::from(octets);
+            let (text, len) = ipv4_text(ip);
+            assert_eq!(
+                std::str::from_utf8(&text[..len]),
+                Ok(ip.to_string().as_str())
+            );
+        }
+    }
+
+    #[test]
     fn encodes_every_field() {
         let res = resource(42, "fizzer");
         let mut r = record(&res, 0xab, 0x01, Some(0x02));
@@ -415,6 +466,8 @@ pub(crate) mod tests {
             Attribute::bool("tracer.false", false),
             Attribute::double("tracer.ratio", 0.5),
             Attribute::str("tracer.long", "x".repeat(300)),
+            Attribute::ip("network.peer.address", "10.0.200.7".parse().unwrap()),
+            Attribute::ip("server.address", "fd00::1".parse().unwrap()),
         ];
         r.status = SpanStatus::Error(Some("boom".to_owned()));
         r.links = vec![SpanLink {
@@ -452,6 +505,11 @@ pub(crate) mod tests {
                 ("tracer.false", Some(BoolValue(false))),
                 ("tracer.ratio", Some(DoubleValue(0.5))),
                 ("tracer.long", Some(StringValue("x".repeat(300)))),
+                (
+                    "network.peer.address",
+                    Some(StringValue("10.0.200.7".to_owned()))
+                ),
+                ("server.address", Some(StringValue("fd00::1".to_owned()))),
             ]
         );
         let status = s.status.as_ref().expect("status");
