@@ -69,19 +69,28 @@ impl<'a> Found<'a> {
         let mut found = Found::default();
         for (name, value) in headers {
             let value = value.trim_ascii();
-            let slot = match name.to_ascii_lowercase().as_str() {
-                "traceparent" => &mut found.traceparent,
-                "tracestate" => {
-                    found.tracestate.push(value);
-                    continue;
-                }
-                "b3" => &mut found.b3,
-                "x-b3-traceid" => &mut found.b3_trace_id,
-                "x-b3-spanid" => &mut found.b3_span_id,
-                "x-b3-sampled" => &mut found.b3_sampled,
-                "x-b3-flags" => &mut found.b3_flags,
-                "uber-trace-id" => &mut found.uber_trace_id,
-                _ => continue,
+            // Compared in place: header names are case-insensitive, and lower-casing a copy
+            // of each cost an allocation per header of every request.
+            let is = |known: &str| name.eq_ignore_ascii_case(known);
+            let slot = if is("traceparent") {
+                &mut found.traceparent
+            } else if is("tracestate") {
+                found.tracestate.push(value);
+                continue;
+            } else if is("b3") {
+                &mut found.b3
+            } else if is("x-b3-traceid") {
+                &mut found.b3_trace_id
+            } else if is("x-b3-spanid") {
+                &mut found.b3_span_id
+            } else if is("x-b3-sampled") {
+                &mut found.b3_sampled
+            } else if is("x-b3-flags") {
+                &mut found.b3_flags
+            } else if is("uber-trace-id") {
+                &mut found.uber_trace_id
+            } else {
+                continue;
             };
             slot.get_or_insert(value);
         }
