@@ -148,9 +148,11 @@ pub struct Assembler {
     next_handle: u64,
     /// Requests awaiting their response: conn id -> request key -> span.
     open: FxHashMap<u64, FxHashMap<u64, u64>>,
-    /// SERVER spans in progress per thread (pid, tid).
+    /// SERVER spans in progress per thread (pid, tid). A list that empties stays until the
+    /// next tick, so that a thread serving one request after another does not allocate a
+    /// list per request: use [`serves`], not `contains_key`.
     serving: FxHashMap<(u32, u32), Vec<u64>>,
-    /// SERVER spans in progress per process.
+    /// SERVER spans in progress per process (emptied lists stay until the next tick too).
     serving_by_pid: FxHashMap<u32, Vec<u64>>,
     /// Worker thread -> the request it is handling (thread pools) and the confidence of the
     /// link that showed it, and the reverse.
@@ -504,7 +506,7 @@ impl Assembler {
         if let Some(span) = self.spans.get_mut(&handle) {
             span.decided = false;
             span.candidates = candidates;
-            span.from_worker = !serving.contains_key(&(span.pid, span.tid));
+            span.from_worker = !serves(serving, (span.pid, span.tid));
         }
         self.unplaced.entry(pid).or_default().push(handle);
     }
@@ -595,9 +597,6 @@ impl Assembler {
         self.forget_server(key.0, handle);
         if let Some(list) = self.serving.get_mut(&key) {
             list.retain(|h| *h != handle);
-            if list.is_empty() {
-                self.serving.remove(&key);
-            }
         }
     }
 
@@ -702,6 +701,8 @@ impl Assembler {
             }
         }
         self.open.retain(|_, m| !m.is_empty());
+        self.serving.retain(|_, list| !list.is_empty());
+        self.serving_by_pid.retain(|_, list| !list.is_empty());
         ready.retain(|&(h, settled)| {
             self.ancestors_decided(h) && (settled || self.clamp_parent_ended(h))
         });
@@ -945,6 +946,11 @@ impl Assembler {
 /// Takes the span in `queues[tuple]` that pairs with (`key`, `fingerprint`): the same request
 /// (name and path) always, and for Thrift the same sequence id; the oldest such one (requests
 /// on a connection are ordered).
+/// The thread serves a request now (see `Assembler::serving`).
+fn serves(serving: &FxHashMap<(u32, u32), Vec<u64>>, thread: (u32, u32)) -> bool {
+    serving.get(&thread).is_some_and(|list| !list.is_empty())
+}
+
 fn take_match(
     queues: &mut FxHashMap<Tuple, VecDeque<u64>>,
     spans: &FxHashMap<u64, Box<PendingSpan>>,

@@ -71,7 +71,7 @@
 use pathfinding::{kuhn_munkres::kuhn_munkres, matrix::Matrix};
 use rustc_hash::FxHashMap;
 
-use super::{Assembler, CallsOfName, PendingSpan, SpanKind};
+use super::{Assembler, CallsOfName, PendingSpan, SpanKind, serves};
 
 /// Delays learned before they are trusted.
 const MIN_LEARNED: u32 = 10;
@@ -330,7 +330,7 @@ impl Assembler {
         let (pid, tid, start, name_key) = (span.pid, span.tid, span.start_ns, span.name_key);
         let tokens = span.tokens.clone();
         let thread = (pid, tid);
-        let is_worker = !self.serving.contains_key(&thread);
+        let is_worker = !serves(&self.serving, thread);
 
         let candidates = self.candidates_at(handle);
         if candidates.is_empty() {
@@ -768,7 +768,7 @@ impl Assembler {
                     };
                     // A pool worker handles one request at a time: not one another worker has.
                     let thread = (client.pid, client.tid);
-                    let other_workers = !self.serving.contains_key(&thread)
+                    let other_workers = !serves(&self.serving, thread)
                         && self.claimed.get(&s).is_some_and(|owner| *owner != thread);
                     if !contained || room == 0 || other_workers || server.start_ns > client.start_ns
                     {
@@ -895,7 +895,7 @@ impl Assembler {
             let thread = self.spans.get(&c).map(|s| (s.pid, s.tid));
             if let Some(thread) = thread
                 && linked
-                && !self.serving.contains_key(&thread)
+                && !serves(&self.serving, thread)
             {
                 self.claim(thread, parent, confidence);
             }
@@ -906,9 +906,6 @@ impl Assembler {
     pub(super) fn forget_server(&mut self, pid: u32, handle: u64) {
         if let Some(list) = self.serving_by_pid.get_mut(&pid) {
             list.retain(|h| *h != handle);
-            if list.is_empty() {
-                self.serving_by_pid.remove(&pid);
-            }
         }
         if let Some(thread) = self.claimed.remove(&handle) {
             self.claims.remove(&thread);

@@ -556,7 +556,11 @@ fn request_attributes(head: RequestHead<'_>, options: &ParserOptions) -> (String
     let name = match target.path {
         Some(path) => {
             let route = url::route(path);
-            let name = format!("{} {route}", head.method);
+            // One allocation of the right size (`format!` grows its buffer on the way).
+            let mut name = String::with_capacity(head.method.len() + 1 + route.len());
+            name.push_str(&head.method);
+            name.push(' ');
+            name.push_str(&route);
             attributes.push(Attribute::str("url.path", path));
             attributes.push(Attribute::str("http.route", route));
             name
