@@ -104,11 +104,9 @@ fn receiver_decodes_grpc_export() {
     check_decoded(&receiver, "grpc-span", "grpc");
 }
 
-#[test]
-fn receiver_decodes_http_protobuf_export() {
-    let receiver = Receiver::start();
-    let body = request("http-span").encode_to_vec();
-    let mut s = TcpStream::connect(("127.0.0.1", receiver.http_port())).unwrap();
+/// POSTs an OTLP/HTTP protobuf body to `127.0.0.1:port` and returns the whole answer.
+fn post_traces(port: u16, body: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
@@ -116,9 +114,16 @@ fn receiver_decodes_http_protobuf_export() {
         body.len()
     )
     .unwrap();
-    s.write_all(&body).unwrap();
+    s.write_all(body).unwrap();
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
+    resp
+}
+
+#[test]
+fn receiver_decodes_http_protobuf_export() {
+    let receiver = Receiver::start();
+    let resp = post_traces(receiver.http_port(), &request("http-span").encode_to_vec());
     assert!(
         resp.starts_with("HTTP/1.1 200"),
         "receiver answered: {resp:?}"
@@ -174,19 +179,8 @@ fn benchmark_sink_counts_spans_over_both_transports() {
             .await
             .expect("export over grpc");
     });
-    let body = three_groups.encode_to_vec();
-    let port = http.rsplit(':').next().unwrap();
-    let mut s = TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    s.write_all(&body).unwrap();
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
+    let port = http.rsplit(':').next().and_then(|p| p.parse().ok());
+    let resp = post_traces(port.expect("sink http port"), &three_groups.encode_to_vec());
     assert!(resp.starts_with("HTTP/1.1 200"), "sink answered: {resp:?}");
 
     writeln!(stdin, "poll").unwrap();
