@@ -88,6 +88,10 @@ struct PendingSpan {
     name: String,
     attributes: Vec<Attribute>,
     start_ns: u64,
+    /// The earliest the request can have begun: a CLIENT span's first write can end after
+    /// the callee's read did (loopback delivers inside the write), so same-host matching
+    /// orders the two ends by this bound, not by `start_ns`.
+    not_before_ns: u64,
     end_ns: Option<u64>,
     status: SpanStatus,
     resource: Arc<ProcessResource>,
@@ -278,11 +282,12 @@ impl Assembler {
             SpanKind::Client => (local, remote),
             SpanKind::Server => (remote, local),
         };
-        // SERVER: from the first request byte read (the read's exit); CLIENT: from the first
-        // request byte written (the write's entry).
-        let start_ns = match kind {
-            SpanKind::Server => req.first.exit_ns,
-            SpanKind::Client => req.first.enter_ns,
+        // SERVER: from the end of the read that brought the first request bytes; CLIENT: from
+        // the end of the write that sent them.
+        let start_ns = req.first.exit_ns;
+        let not_before_ns = match kind {
+            SpanKind::Server => start_ns,
+            SpanKind::Client => req.first.not_before_ns,
         };
         let print = fingerprint(&req.name, &req.attributes);
         let name_key = hash_of(&req.name);
@@ -312,6 +317,7 @@ impl Assembler {
             name: req.name,
             attributes,
             start_ns,
+            not_before_ns,
             end_ns: None,
             status: SpanStatus::Unset,
             resource: resources.resource(meta.pid),
@@ -395,7 +401,7 @@ impl Assembler {
             tuple,
             (key, print),
             protocol,
-            |client| client.start_ns <= start,
+            |client| client.not_before_ns <= start,
         );
         if has_context {
             // Context decides the parent; the same-host CLIENT span still bounds the times.
@@ -425,7 +431,7 @@ impl Assembler {
         let Some(span) = self.spans.get(&handle) else {
             return;
         };
-        let (tuple, key, protocol, pid, tid, has_context, start, print) = (
+        let (tuple, key, protocol, pid, tid, has_context, start, not_before, print) = (
             span.tuple,
             span.key,
             span.protocol,
@@ -433,6 +439,7 @@ impl Assembler {
             span.tid,
             matches!(span.parent, Parent::Remote(_)),
             span.start_ns,
+            span.not_before_ns,
             span.fingerprint,
         );
         if !has_context {
@@ -462,7 +469,7 @@ impl Assembler {
             (key, print),
             protocol,
             // A SERVER span that left as a root keeps that place.
-            |server| server.start_ns >= start && !server.sent,
+            |server| server.start_ns >= not_before && !server.sent,
         );
         if let Some(server) = waiting {
             match self.spans.get_mut(&server) {
@@ -860,8 +867,9 @@ impl Assembler {
             return None;
         }
         let (trace_id, parent_span_id, flags, tracestate) = self.identity(handle);
-        // Clamp to a same-host CLIENT parent: its reader cannot have received the last byte
-        // before it was written, so the write's true time is within the parent's span.
+        // Clamp into a same-host CLIENT parent: loopback delivers inside the sender's write,
+        // so the reader's first read can end before that write does, and its last write
+        // after the parent's read ended; the true times are within the parent's span.
         let bound = self.clamp_bound(handle);
         let parent_times = match bound {
             Some(p) => match self.spans.get(&p) {

@@ -259,6 +259,15 @@ impl ConnTable {
         let Some(conn) = self.conns.get_mut(&rec.conn_id) else {
             return;
         };
+        // The kernel side knows a syscall's entry only for `*mmsg` (`enter_ns < exit_ns`);
+        // otherwise it began after the connection's previous I/O ended.
+        let not_before_ns = if rec.enter_ns < rec.exit_ns {
+            rec.enter_ns
+        } else if conn.last_seen_ns < rec.exit_ns {
+            conn.last_seen_ns
+        } else {
+            0
+        };
         conn.last_seen_ns = conn.last_seen_ns.max(rec.exit_ns);
         add(
             &self.metrics.bytes_uncaptured,
@@ -266,7 +275,7 @@ impl ConnTable {
         );
 
         let timing = Timing {
-            enter_ns: rec.enter_ns,
+            not_before_ns,
             exit_ns: rec.exit_ns,
             tid: rec.tid,
         };
@@ -533,7 +542,7 @@ mod tests {
             req.attributes
         );
         assert_eq!(
-            req.first.enter_ns, 100,
+            req.first.exit_ns, 101,
             "the request starts with the length read"
         );
 

@@ -48,7 +48,7 @@ fn meta(conn_id: u64, pid: u32, local: &str, remote: &str) -> ConnMeta {
 
 fn at(ns: u64, tid: u32) -> Timing {
     Timing {
-        enter_ns: ns,
+        not_before_ns: ns,
         exit_ns: ns + 10,
         tid,
     }
@@ -529,6 +529,71 @@ fn a_request_seen_on_one_side_only_does_not_shift_same_host_pairing() {
     assert_eq!(s2.parent_span_id, Some(c2.span_id));
 }
 
+/// Loopback delivers inside the caller's write, so the callee's read can end before that
+/// write does: the SERVER span starts before its CLIENT span. The two ends still pair, by the
+/// CLIENT's lower bound (its connection's previous I/O), in either order of arrival, and the
+/// SERVER span is clamped into its parent.
+#[test]
+fn a_callee_read_ending_before_the_callers_write_still_pairs() {
+    for server_first in [false, true] {
+        let mut a = assembler();
+        let client = meta(1, 1, "10.0.0.1:4000", "10.0.0.2:80");
+        let server = meta(2, 2, "10.0.0.2:80", "10.0.0.1:4000");
+        let write = Timing {
+            not_before_ns: MS / 2,
+            exit_ns: 3 * MS,
+            tid: 11,
+        };
+        let read = Timing {
+            not_before_ns: 0,
+            exit_ns: 2 * MS,
+            tid: 22,
+        };
+        let sends = (client, request(0, "/x", write, None));
+        let reads = (server, request(0, "/x", read, None));
+        let order = if server_first {
+            [reads, sends]
+        } else {
+            [sends, reads]
+        };
+        for (m, msg) in order {
+            let d = if m.conn_id == 1 {
+                Direction::Egress
+            } else {
+                Direction::Ingress
+            };
+            feed(&mut a, m, d, msg);
+        }
+        feed(
+            &mut a,
+            server,
+            Direction::Egress,
+            response(0, 200, at(5 * MS, 22)),
+        );
+        feed(
+            &mut a,
+            client,
+            Direction::Ingress,
+            response(0, 200, at(6 * MS, 11)),
+        );
+        let spans = a.tick(500 * MS);
+        let c = by_name(&spans, "GET /x", SpanKind::Client);
+        let s = by_name(&spans, "GET /x", SpanKind::Server);
+        assert_eq!(
+            s.parent_span_id,
+            Some(c.span_id),
+            "server first: {server_first}"
+        );
+        assert_method(s, "same_host");
+        assert_eq!(
+            c.start_unix_ns,
+            3 * MS,
+            "the CLIENT starts at its write's end"
+        );
+        assert!(c.start_unix_ns <= s.start_unix_ns && s.end_unix_ns <= c.end_unix_ns);
+    }
+}
+
 /// The callee's last write can return after the caller's read did: the CLIENT span ends and
 /// is exported first, and the SERVER span exported later is still clamped inside it.
 #[test]
@@ -723,7 +788,7 @@ fn pool_workers_calls_are_assigned_by_the_gap_before_the_reply() {
     for (call_ms, request_ms) in [(12, 2), (13, 0)] {
         let call = spans
             .iter()
-            .find(|s| s.kind == SpanKind::Client && s.start_unix_ns == t + call_ms * MS)
+            .find(|s| s.kind == SpanKind::Client && s.start_unix_ns == t + call_ms * MS + 10)
             .unwrap();
         assert_eq!(
             call.parent_span_id,
@@ -805,7 +870,7 @@ fn overlapping_calls_without_ids_are_assigned_by_learned_delays() {
     for (call_start, parent) in [(t + 10 * MS, first), (t + 18 * MS, second)] {
         let call = spans
             .iter()
-            .find(|s| s.kind == SpanKind::Client && s.start_unix_ns == call_start)
+            .find(|s| s.kind == SpanKind::Client && s.start_unix_ns == call_start + 10)
             .unwrap();
         assert_eq!(call.parent_span_id, Some(parent.span_id), "{call:#?}");
         assert_method(call, "timing");

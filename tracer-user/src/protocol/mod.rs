@@ -23,7 +23,11 @@ pub enum Direction {
 /// When and by which thread one syscall moved bytes (kernel `CLOCK_MONOTONIC` ns).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Timing {
-    pub enter_ns: u64,
+    /// The earliest the syscall can have begun: its entry where the kernel side knows it
+    /// (`*mmsg`), otherwise the end of the connection's previous I/O (0 for its first). Only
+    /// for ordering the two ends of a connection, never a span time.
+    pub not_before_ns: u64,
+    /// When the bytes had moved (the sock tracepoint; the syscall's exit for `*mmsg`).
     pub exit_ns: u64,
     pub tid: u32,
 }

@@ -8,7 +8,7 @@ use crate::span::{AttrValue, find};
 const REQ: Direction = Direction::Ingress;
 const RESP: Direction = Direction::Egress;
 
-/// Feeds chunks with distinct timings (`enter_ns` = 1, 2, 3, ...).
+/// Feeds chunks with distinct timings (`exit_ns` = 1, 2, 3, ...).
 struct Conn {
     parser: HttpParser,
     out: Vec<Message>,
@@ -37,7 +37,7 @@ impl Conn {
     fn send_cut(&mut self, dir: Direction, data: &[u8], len: u64) -> Timing {
         self.clock += 1;
         let timing = Timing {
-            enter_ns: self.clock,
+            not_before_ns: self.clock,
             exit_ns: self.clock,
             tid: 7,
         };
@@ -423,11 +423,11 @@ fn byte_at_a_time_matches_whole_chunks() {
             panic!("{messages:?}")
         };
         assert_eq!(
-            (req.key, req.first.enter_ns, req.last.enter_ns),
+            (req.key, req.first.exit_ns, req.last.exit_ns),
             (round, first, last)
         );
         assert_eq!(
-            (resp.key, resp.http_status, resp.last.enter_ns),
+            (resp.key, resp.http_status, resp.last.exit_ns),
             (round, Some(200), conn.clock)
         );
     }

@@ -325,7 +325,7 @@ fn theader(
 
 fn timing(i: u64) -> Timing {
     Timing {
-        enter_ns: i * 10,
+        not_before_ns: i * 10,
         exit_ns: i * 10 + 1,
         tid: 7,
     }
