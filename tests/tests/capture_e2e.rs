@@ -1,10 +1,7 @@
-//! End-to-end tests of the capture layer: IPv6 sockets, the iovec syscalls
-//! (`sendmsg`/`recvmsg` with several iovecs) and a keep-alive connection opened before the
-//! agent started, which must be picked up at its next I/O with its addresses.
-//!
-//! A syscall that was already blocked when the probes were attached (a server thread waiting
-//! in `read`) has no entry record, so its bytes are not seen: on such a connection the server
-//! side starts with the request after that one.
+//! End-to-end tests of the capture layer: IPv6 sockets, every data syscall the kernel side
+//! decodes (including `sendfile`, the `*mmsg` pair and `MSG_PEEK`), and a keep-alive
+//! connection opened before the agent started, which must be picked up at its next I/O with
+//! its addresses, down to a read that was already blocked when the probes were attached.
 
 use std::time::Duration;
 
@@ -66,7 +63,8 @@ fn sendmsg_and_recvmsg_with_several_iovecs_are_captured() {
     client.args([
         "127.0.0.1",
         &port.to_string(),
-        "--iov",
+        "--calls",
+        "iov",
         "/iov/one",
         "/iov/two",
     ]);
@@ -78,6 +76,65 @@ fn sendmsg_and_recvmsg_with_several_iovecs_are_captured() {
         check::child_of(&server, &client);
         check::attr_str(&client, "http.request.method", "GET");
         check::attr_int(&client, "http.response.status_code", 200);
+    }
+    agent.stop();
+}
+
+/// Every data syscall the kernel side decodes, on both ends of a keep-alive connection: the
+/// client sends and receives with send/recv (sendto/recvfrom), write/read, writev/readv,
+/// sendmsg/recvmsg and sendmmsg/recvmmsg, and once with a MSG_PEEK before each receive (the
+/// peeked bytes must not be taken twice); the server reads with recv_into and answers with
+/// writev for the head and sendfile for a 10 kB body. The second request of each connection is
+/// parsed right on the server only if the sendfile's byte count was accounted for.
+#[test]
+fn every_decoded_data_syscall_is_captured() {
+    require_root();
+    let receiver = Receiver::start();
+    let port = peers::free_port();
+    let mut server_cmd = peers::python_script("sendfile_server.py");
+    server_cmd.args([port.to_string().as_str(), "10000"]);
+    let _server = Peer::server(
+        "sendfile_server",
+        server_cmd,
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+    );
+    let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[port]));
+
+    let runs = [
+        ("send", false),
+        ("rw", false),
+        ("vec", false),
+        ("iov", false),
+        ("mmsg", false),
+        ("send", true),
+        ("mmsg", true),
+    ];
+    let paths = |calls: &str, peek: bool| {
+        let name = if peek {
+            format!("{calls}-peek")
+        } else {
+            calls.to_string()
+        };
+        [format!("/calls/{name}/1"), format!("/calls/{name}/2")]
+    };
+    for (calls, peek) in runs {
+        let mut client = peers::python_script("socket_client.py");
+        client.args(["127.0.0.1", &port.to_string(), "--calls", calls]);
+        if peek {
+            client.arg("--peek");
+        }
+        client.args(paths(calls, peek));
+        peers::run_client(client);
+    }
+    for (calls, peek) in runs {
+        for path in paths(calls, peek) {
+            let client = one(&receiver, false, &path);
+            let server = one(&receiver, true, &path);
+            check::child_of(&server, &client);
+            check::within(&server, &client);
+            check::attr_int(&server, "http.response.status_code", 200);
+            check::attr_int(&client, "http.response.status_code", 200);
+        }
     }
     agent.stop();
 }
@@ -102,13 +159,15 @@ fn connection_opened_before_the_agent_is_picked_up_at_its_next_request() {
     let mut agent = Agent::start(&AgentArgs::grpc(&receiver).ports(&[port]));
     std::fs::write(&go, b"go").unwrap();
 
-    // The client's first write after attaching is seen; the server was blocked in read().
-    one(&receiver, false, "/after/1");
-    let server = one(&receiver, true, "/after/2");
-    let client_span = one(&receiver, false, "/after/2");
-    check::child_of(&server, &client_span);
-    check::attr_str(&server, "network.peer.address", "127.0.0.1");
-    check::attr_int(&server, "server.port", i64::from(port));
+    // The server thread was blocked in read() when the probes were attached: the bytes are
+    // taken when that read returns, so its first request after the agent started is seen too.
+    for path in ["/after/1", "/after/2"] {
+        let server = one(&receiver, true, path);
+        let client_span = one(&receiver, false, path);
+        check::child_of(&server, &client_span);
+        check::attr_str(&server, "network.peer.address", "127.0.0.1");
+        check::attr_int(&server, "server.port", i64::from(port));
+    }
     assert!(
         receiver
             .spans()

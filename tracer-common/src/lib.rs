@@ -97,6 +97,9 @@ pub mod counter {
     pub const CONN_MUTED: u32 = 9;
     /// Process changes (`exec`, exit) reported to the agent.
     pub const PROC_EVENTS: u32 = 10;
+    /// TCP socket I/O of a traced process outside the data syscalls the kernel side decodes
+    /// (io_uring, `splice`, a kernel thread, a 32-bit process): not captured.
+    pub const UNDECODED_CALL: u32 = 11;
     /// Number of counters.
     pub const COUNT: u32 = 12;
 }

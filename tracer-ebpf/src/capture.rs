@@ -1,4 +1,4 @@
-//! Turning a finished socket syscall into a `DataEvent`: connection identity, the socket's
+//! Turning TCP socket I/O into a `DataEvent`: connection identity, the socket's
 //! endpoints and the payload prefix, built in the per-CPU `SCRATCH` slot and copied into the
 //! ring buffer with its exact length.
 
@@ -27,6 +27,19 @@ pub enum Payload {
     Iov { ptr: u64, count: u64 },
     /// Not capturable (for example `sendfile`): only the byte count is reported.
     NotCaptured,
+}
+
+/// The iovec array of a `struct user_msghdr` (`msg_iov` at 16, `msg_iovlen` at 24).
+#[inline(always)]
+pub fn msghdr_iov(msghdr: u64) -> Payload {
+    // SAFETY: user pointer reads through the checked helper.
+    let (ptr, count) = unsafe {
+        (
+            bpf_probe_read_user((msghdr + 16) as *const u64).unwrap_or(0),
+            bpf_probe_read_user((msghdr + 24) as *const u64).unwrap_or(0),
+        )
+    };
+    Payload::Iov { ptr, count }
 }
 
 /// Finds the connection of this socket, or starts one. Returns a pointer into the map (keeps

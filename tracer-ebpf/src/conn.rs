@@ -42,8 +42,7 @@ fn stash(ctx: &TracePointContext, syscall: u8) -> u32 {
         sock: 0,
         fd: fd as i32,
         syscall,
-        peek: 0,
-        _pad: [0; 2],
+        _pad: [0; 3],
     };
     let _ = INFLIGHT.insert(&id, &inflight, 0);
     0

@@ -50,7 +50,8 @@ pub fn wakeup_flags() -> u64 {
     }
 }
 
-/// A syscall between its enter and exit tracepoints, keyed by `pid_tgid`.
+/// A syscall between its enter and exit tracepoints (`*mmsg`, `connect`, `accept`), keyed by
+/// `pid_tgid`; the other data syscalls build one on the stack at the sock tracepoint.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Inflight {
@@ -63,9 +64,7 @@ pub struct Inflight {
     pub sock: u64,
     pub fd: i32,
     pub syscall: u8,
-    /// Set when a receive only peeked (`MSG_PEEK`): the bytes will be read again.
-    pub peek: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
 }
 
 #[map]

@@ -1,21 +1,23 @@
-//! Socket data syscalls: `read`, `write`, `readv`, `writev`, `sendto`, `recvfrom`, `sendmsg`,
-//! `recvmsg`, `sendmmsg`, `recvmmsg` and `sendfile64`, each a `syscalls:sys_enter_*` /
-//! `sys_exit_*` tracepoint pair (any kernel with syscall tracepoints).
+//! `sendmmsg` / `recvmmsg`: the one kind of data syscall still taken as a
+//! `syscalls:sys_enter_*` / `sys_exit_*` pair. One call moves several messages, each a
+//! `sock_sendmsg`/`sock_recvmsg` of its own, and the sock tracepoint cannot tell which
+//! message it fires for; so the enter stashes the `mmsghdr` array per thread (`INFLIGHT`), the
+//! sock tracepoint marks it as TCP socket I/O (`note_socket`), and the exit emits one record
+//! per message, up to `MAX_MMSG`, with the lengths the kernel wrote back.
 //!
-//! Arguments come from the tracepoint format: `fd` at 16, the buffer / iovec / msghdr pointer
-//! at 24, the length / iovec count / message count at 32; the exit's return value at 16.
-//! The payload is read at exit, when the return value says how much of it is valid.
+//! Arguments come from the tracepoint format: `fd` at 16, the `mmsghdr` array at 24, `vlen`
+//! at 32; the exit's return value (messages moved) at 16.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{MAX_MMSG, counter, data_flags, direction, syscall};
+use tracer_common::{MAX_MMSG, counter, direction, syscall};
 
 use crate::record::field;
 use crate::{
-    capture::{Payload, emit_data, wanted_connection},
+    capture::{emit_data, msghdr_iov, wanted_connection},
     maps::{INFLIGHT, Inflight, bump, is_traced},
 };
 
@@ -41,13 +43,26 @@ fn enter(ctx: &TracePointContext, syscall: u8) -> u32 {
         sock: 0,
         fd: fd as i32,
         syscall,
-        peek: 0,
-        _pad: [0; 2],
+        _pad: [0; 3],
     };
     if INFLIGHT.insert(&id, &inflight, 0).is_err() {
         bump(counter::INFLIGHT_FULL);
     }
     0
+}
+
+/// Called by the sock tracepoints for TCP socket I/O inside a `*mmsg` call: marks the stashed
+/// call as socket I/O on `sock`.
+#[inline(always)]
+pub fn note_socket(pid_tgid: u64, sock: u64) {
+    if let Some(inflight) = INFLIGHT.get_ptr_mut(&pid_tgid) {
+        // SAFETY: pointer from the map lookup, valid for this program run.
+        unsafe {
+            if (*inflight).sock == 0 {
+                (*inflight).sock = sock;
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -60,7 +75,7 @@ fn exit(ctx: &TracePointContext) -> u32 {
     let _ = INFLIGHT.remove(&id);
     // SAFETY: `ret` is at 16 in every sys_exit format.
     let ret = unsafe { field::<i64>(ctx, 16) };
-    if inflight.sock == 0 || inflight.peek != 0 || ret <= 0 {
+    if inflight.sock == 0 || ret <= 0 {
         return 0;
     }
     let Some(conn) = wanted_connection((id >> 32) as u32, &inflight) else {
@@ -68,212 +83,54 @@ fn exit(ctx: &TracePointContext) -> u32 {
     };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let bytes = ret as u64;
-    match inflight.syscall {
-        syscall::READ | syscall::RECVFROM => emit_data(
-            id,
-            conn,
-            &inflight,
-            now,
-            bytes,
-            direction::INGRESS,
-            Payload::Buf(inflight.ptr),
-            0,
-        ),
-        syscall::WRITE | syscall::SENDTO => emit_data(
-            id,
-            conn,
-            &inflight,
-            now,
-            bytes,
-            direction::EGRESS,
-            Payload::Buf(inflight.ptr),
-            0,
-        ),
-        syscall::READV => emit_data(
-            id,
-            conn,
-            &inflight,
-            now,
-            bytes,
-            direction::INGRESS,
-            Payload::Iov {
-                ptr: inflight.ptr,
-                count: inflight.count,
-            },
-            0,
-        ),
-        syscall::WRITEV => emit_data(
-            id,
-            conn,
-            &inflight,
-            now,
-            bytes,
-            direction::EGRESS,
-            Payload::Iov {
-                ptr: inflight.ptr,
-                count: inflight.count,
-            },
-            0,
-        ),
-        syscall::RECVMSG | syscall::SENDMSG => {
-            let dir = if inflight.syscall == syscall::RECVMSG {
-                direction::INGRESS
-            } else {
-                direction::EGRESS
-            };
-            let iov = msghdr_iov(inflight.ptr);
-            emit_data(id, conn, &inflight, now, bytes, dir, iov, 0);
+    let dir = if inflight.syscall == syscall::RECVMMSG {
+        direction::INGRESS
+    } else {
+        direction::EGRESS
+    };
+    // `ret` is the number of messages; `struct mmsghdr` is a 56-byte msghdr followed by the
+    // u32 `msg_len`, 64 bytes in all.
+    for i in 0..MAX_MMSG {
+        if (i as i64) >= ret {
+            break;
         }
-        syscall::RECVMMSG | syscall::SENDMMSG => {
-            let dir = if inflight.syscall == syscall::RECVMMSG {
-                direction::INGRESS
-            } else {
-                direction::EGRESS
-            };
-            // `ret` is the number of messages; `struct mmsghdr` is a 56-byte msghdr followed
-            // by the u32 `msg_len`, 64 bytes in all.
-            for i in 0..MAX_MMSG {
-                if (i as i64) >= ret {
-                    break;
-                }
-                let hdr = inflight.ptr + (i as u64) * 64;
-                // SAFETY: user pointer read through the checked helper.
-                let Ok(len) = (unsafe { bpf_probe_read_user((hdr + 56) as *const u32) }) else {
-                    break;
-                };
-                if len > 0 {
-                    emit_data(
-                        id,
-                        conn,
-                        &inflight,
-                        now,
-                        len as u64,
-                        dir,
-                        msghdr_iov(hdr),
-                        0,
-                    );
-                }
-            }
-        }
-        syscall::SENDFILE => {
-            bump(counter::SENDFILE_UNCAPTURED);
+        let hdr = inflight.ptr + (i as u64) * 64;
+        // SAFETY: user pointer read through the checked helper.
+        let Ok(len) = (unsafe { bpf_probe_read_user((hdr + 56) as *const u32) }) else {
+            break;
+        };
+        if len > 0 {
             emit_data(
                 id,
                 conn,
                 &inflight,
                 now,
-                bytes,
-                direction::EGRESS,
-                Payload::NotCaptured,
-                data_flags::BODY_NOT_CAPTURED,
+                len as u64,
+                dir,
+                msghdr_iov(hdr),
+                0,
             );
         }
-        _ => {}
     }
     0
 }
 
-/// The iovec array of a `struct user_msghdr` (`msg_iov` at 16, `msg_iovlen` at 24).
-#[inline(always)]
-fn msghdr_iov(msghdr: u64) -> Payload {
-    // SAFETY: user pointer reads through the checked helper.
-    let (ptr, count) = unsafe {
-        (
-            bpf_probe_read_user((msghdr + 16) as *const u64).unwrap_or(0),
-            bpf_probe_read_user((msghdr + 24) as *const u64).unwrap_or(0),
-        )
-    };
-    Payload::Iov { ptr, count }
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmmsg")]
+pub fn enter_sendmmsg(ctx: TracePointContext) -> u32 {
+    enter(&ctx, syscall::SENDMMSG)
 }
 
-macro_rules! syscall_pair {
-    ($enter:ident, $exit:ident, $enter_name:literal, $exit_name:literal, $kind:expr) => {
-        #[tracepoint(category = "syscalls", name = $enter_name)]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            enter(&ctx, $kind)
-        }
-        #[tracepoint(category = "syscalls", name = $exit_name)]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit(&ctx)
-        }
-    };
+#[tracepoint(category = "syscalls", name = "sys_exit_sendmmsg")]
+pub fn exit_sendmmsg(ctx: TracePointContext) -> u32 {
+    exit(&ctx)
 }
 
-syscall_pair!(
-    enter_read,
-    exit_read,
-    "sys_enter_read",
-    "sys_exit_read",
-    syscall::READ
-);
-syscall_pair!(
-    enter_write,
-    exit_write,
-    "sys_enter_write",
-    "sys_exit_write",
-    syscall::WRITE
-);
-syscall_pair!(
-    enter_readv,
-    exit_readv,
-    "sys_enter_readv",
-    "sys_exit_readv",
-    syscall::READV
-);
-syscall_pair!(
-    enter_writev,
-    exit_writev,
-    "sys_enter_writev",
-    "sys_exit_writev",
-    syscall::WRITEV
-);
-syscall_pair!(
-    enter_sendto,
-    exit_sendto,
-    "sys_enter_sendto",
-    "sys_exit_sendto",
-    syscall::SENDTO
-);
-syscall_pair!(
-    enter_recvfrom,
-    exit_recvfrom,
-    "sys_enter_recvfrom",
-    "sys_exit_recvfrom",
-    syscall::RECVFROM
-);
-syscall_pair!(
-    enter_sendmsg,
-    exit_sendmsg,
-    "sys_enter_sendmsg",
-    "sys_exit_sendmsg",
-    syscall::SENDMSG
-);
-syscall_pair!(
-    enter_recvmsg,
-    exit_recvmsg,
-    "sys_enter_recvmsg",
-    "sys_exit_recvmsg",
-    syscall::RECVMSG
-);
-syscall_pair!(
-    enter_sendmmsg,
-    exit_sendmmsg,
-    "sys_enter_sendmmsg",
-    "sys_exit_sendmmsg",
-    syscall::SENDMMSG
-);
-syscall_pair!(
-    enter_recvmmsg,
-    exit_recvmmsg,
-    "sys_enter_recvmmsg",
-    "sys_exit_recvmmsg",
-    syscall::RECVMMSG
-);
-syscall_pair!(
-    enter_sendfile,
-    exit_sendfile,
-    "sys_enter_sendfile64",
-    "sys_exit_sendfile64",
-    syscall::SENDFILE
-);
+#[tracepoint(category = "syscalls", name = "sys_enter_recvmmsg")]
+pub fn enter_recvmmsg(ctx: TracePointContext) -> u32 {
+    enter(&ctx, syscall::RECVMMSG)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_recvmmsg")]
+pub fn exit_recvmmsg(ctx: TracePointContext) -> u32 {
+    exit(&ctx)
+}

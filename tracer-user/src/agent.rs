@@ -286,6 +286,9 @@ fn refresh_kernel_counters(probes: &Probes, metrics: &Metrics) {
                 .store(k.conn_insert_failed, Relaxed);
             metrics.kernel_conn_muted.store(k.conn_muted, Relaxed);
             metrics.kernel_proc_events.store(k.proc_events, Relaxed);
+            metrics
+                .kernel_undecoded_call
+                .store(k.undecoded_call, Relaxed);
         }
         Err(e) => warn!("cannot read kernel counters: {e}"),
     }

@@ -40,6 +40,10 @@ pub enum LoadError {
         source: aya::maps::MapError,
     },
     #[error(
+        "the kernel programs decode x86_64 syscalls only (syscall numbers and registers); this is {0}"
+    )]
+    UnsupportedArch(&'static str),
+    #[error(
         "kernel lacks tracepoint sock:{0} (Linux 6.3+ is needed to tell TCP socket I/O apart without kprobes)"
     )]
     NoSockTracepoint(&'static str),
@@ -68,28 +72,10 @@ pub struct LoadOptions {
 const TRACEPOINTS: &[(&str, &str, &str, bool)] = &[
     ("sock_send_length", "sock", "sock_send_length", true),
     ("sock_recv_length", "sock", "sock_recv_length", true),
-    ("enter_read", "syscalls", "sys_enter_read", true),
-    ("exit_read", "syscalls", "sys_exit_read", true),
-    ("enter_write", "syscalls", "sys_enter_write", true),
-    ("exit_write", "syscalls", "sys_exit_write", true),
-    ("enter_readv", "syscalls", "sys_enter_readv", false),
-    ("exit_readv", "syscalls", "sys_exit_readv", false),
-    ("enter_writev", "syscalls", "sys_enter_writev", false),
-    ("exit_writev", "syscalls", "sys_exit_writev", false),
-    ("enter_sendto", "syscalls", "sys_enter_sendto", false),
-    ("exit_sendto", "syscalls", "sys_exit_sendto", false),
-    ("enter_recvfrom", "syscalls", "sys_enter_recvfrom", false),
-    ("exit_recvfrom", "syscalls", "sys_exit_recvfrom", false),
-    ("enter_sendmsg", "syscalls", "sys_enter_sendmsg", false),
-    ("exit_sendmsg", "syscalls", "sys_exit_sendmsg", false),
-    ("enter_recvmsg", "syscalls", "sys_enter_recvmsg", false),
-    ("exit_recvmsg", "syscalls", "sys_exit_recvmsg", false),
     ("enter_sendmmsg", "syscalls", "sys_enter_sendmmsg", false),
     ("exit_sendmmsg", "syscalls", "sys_exit_sendmmsg", false),
     ("enter_recvmmsg", "syscalls", "sys_enter_recvmmsg", false),
     ("exit_recvmmsg", "syscalls", "sys_exit_recvmmsg", false),
-    ("enter_sendfile", "syscalls", "sys_enter_sendfile64", false),
-    ("exit_sendfile", "syscalls", "sys_exit_sendfile64", false),
     ("enter_connect", "syscalls", "sys_enter_connect", false),
     ("exit_connect", "syscalls", "sys_exit_connect", false),
     ("enter_accept", "syscalls", "sys_enter_accept", false),
@@ -153,6 +139,9 @@ const WAKEUP_FRACTION: u32 = 8;
 pub fn load(options: &LoadOptions) -> Result<Probes, LoadError> {
     if EBPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
+    }
+    if !cfg!(target_arch = "x86_64") {
+        return Err(LoadError::UnsupportedArch(std::env::consts::ARCH));
     }
     ensure_tracefs()?;
     let filter_pids: u32 = u32::from(!options.pids.is_empty());
@@ -302,6 +291,7 @@ impl Probes {
             conn_insert_failed: sum(counter::CONN_INSERT_FAILED),
             conn_muted: sum(counter::CONN_MUTED),
             proc_events: sum(counter::PROC_EVENTS),
+            undecoded_call: sum(counter::UNDECODED_CALL),
         })
     }
 
@@ -357,4 +347,5 @@ pub struct KernelCounters {
     pub conn_insert_failed: u64,
     pub conn_muted: u64,
     pub proc_events: u64,
+    pub undecoded_call: u64,
 }

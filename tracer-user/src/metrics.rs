@@ -32,6 +32,7 @@ counters! {
     kernel_conn_insert_failed => ("events_dropped_total", "kernel_conn_table"),
     kernel_conn_muted => ("connections_filtered_total", "kernel_muted"),
     kernel_proc_events => ("process_events_total", "kernel"),
+    kernel_undecoded_call => ("socket_io_undecoded_total", "kernel"),
     processes_muted => ("processes_filtered_total", "kernel_muted"),
     mutes_failed => ("mutes_failed_total", "kernel"),
     events_received => ("events_received_total", "reader"),

@@ -1,0 +1,93 @@
+//! Which syscall the current thread is in, and its arguments, read from the registers it
+//! entered the kernel with. The sock tracepoints (`sock.rs`) fire inside `sock_sendmsg` /
+//! `sock_recvmsg` and say nothing of the syscall around them; this is how they learn the
+//! user buffer to copy without a `sys_enter_*` program stashing it on every data syscall of
+//! every process.
+//!
+//! x86_64 only: the syscall numbers and the `struct pt_regs` layout below are that ABI's
+//! (the agent refuses to load elsewhere). 32-bit (compat) callers are not decoded.
+
+use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs};
+use tracer_common::syscall;
+
+/// x86_64 syscall numbers of the data syscalls decoded here.
+mod nr {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDFILE: u64 = 40;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+    pub const RECVMMSG: u64 = 299;
+    pub const SENDMMSG: u64 = 307;
+}
+
+/// `__USER_CS`: the code segment of a 64-bit user-mode frame. Kernel threads (and io_uring
+/// workers) have zeroed registers, and compat tasks `__USER32_CS`.
+const USER64_CS: u64 = 0x33;
+
+/// The syscall in progress on this thread: its `tracer_common::syscall` kind and first
+/// three arguments (fd, buffer / iovec / msghdr pointer, length / count).
+#[derive(Clone, Copy)]
+pub struct Call {
+    pub kind: u8,
+    pub fd: i32,
+    pub ptr: u64,
+    pub count: u64,
+}
+
+/// `struct pt_regs` from `r10` (offset 56) to `cs` (offset 136), as one read.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Regs {
+    r10: u64,
+    r9: u64,
+    r8: u64,
+    ax: u64,
+    cx: u64,
+    dx: u64,
+    si: u64,
+    di: u64,
+    orig_ax: u64,
+    ip: u64,
+    cs: u64,
+}
+const REGS_OFFSET: usize = 56;
+
+/// The data syscall this thread is in, or `None` when it is not in one we decode (a kernel
+/// thread, io_uring, `splice`, a 32-bit process).
+#[inline(always)]
+pub fn current() -> Option<Call> {
+    // SAFETY: the helpers return the current task and its saved user registers; the read
+    // goes through bpf_probe_read_kernel and tolerates failure.
+    let regs = unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        bpf_probe_read_kernel(regs.add(REGS_OFFSET) as *const Regs).ok()?
+    };
+    if regs.cs != USER64_CS {
+        return None;
+    }
+    let kind = match regs.orig_ax {
+        nr::READ => syscall::READ,
+        nr::WRITE => syscall::WRITE,
+        nr::READV => syscall::READV,
+        nr::WRITEV => syscall::WRITEV,
+        nr::SENDFILE => syscall::SENDFILE,
+        nr::SENDTO => syscall::SENDTO,
+        nr::RECVFROM => syscall::RECVFROM,
+        nr::SENDMSG => syscall::SENDMSG,
+        nr::RECVMSG => syscall::RECVMSG,
+        nr::RECVMMSG => syscall::RECVMMSG,
+        nr::SENDMMSG => syscall::SENDMMSG,
+        _ => return None,
+    };
+    Some(Call {
+        kind,
+        fd: regs.di as i32,
+        ptr: regs.si,
+        count: regs.dx,
+    })
+}
