@@ -4,10 +4,14 @@
 //! user buffer to copy without a `sys_enter_*` program stashing it on every data syscall of
 //! every process.
 //!
-//! x86_64 only: the syscall numbers and the `struct pt_regs` layout below are that ABI's
-//! (the agent refuses to load elsewhere). 32-bit (compat) callers are not decoded.
+//! x86_64 only: the syscall numbers below and the register names are that ABI's (`pt_regs`
+//! comes from aya's bindings for the target architecture; the agent refuses to load
+//! elsewhere). 32-bit (compat) callers are not decoded.
 
-use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs};
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
+};
 use tracer_common::syscall;
 
 /// x86_64 syscall numbers of the data syscalls decoded here.
@@ -39,24 +43,6 @@ pub struct Call {
     pub count: u64,
 }
 
-/// `struct pt_regs` from `r10` (offset 56) to `cs` (offset 136), as one read.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Regs {
-    r10: u64,
-    r9: u64,
-    r8: u64,
-    ax: u64,
-    cx: u64,
-    dx: u64,
-    si: u64,
-    di: u64,
-    orig_ax: u64,
-    ip: u64,
-    cs: u64,
-}
-const REGS_OFFSET: usize = 56;
-
 /// The data syscall this thread is in, or `None` when it is not in one we decode (a kernel
 /// thread, io_uring, `splice`, a 32-bit process).
 #[inline(always)]
@@ -64,13 +50,13 @@ pub fn current() -> Option<Call> {
     // SAFETY: the helpers return the current task and its saved user registers; the read
     // goes through bpf_probe_read_kernel and tolerates failure.
     let regs = unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-        bpf_probe_read_kernel(regs.add(REGS_OFFSET) as *const Regs).ok()?
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        bpf_probe_read_kernel(regs).ok()?
     };
     if regs.cs != USER64_CS {
         return None;
     }
-    let kind = match regs.orig_ax {
+    let kind = match regs.orig_rax {
         nr::READ => syscall::READ,
         nr::WRITE => syscall::WRITE,
         nr::READV => syscall::READV,
@@ -86,8 +72,8 @@ pub fn current() -> Option<Call> {
     };
     Some(Call {
         kind,
-        fd: regs.di as i32,
-        ptr: regs.si,
-        count: regs.dx,
+        fd: regs.rdi as i32,
+        ptr: regs.rsi,
+        count: regs.rdx,
     })
 }
