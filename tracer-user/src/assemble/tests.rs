@@ -125,23 +125,17 @@ fn by_name<'a>(spans: &'a [SpanRecord], name: &str, kind: SpanKind) -> &'a SpanR
 
 /// caller pid 1 (client 10.0.0.1:4000) -> callee pid 2 (server 10.0.0.2:80)
 fn same_host_pair(server_first: bool) -> Vec<SpanRecord> {
+    same_host_pair_at(server_first, at(MS, 11), at(2 * MS, 22))
+}
+
+/// [`same_host_pair`] with the caller's request write and the callee's read at `write` and
+/// `read`.
+fn same_host_pair_at(server_first: bool, write: Timing, read: Timing) -> Vec<SpanRecord> {
     let mut a = assembler();
     let client = meta(1, 1, "10.0.0.1:4000", "10.0.0.2:80");
     let server = meta(2, 2, "10.0.0.2:80", "10.0.0.1:4000");
-    let sends = || {
-        (
-            client,
-            Direction::Egress,
-            request(0, "/x", at(MS, 11), None),
-        )
-    };
-    let reads = || {
-        (
-            server,
-            Direction::Ingress,
-            request(0, "/x", at(2 * MS, 22), None),
-        )
-    };
+    let sends = || (client, Direction::Egress, request(0, "/x", write, None));
+    let reads = || (server, Direction::Ingress, request(0, "/x", read, None));
     let order = if server_first {
         [reads(), sends()]
     } else {
@@ -536,9 +530,6 @@ fn a_request_seen_on_one_side_only_does_not_shift_same_host_pairing() {
 #[test]
 fn a_callee_read_ending_before_the_callers_write_still_pairs() {
     for server_first in [false, true] {
-        let mut a = assembler();
-        let client = meta(1, 1, "10.0.0.1:4000", "10.0.0.2:80");
-        let server = meta(2, 2, "10.0.0.2:80", "10.0.0.1:4000");
         let write = Timing {
             not_before_ns: MS / 2,
             exit_ns: 3 * MS,
@@ -549,34 +540,7 @@ fn a_callee_read_ending_before_the_callers_write_still_pairs() {
             exit_ns: 2 * MS,
             tid: 22,
         };
-        let sends = (client, request(0, "/x", write, None));
-        let reads = (server, request(0, "/x", read, None));
-        let order = if server_first {
-            [reads, sends]
-        } else {
-            [sends, reads]
-        };
-        for (m, msg) in order {
-            let d = if m.conn_id == 1 {
-                Direction::Egress
-            } else {
-                Direction::Ingress
-            };
-            feed(&mut a, m, d, msg);
-        }
-        feed(
-            &mut a,
-            server,
-            Direction::Egress,
-            response(0, 200, at(5 * MS, 22)),
-        );
-        feed(
-            &mut a,
-            client,
-            Direction::Ingress,
-            response(0, 200, at(6 * MS, 11)),
-        );
-        let spans = a.tick(500 * MS);
+        let spans = same_host_pair_at(server_first, write, read);
         let c = by_name(&spans, "GET /x", SpanKind::Client);
         let s = by_name(&spans, "GET /x", SpanKind::Server);
         assert_eq!(
