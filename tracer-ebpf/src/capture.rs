@@ -143,7 +143,7 @@ fn copy_user(payload: *mut u8, off: usize, src: u64, len: usize) -> usize {
     if ret == 0 { len } else { 0 }
 }
 
-/// The connection of a finished socket syscall when its bytes are wanted: not ignored since
+/// The connection of a socket send or receive when its bytes are wanted: not ignored since
 /// it was first seen, and not muted by the agent (a mute request is moved into the
 /// connection's state here, where every later syscall looks anyway).
 #[inline(always)]

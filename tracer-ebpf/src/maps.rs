@@ -128,8 +128,8 @@ pub static AGENT_SOCKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1024,
 #[map]
 pub static MUTED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
-/// Connections (`conn_id`) the agent wants no more bytes of. Read when a connection's next
-/// syscall finishes, which moves the mark into `ConnState::ignore` and removes the entry.
+/// Connections (`conn_id`) the agent wants no more bytes of. Read at a connection's next send
+/// or receive, which moves the mark into `ConnState::ignore` and removes the entry.
 #[map]
 pub static MUTED_CONNS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
 

@@ -46,9 +46,9 @@ fn socket_io(ctx: &TracePointContext, dir: u8) {
         note_agent_port(ctx);
         return;
     }
-    if !is_traced(tgid) {
-        return;
-    }
+    // The record's own tests come first: they are direct loads, and most socket I/O that is
+    // not wanted (EAGAIN, unix and UDP sockets) stops here without the map lookups of
+    // `is_traced`.
     // SAFETY: offsets and types from the tracepoint's format file.
     let (sk, family, protocol, ret, msg_flags) = unsafe {
         (
@@ -64,6 +64,9 @@ fn socket_io(ctx: &TracePointContext, dir: u8) {
     }
     // Nothing moved (EAGAIN, an error, end of stream), or a peek whose bytes come again.
     if ret <= 0 || (dir == direction::INGRESS && msg_flags & MSG_PEEK != 0) {
+        return;
+    }
+    if !is_traced(tgid) {
         return;
     }
     let Some(call) = current() else {
