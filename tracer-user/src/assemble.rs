@@ -24,11 +24,11 @@
 //! callee        |--read req--|...handler...|--write resp--|            SERVER span
 //! ```
 //! A SERVER span with no context waits for its CLIENT span until the event stream (the latest
-//! kernel time seen) is `settle / 5` past its start, or `settle` has passed. A span leaves
-//! once its own and its ancestors' positions are decided and the stream is `settle / 5` past
-//! its end (`settle` at the latest); a SERVER span's timing skeleton stays until `settle` as
-//! an inference candidate while calls of its process wait to be placed; identities stay in
-//! `exported`.
+//! kernel time seen) is a reorder grace past its start (`settle / 5`, at most 50 ms), or
+//! `settle` has passed. A span leaves once its own and its ancestors' positions are decided
+//! and the stream is that grace past its end (`settle` at the latest); a SERVER span's
+//! timing skeleton stays until `settle` as an inference candidate while calls of its process
+//! wait to be placed; identities stay in `exported`.
 
 use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
 
@@ -120,6 +120,10 @@ struct PendingSpan {
     /// Its record has left (`build` took name, attributes and status); what stays is what
     /// inference and its children still need, until `settle` after its end.
     sent: bool,
+    /// Another span names it (parent, span link or clamp bound): its identity must outlive it
+    /// in `exported`. Nothing new can name a span once it has left `spans` (every placement
+    /// looks candidates up there), so the identity of one never named is dropped with it.
+    referenced: bool,
 }
 
 /// The calls of one name linked to a SERVER span.
@@ -175,6 +179,8 @@ pub struct Assembler {
     /// names none.
     recent_tokens: FxHashMap<(u32, u64), inference::Recent>,
     recent_requests: FxHashMap<u32, inference::Recent>,
+    /// Processes that made calls while serving nothing, and when they last did.
+    pure_clients: FxHashMap<u32, u64>,
     /// Learned delay from a request's start to each call it makes, per endpoint pair.
     delays: inference::DelayModel,
 }
@@ -188,6 +194,18 @@ const MAX_SERVING_INDEX: usize = 256;
 /// Unmatched same-host spans kept per connection tuple at most: on one connection requests
 /// pair in order, so an older one still unmatched lost its other side.
 const MAX_UNMATCHED_PER_TUPLE: usize = 64;
+
+/// Longest the two ends' records of one same-host request are taken to arrive apart.
+const MAX_REORDER_GRACE_NS: u64 = 50_000_000;
+
+/// How far behind the latest event a moment must be for its records to be in: the writer's
+/// record of a same-host request can follow the reader's (the reader's `read` can return
+/// before the writer's `write` exits; a writer preempted in between delays its record by a
+/// time slice, milliseconds). A fifth of the settle time, at most 50 ms: every span stays at
+/// least this long, so it sets how many are held at a given rate.
+fn reorder_grace(settle_ns: u64) -> u64 {
+    (settle_ns / 5).min(MAX_REORDER_GRACE_NS)
+}
 
 /// Appends `handle` to a bounded index list, dropping the oldest entry when full.
 fn push_bounded(list: &mut Vec<u64>, handle: u64, max: usize) {
@@ -224,6 +242,7 @@ impl Assembler {
             watermark_ns: 0,
             recent_tokens: FxHashMap::default(),
             recent_requests: FxHashMap::default(),
+            pure_clients: FxHashMap::default(),
             delays: inference::DelayModel::default(),
         }
     }
@@ -334,6 +353,7 @@ impl Assembler {
             from_worker: false,
             clamp_to: None,
             sent: false,
+            referenced: false,
         };
         if !req.expects_response {
             span.end_ns = Some(req.last.exit_ns);
@@ -410,6 +430,7 @@ impl Assembler {
                     if let Some(span) = self.spans.get_mut(&handle) {
                         span.clamp_to = Some(client);
                     }
+                    self.mark_referenced(client);
                 }
                 None => queue_bounded(self.unmatched_servers.entry(tuple).or_default(), handle),
             }
@@ -473,7 +494,10 @@ impl Assembler {
         );
         if let Some(server) = waiting {
             match self.spans.get_mut(&server) {
-                Some(s) if matches!(s.parent, Parent::Remote(_)) => s.clamp_to = Some(handle),
+                Some(s) if matches!(s.parent, Parent::Remote(_)) => {
+                    s.clamp_to = Some(handle);
+                    self.mark_referenced(handle);
+                }
                 _ => self.link(server, handle, "same_host", 1.0),
             }
         } else {
@@ -486,6 +510,15 @@ impl Assembler {
     fn infer_or_defer(&mut self, handle: u64, pid: u32) {
         match self.infer_parent(handle) {
             Some(guess) if guess.at_once => self.commit_guess(handle, guess),
+            // A process whose calls have been roots for want of a request, and that served
+            // none lately, is a client (a load generator, a batch job): its calls are roots at
+            // once, not held a settling window for a request that is not coming. (The first
+            // calls of a process wait: its first request may be read after its call.)
+            None if self.pure_clients.contains_key(&pid)
+                && !self.recent_requests.contains_key(&pid) =>
+            {
+                self.pure_clients.insert(pid, self.watermark_ns);
+            }
             _ => self.defer_placement(handle, pid),
         }
     }
@@ -500,6 +533,13 @@ impl Assembler {
             span.link_method = guess.method;
             span.confidence = guess.confidence;
             span.link_candidates.push(guess.parent);
+            self.mark_referenced(guess.parent);
+        }
+    }
+
+    fn mark_referenced(&mut self, handle: u64) {
+        if let Some(span) = self.spans.get_mut(&handle) {
+            span.referenced = true;
         }
     }
 
@@ -563,6 +603,7 @@ impl Assembler {
             let (start, end, name_key) = (span.start_ns, span.end_ns, span.name_key);
             self.count_call(parent, start, end, name_key, method);
         }
+        self.mark_referenced(parent);
     }
 
     fn on_response(&mut self, meta: &ConnMeta, resp: Response) {
@@ -634,10 +675,7 @@ impl Assembler {
     pub fn tick(&mut self, now_ns: u64) -> Vec<SpanRecord> {
         let settle = self.config.settle_ns;
         self.solve_deferred(now_ns);
-        // How far behind the latest event a moment must be for its records to be in: the
-        // writer's record of a same-host request can follow the reader's by a little (the
-        // reader's `read` can return before the writer's `write` exits).
-        let grace = settle / 5;
+        let grace = reorder_grace(settle);
         let seen = self.watermark_ns.min(now_ns);
         // One pass over the table (it holds every span of the last `settle`, tens of
         // thousands at high rates, and is visited every tick): decisions that timed out,
@@ -727,8 +765,10 @@ impl Assembler {
                 s.kind == SpanKind::Server
                     && self.unplaced.get(&s.pid).is_some_and(|l| !l.is_empty())
             };
-            if settled || self.spans.get(&handle).is_some_and(|s| !candidate(s)) {
-                self.spans.remove(&handle);
+            if (settled || self.spans.get(&handle).is_some_and(|s| !candidate(s)))
+                && self.spans.remove(&handle).is_some_and(|s| !s.referenced)
+            {
+                self.exported.remove(&handle);
             }
         }
         // Children start before their parent ends (a same-host SERVER span ends at most a
@@ -743,6 +783,8 @@ impl Assembler {
             .retain(|_, seen| now_ns.saturating_sub(seen.at_ns) <= forgotten);
         self.recent_requests
             .retain(|_, seen| now_ns.saturating_sub(seen.at_ns) <= forgotten);
+        self.pure_clients
+            .retain(|_, at_ns| now_ns.saturating_sub(*at_ns) <= forgotten);
         out
     }
 

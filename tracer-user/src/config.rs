@@ -149,8 +149,8 @@ pub struct Config {
     pub record_headers: Vec<String>,
 
     /// Longest a finished span is held so that late links can still be made, in ms. A span
-    /// whose place is decided leaves earlier: once the event stream is a fifth of this past
-    /// its end.
+    /// whose place is decided leaves earlier: once the event stream is a fifth of this (at
+    /// most 50 ms) past its end.
     #[arg(long, env = "TRACER_SETTLE_MS", default_value_t = 1000)]
     pub settle_ms: u64,
 

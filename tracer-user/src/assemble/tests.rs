@@ -21,9 +21,13 @@ impl ResourceSource for Fixed {
 }
 
 fn assembler() -> Assembler {
+    assembler_settling(100 * MS)
+}
+
+fn assembler_settling(settle_ns: u64) -> Assembler {
     Assembler::new(
         AssemblerConfig {
-            settle_ns: 100 * MS,
+            settle_ns,
             request_timeout_ns: 10_000 * MS,
             max_pending: 1000,
             realtime_offset_ns: 0,
@@ -158,6 +162,58 @@ fn same_host_pair_at(server_first: bool, write: Timing, read: Timing) -> Vec<Spa
     );
     assert!(a.tick(50 * MS).is_empty(), "held until settled");
     a.tick(200 * MS)
+}
+
+/// Once spans have left, only the identity of one another span names (here the CLIENT end,
+/// parent of its same-host SERVER span) is kept for children decided later.
+#[test]
+fn only_identities_of_named_spans_outlive_them() {
+    let mut a = assembler();
+    let client = meta(1, 1, "10.0.0.1:4000", "10.0.0.2:80");
+    let server = meta(2, 2, "10.0.0.2:80", "10.0.0.1:4000");
+    let lone = meta(3, 2, "10.0.0.2:80", "10.0.0.9:5000");
+    feed(
+        &mut a,
+        client,
+        Direction::Egress,
+        request(0, "/x", at(MS, 11), None),
+    );
+    feed(
+        &mut a,
+        server,
+        Direction::Ingress,
+        request(0, "/x", at(2 * MS, 22), None),
+    );
+    feed(
+        &mut a,
+        lone,
+        Direction::Ingress,
+        request(0, "/y", at(2 * MS, 23), None),
+    );
+    feed(
+        &mut a,
+        server,
+        Direction::Egress,
+        response(0, 200, at(5 * MS, 22)),
+    );
+    feed(
+        &mut a,
+        lone,
+        Direction::Egress,
+        response(0, 200, at(5 * MS, 23)),
+    );
+    feed(
+        &mut a,
+        client,
+        Direction::Ingress,
+        response(0, 200, at(6 * MS, 11)),
+    );
+    let spans = a.tick(200 * MS);
+    assert_eq!(spans.len(), 3);
+    assert_eq!(a.pending(), 0);
+    let caller = by_name(&spans, "GET /x", SpanKind::Client);
+    let kept: Vec<[u8; 8]> = a.exported.values().map(|e| e.span_id).collect();
+    assert_eq!(kept, [caller.span_id]);
 }
 
 #[test]
@@ -636,6 +692,100 @@ fn a_call_seen_before_the_request_that_caused_it_waits_for_it() {
     let server = by_name(&spans, "GET /in", SpanKind::Server);
     let client = by_name(&spans, "GET /down", SpanKind::Client);
     assert_eq!(client.parent_span_id, Some(server.span_id));
+}
+
+/// A process that serves nothing (a load generator): its first call waits its settling
+/// window (a request that caused it may still arrive), the calls after that are roots at
+/// once and leave after the reorder grace; once it serves requests, its calls wait again.
+#[test]
+fn a_pure_clients_calls_leave_without_a_settling_window() {
+    // settle 1 s: settling window 200 ms, reorder grace 50 ms.
+    let mut a = assembler_settling(1000 * MS);
+    let out = meta(1, 9, "127.0.0.1:40000", "10.0.0.2:80");
+    let call = |a: &mut Assembler, key: u64, path: &str, start_ms: u64| {
+        feed(
+            a,
+            out,
+            Direction::Egress,
+            request(key, path, at(start_ms * MS, 90), None),
+        );
+        feed(
+            a,
+            out,
+            Direction::Ingress,
+            response(key, 200, at((start_ms + 1) * MS, 90)),
+        );
+    };
+    // Another process's traffic moves the event stream on.
+    let other = meta(3, 8, "127.0.0.1:7000", "127.0.0.1:6000");
+    let stream_at = |a: &mut Assembler, key: u64, ms: u64| {
+        feed(
+            a,
+            other,
+            Direction::Ingress,
+            request(key, "/other", at(ms * MS, 80), None),
+        );
+    };
+    let names = |spans: &[SpanRecord]| -> Vec<String> {
+        let mut names: Vec<String> = spans
+            .iter()
+            .filter(|s| s.kind == SpanKind::Client)
+            .map(|s| s.name.clone())
+            .collect();
+        names.sort();
+        names
+    };
+    call(&mut a, 0, "/first", 1);
+    stream_at(&mut a, 0, 100);
+    assert!(names(&a.tick(100 * MS)).is_empty(), "the first call waits");
+    let spans = a.tick(300 * MS);
+    assert_eq!(names(&spans), ["GET /first"]);
+    call(&mut a, 1, "/second", 400);
+    stream_at(&mut a, 1, 460);
+    let later = a.tick(460 * MS);
+    assert_eq!(
+        names(&later),
+        ["GET /second"],
+        "decided at once, out after the grace"
+    );
+    assert!(
+        spans
+            .iter()
+            .chain(&later)
+            .all(|s| s.kind == SpanKind::Server || s.parent_span_id.is_none())
+    );
+    // It serves a request; then a worker's call is seen before the request that caused it
+    // (head read at 515 ms, body complete at 530 ms): the call waits for it and is placed.
+    let inbound = meta(2, 9, "127.0.0.1:8000", "127.0.0.1:5001");
+    feed(
+        &mut a,
+        inbound,
+        Direction::Ingress,
+        request(0, "/in", at(500 * MS, 91), None),
+    );
+    feed(
+        &mut a,
+        inbound,
+        Direction::Egress,
+        response(0, 200, at(510 * MS, 91)),
+    );
+    call(&mut a, 2, "/third", 520);
+    let mut late = request(1, "/in2", at(515 * MS, 91), None);
+    if let Message::Request(r) = &mut late {
+        r.last = at(530 * MS, 91);
+    }
+    feed(&mut a, inbound, Direction::Ingress, late);
+    feed(
+        &mut a,
+        inbound,
+        Direction::Egress,
+        response(1, 200, at(540 * MS, 91)),
+    );
+    stream_at(&mut a, 2, 900);
+    let spans = a.tick(900 * MS);
+    let server = by_name(&spans, "GET /in2", SpanKind::Server);
+    let third = by_name(&spans, "GET /third", SpanKind::Client);
+    assert_eq!(third.parent_span_id, Some(server.span_id));
 }
 
 /// Hub pid 7: inbound connection `n` (port 8000) ...
