@@ -27,6 +27,7 @@ use crate::{
     event::{ConnOp, Event},
     export::{ExportConfig, Exporter, parse_headers, parse_protocol},
     health,
+    heap::PromptPurge,
     k8s::Kubernetes,
     loader::{self, LoadOptions, Probes},
     metrics::Metrics,
@@ -70,6 +71,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Node-side identity, plus the API watch of this node's pods when in a cluster; the watch
     // runs in the background and never delays start-up.
     let kubernetes = Kubernetes::start(config.k8s_api);
+    let start_up = PromptPurge::start();
     let sock_offsets = match btf::sock_offsets() {
         Ok(offsets) => offsets,
         Err(e) => {
@@ -89,6 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         process_rules: selection.has_process_rules(),
     })?;
     let ring = probes.take_ring_buffer()?;
+    drop(start_up);
 
     let exporter = Exporter::start(export_config(&config)?, metrics.clone())
         .context("starting the exporter")?;

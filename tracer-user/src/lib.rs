@@ -8,6 +8,7 @@ pub mod context;
 pub mod event;
 pub mod export;
 pub mod health;
+pub mod heap;
 pub mod k8s;
 pub mod loader;
 pub mod metrics;
