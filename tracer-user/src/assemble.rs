@@ -85,7 +85,7 @@ struct PendingSpan {
     confidence: f64,
     /// Spans that might have been the parent, linked rather than guessed.
     link_candidates: Vec<u64>,
-    name: String,
+    name: compact_str::CompactString,
     attributes: Vec<Attribute>,
     start_ns: u64,
     /// The earliest the request can have begun: a CLIENT span's first write can end after

@@ -2,16 +2,18 @@
 //! Conversion to OpenTelemetry's wire types happens only in `export::otlp`.
 
 use std::{
-    borrow::Cow,
     net::{IpAddr, Ipv4Addr},
     sync::Arc,
 };
 
+use compact_str::CompactString;
+
 /// An attribute value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
-    /// Borrowed when the value is a constant (`tcp`, `1.1`, a link method): no allocation.
-    Str(Cow<'static, str>),
+    /// Inline up to 24 bytes, a reference for a constant (`tcp`, `1.1`, a link method): no
+    /// allocation for most paths, routes, hosts and methods.
+    Str(CompactString),
     /// A string attribute holding an IPv4 address, kept as the address and written as text
     /// on export: no allocation per span for the peer and server addresses. (An IPv6 address
     /// would make the enum larger; those are `Str`.)
@@ -33,24 +35,24 @@ pub struct Attribute {
 }
 
 impl Attribute {
-    pub fn str(key: &'static str, value: impl Into<String>) -> Self {
+    pub fn str(key: &'static str, value: impl Into<CompactString>) -> Self {
         Self {
             key,
-            value: AttrValue::Str(Cow::Owned(value.into())),
+            value: AttrValue::Str(value.into()),
         }
     }
     /// A constant string value, held without allocating.
     pub fn fixed(key: &'static str, value: &'static str) -> Self {
         Self {
             key,
-            value: AttrValue::Str(Cow::Borrowed(value)),
+            value: AttrValue::Str(CompactString::const_new(value)),
         }
     }
     /// An address attribute (`network.peer.address`, ...): its text on the wire.
     pub fn ip(key: &'static str, ip: IpAddr) -> Self {
         let value = match ip {
             IpAddr::V4(v4) => AttrValue::Ipv4(v4),
-            IpAddr::V6(v6) => AttrValue::Str(Cow::Owned(v6.to_string())),
+            IpAddr::V6(v6) => AttrValue::Str(compact_str::format_compact!("{v6}")),
         };
         Self { key, value }
     }
@@ -123,7 +125,7 @@ pub struct SpanRecord {
     pub tracestate: Option<String>,
     /// W3C trace flags (bit 0: sampled).
     pub flags: u8,
-    pub name: String,
+    pub name: CompactString,
     pub kind: SpanKind,
     /// Unix epoch nanoseconds.
     pub start_unix_ns: u64,

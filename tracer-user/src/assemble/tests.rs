@@ -61,7 +61,7 @@ fn at(ns: u64, tid: u32) -> Timing {
 fn request(key: u64, path: &str, t: Timing, context: Option<TraceContext>) -> Message {
     Message::Request(Request {
         key,
-        name: format!("GET {path}"),
+        name: compact_str::format_compact!("GET {path}"),
         attributes: vec![Attribute::str("url.path", path)],
         context,
         first: t,
@@ -730,7 +730,7 @@ fn a_pure_clients_calls_leave_without_a_settling_window() {
         let mut names: Vec<String> = spans
             .iter()
             .filter(|s| s.kind == SpanKind::Client)
-            .map(|s| s.name.clone())
+            .map(|s| s.name.to_string())
             .collect();
         names.sort();
         names

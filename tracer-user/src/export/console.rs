@@ -243,11 +243,11 @@ mod tests {
         let fizzer = resource(10, "fizzer");
         let buzzer = resource(11, "buzzer");
         let mut root = record(&fizzer, 0x4b, 1, None);
-        root.name = "POST /fizz".to_owned();
+        root.name = "POST /fizz".into();
         root.attributes = vec![Attribute::int("http.response.status_code", 200)];
         let mut call = record(&fizzer, 0x4b, 2, Some(1));
         call.kind = SpanKind::Client;
-        call.name = "GET /buzz".to_owned();
+        call.name = "GET /buzz".into();
         call.start_unix_ns = 1_000_500_000;
         call.end_unix_ns = 1_001_600_000;
         call.attributes = vec![
@@ -257,12 +257,12 @@ mod tests {
         ];
         call.status = SpanStatus::Error(None);
         let mut served = record(&buzzer, 0x4b, 3, Some(2));
-        served.name = "GET /buzz".to_owned();
+        served.name = "GET /buzz".into();
         served.start_unix_ns = 1_000_600_000;
         served.end_unix_ns = 1_001_500_000;
         served.status = SpanStatus::Error(Some("overloaded".to_owned()));
         let mut orphan = record(&buzzer, 0x4b, 4, Some(9));
-        orphan.name = "GET /health\x1b[2J".to_owned();
+        orphan.name = "GET /health\x1b[2J".into();
         orphan.start_unix_ns = 1_000_100_000;
         orphan.end_unix_ns = 1_000_100_800;
 

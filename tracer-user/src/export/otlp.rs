@@ -402,7 +402,7 @@ pub(crate) mod tests {
             parent_span_id: parent.map(|p| [p; 8]),
             tracestate: None,
             flags: 1,
-            name: format!("span {span_id}"),
+            name: compact_str::format_compact!("span {span_id}"),
             kind: SpanKind::Server,
             start_unix_ns: 1_000_000_000,
             end_unix_ns: 1_003_200_000,

@@ -70,7 +70,7 @@ pub struct Request {
     /// HTTP/1.x, the sequence id for Thrift.
     pub key: u64,
     /// Span name (`GET /path` style for HTTP, `Service/method` or `method` for Thrift).
-    pub name: String,
+    pub name: compact_str::CompactString,
     /// Span attributes known from the request alone, with room for
     /// [`ASSEMBLY_ATTRIBUTES`] more.
     pub attributes: Vec<Attribute>,

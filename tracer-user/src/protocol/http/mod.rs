@@ -24,6 +24,7 @@ use super::{
 };
 use crate::span::Attribute;
 use body::{Body, Skip};
+use compact_str::CompactString;
 use head::{Framing, Parsed, RequestHead, ResponseHead, Role, Start};
 
 /// Most head bytes buffered per direction before the head counts as invalid.
@@ -548,7 +549,10 @@ fn method_attribute(method: &str) -> Attribute {
 
 /// Span name and attributes of a request (semantic conventions; no other header values, no
 /// body bytes).
-fn request_attributes(head: RequestHead<'_>, options: &ParserOptions) -> (String, Vec<Attribute>) {
+fn request_attributes(
+    head: RequestHead<'_>,
+    options: &ParserOptions,
+) -> (CompactString, Vec<Attribute>) {
     // Method, path, route, query, version, user agent, host and port.
     let mut attributes = Vec::with_capacity(8 + head.recorded.len() + super::ASSEMBLY_ATTRIBUTES);
     attributes.push(method_attribute(&head.method));
@@ -556,8 +560,8 @@ fn request_attributes(head: RequestHead<'_>, options: &ParserOptions) -> (String
     let name = match target.path {
         Some(path) => {
             let route = url::route(path);
-            // One allocation of the right size (`format!` grows its buffer on the way).
-            let mut name = String::with_capacity(head.method.len() + 1 + route.len());
+            // Inline up to 24 bytes, else one allocation of the right size.
+            let mut name = CompactString::with_capacity(head.method.len() + 1 + route.len());
             name.push_str(&head.method);
             name.push(' ');
             name.push_str(&route);
@@ -565,7 +569,7 @@ fn request_attributes(head: RequestHead<'_>, options: &ParserOptions) -> (String
             attributes.push(Attribute::str("http.route", route));
             name
         }
-        None => head.method.into_owned(),
+        None => CompactString::from(head.method.as_ref()),
     };
     if let Some(query) = target.query.filter(|_| options.record_query) {
         attributes.push(Attribute::str("url.query", query));

@@ -208,7 +208,7 @@ fn pipelined_requests_in_one_chunk_pair_in_order() {
     let messages = conn.take();
     let names: Vec<_> = Conn::requests(&messages)
         .iter()
-        .map(|r| (r.key, r.name.clone()))
+        .map(|r| (r.key, r.name.to_string()))
         .collect();
     assert_eq!(
         names,

@@ -8,6 +8,7 @@ use super::wire::{Field, MessageType, Value};
 use crate::context::{TraceContext, from_headers};
 use crate::protocol::{Message, Request, Response, Timing, hints};
 use crate::span::Attribute;
+use compact_str::CompactString;
 
 /// Info header names that carry trace context (W3C, B3 single and multi, Jaeger).
 const CONTEXT_HEADERS: [&str; 4] = ["traceparent", "b3", "x-b3-traceid", "uber-trace-id"];
@@ -79,10 +80,10 @@ fn split_name(name: &str) -> (Option<&str>, &str) {
     }
 }
 
-fn span_name(name: &str) -> String {
+fn span_name(name: &str) -> CompactString {
     match split_name(name) {
-        (Some(service), method) => format!("{service}/{method}"),
-        (None, method) => method.to_string(),
+        (Some(service), method) => compact_str::format_compact!("{service}/{method}"),
+        (None, method) => method.into(),
     }
 }
 
