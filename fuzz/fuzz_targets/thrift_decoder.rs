@@ -34,7 +34,7 @@ fuzz_target!(|input: &[u8]| {
         rest = next;
         syscall += 1;
         let dir = if control & 1 == 0 { Direction::Egress } else { Direction::Ingress };
-        let timing = Timing { enter_ns: syscall, exit_ns: syscall, tid: 1 };
+        let timing = Timing { not_before_ns: syscall, exit_ns: syscall, tid: 1 };
         let chunk = Chunk { data, len: data.len() as u64 + uncaptured(*control), timing };
         let _ = looks_like_thrift(data);
         parser.feed(dir, &chunk, &mut out);

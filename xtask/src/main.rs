@@ -197,7 +197,7 @@ pub(crate) fn mount_tracefs() -> Result<()> {
 }
 
 /// Every workspace crate's tests except the end-to-end crate (and the eBPF crate, which has no
-/// host build). Returns whether they passed.
+/// host build), and a check that the fuzz targets compile. Returns whether all passed.
 fn run_unit_tests() -> Result<bool> {
     let mut cmd = proc::cargo();
     cmd.args([
@@ -210,7 +210,19 @@ fn run_unit_tests() -> Result<bool> {
         E2E_PACKAGE,
     ]);
     eprintln!("test: {}", proc::describe(&cmd));
-    Ok(proc::status("test: unit and replay tests", &mut cmd)?.success())
+    let unit = proc::status("test: unit and replay tests", &mut cmd)?.success();
+    // The fuzz targets live in their own workspace (cargo-fuzz): check that they still
+    // compile against the parsers they drive, or they rot unseen.
+    let mut fuzz = proc::cargo();
+    fuzz.env("AYA_BUILD_SKIP", "1").args([
+        "check",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+        "--bins",
+    ]);
+    eprintln!("test: AYA_BUILD_SKIP=1 {}", proc::describe(&fuzz));
+    let fuzz = proc::status("test: fuzz targets compile", &mut fuzz)?.success();
+    Ok(unit && fuzz)
 }
 
 /// The end-to-end tests, one at a time, as root. They are compiled as the invoking user first,
