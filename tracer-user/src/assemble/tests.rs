@@ -80,6 +80,15 @@ fn request_with_15(path: &str, t: Timing) -> Message {
     m
 }
 
+/// A request whose head was read at `head` and whose body completed at `last`.
+fn request_completed_at(key: u64, path: &str, head: Timing, last: Timing) -> Message {
+    let mut message = request(key, path, head, None);
+    if let Message::Request(r) = &mut message {
+        r.last = last;
+    }
+    message
+}
+
 fn response(key: u64, status: u16, t: Timing) -> Message {
     Message::Response(Response {
         key,
@@ -172,42 +181,28 @@ fn only_identities_of_named_spans_outlive_them() {
     let client = meta(1, 1, "10.0.0.1:4000", "10.0.0.2:80");
     let server = meta(2, 2, "10.0.0.2:80", "10.0.0.1:4000");
     let lone = meta(3, 2, "10.0.0.2:80", "10.0.0.9:5000");
-    feed(
-        &mut a,
-        client,
-        Direction::Egress,
-        request(0, "/x", at(MS, 11), None),
-    );
-    feed(
-        &mut a,
-        server,
-        Direction::Ingress,
-        request(0, "/x", at(2 * MS, 22), None),
-    );
-    feed(
-        &mut a,
-        lone,
-        Direction::Ingress,
-        request(0, "/y", at(2 * MS, 23), None),
-    );
-    feed(
-        &mut a,
-        server,
-        Direction::Egress,
-        response(0, 200, at(5 * MS, 22)),
-    );
-    feed(
-        &mut a,
-        lone,
-        Direction::Egress,
-        response(0, 200, at(5 * MS, 23)),
-    );
-    feed(
-        &mut a,
-        client,
-        Direction::Ingress,
-        response(0, 200, at(6 * MS, 11)),
-    );
+    for (m, d, message) in [
+        (
+            client,
+            Direction::Egress,
+            request(0, "/x", at(MS, 11), None),
+        ),
+        (
+            server,
+            Direction::Ingress,
+            request(0, "/x", at(2 * MS, 22), None),
+        ),
+        (
+            lone,
+            Direction::Ingress,
+            request(0, "/y", at(2 * MS, 23), None),
+        ),
+        (server, Direction::Egress, response(0, 200, at(5 * MS, 22))),
+        (lone, Direction::Egress, response(0, 200, at(5 * MS, 23))),
+        (client, Direction::Ingress, response(0, 200, at(6 * MS, 11))),
+    ] {
+        feed(&mut a, m, d, message);
+    }
     let spans = a.tick(200 * MS);
     assert_eq!(spans.len(), 3);
     assert_eq!(a.pending(), 0);
@@ -671,10 +666,7 @@ fn a_call_seen_before_the_request_that_caused_it_waits_for_it() {
         Direction::Egress,
         request(0, "/down", at(3 * MS, 71), None),
     );
-    let mut late = request(0, "/in", at(MS, 70), None);
-    if let Message::Request(r) = &mut late {
-        r.last = at(4 * MS, 70);
-    }
+    let late = request_completed_at(0, "/in", at(MS, 70), at(4 * MS, 70));
     feed(&mut a, inbound, Direction::Ingress, late);
     feed(
         &mut a,
@@ -770,10 +762,7 @@ fn a_pure_clients_calls_leave_without_a_settling_window() {
         response(0, 200, at(510 * MS, 91)),
     );
     call(&mut a, 2, "/third", 520);
-    let mut late = request(1, "/in2", at(515 * MS, 91), None);
-    if let Message::Request(r) = &mut late {
-        r.last = at(530 * MS, 91);
-    }
+    let late = request_completed_at(1, "/in2", at(515 * MS, 91), at(530 * MS, 91));
     feed(&mut a, inbound, Direction::Ingress, late);
     feed(
         &mut a,
