@@ -620,6 +620,10 @@ impl Assembler {
         };
         let end = resp.last.exit_ns.max(span.start_ns);
         span.end_ns = Some(end);
+        if let Some(code) = resp.http_status {
+            span.attributes
+                .push(Attribute::int("http.response.status_code", i64::from(code)));
+        }
         span.attributes.extend(resp.attributes);
         span.status = status_of(span.kind, resp.http_status, resp.error);
         let key = (span.pid, span.tid);

@@ -263,6 +263,10 @@ fn client_call_from_a_serving_thread_is_a_child() {
     let client = by_name(&spans, "GET /out", SpanKind::Client);
     assert_eq!(client.parent_span_id, Some(server.span_id));
     assert_eq!(client.trace_id, server.trace_id);
+    let status_code =
+        |s: &SpanRecord| crate::span::find(&s.attributes, "http.response.status_code").cloned();
+    assert_eq!(status_code(client), Some(crate::span::AttrValue::Int(404)));
+    assert_eq!(status_code(server), Some(crate::span::AttrValue::Int(200)));
     assert_eq!(
         client.status,
         SpanStatus::Error(None),

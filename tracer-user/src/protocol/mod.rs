@@ -95,7 +95,8 @@ pub struct Response {
     pub key: u64,
     pub first: Timing,
     pub last: Timing,
-    /// HTTP status code, when HTTP.
+    /// HTTP status code, when HTTP (span assembly records it as `http.response.status_code`,
+    /// which saves an attribute list per response).
     pub http_status: Option<u16>,
     /// Set when the response reports an error (Thrift exception): its type or message.
     pub error: Option<String>,

@@ -406,10 +406,7 @@ impl HttpParser {
             last,
             http_status: Some(head.status),
             error: None,
-            attributes: vec![Attribute::int(
-                "http.response.status_code",
-                i64::from(head.status),
-            )],
+            attributes: Vec::new(),
         });
         if tunnel {
             Open::Response(response).emit(out);
