@@ -757,21 +757,25 @@ impl Assembler {
         });
         let mut out = Vec::with_capacity(ready.len());
         for (handle, settled) in ready {
-            // Children exported later find this span's identity in `exported`.
-            if let Some(record) = self.build(handle, now_ns) {
-                out.push(record);
-            }
             // A CLIENT span is no inference candidate: once out, only its identity (in
             // `exported`) is needed. A SERVER span stays a candidate until `settle` while
             // calls of its process wait to be placed (every call it could have caused has
             // been seen: the stream is past its end).
-            let candidate = |s: &PendingSpan| {
-                s.kind == SpanKind::Server
-                    && self.unplaced.get(&s.pid).is_some_and(|l| !l.is_empty())
+            let leaves = {
+                let candidate = |s: &PendingSpan| {
+                    s.kind == SpanKind::Server
+                        && self.unplaced.get(&s.pid).is_some_and(|l| !l.is_empty())
+                };
+                settled || self.spans.get(&handle).is_some_and(|s| !candidate(s))
             };
-            if (settled || self.spans.get(&handle).is_some_and(|s| !candidate(s)))
-                && self.spans.remove(&handle).is_some_and(|s| !s.referenced)
-            {
+            // Children exported later find its identity in `exported`: needed while it stays
+            // (it can still be named) or once something names it.
+            let keep_identity = !leaves || self.spans.get(&handle).is_some_and(|s| s.referenced);
+            if let Some(record) = self.build(handle, now_ns, keep_identity) {
+                out.push(record);
+            }
+            // One sent in an earlier tick and named by nothing since takes its identity along.
+            if leaves && self.spans.remove(&handle).is_some_and(|s| !s.referenced) {
                 self.exported.remove(&handle);
             }
         }
@@ -906,9 +910,9 @@ impl Assembler {
     }
 
     /// Makes the span's record, once (`None` when it was sent already): takes its name,
-    /// attributes and status and marks it `sent`; its identity goes to `exported` for
-    /// children that finish later.
-    fn build(&mut self, handle: u64, now_ns: u64) -> Option<SpanRecord> {
+    /// attributes and status and marks it `sent`; with `keep_identity` its identity goes to
+    /// `exported` for children that finish later.
+    fn build(&mut self, handle: u64, now_ns: u64, keep_identity: bool) -> Option<SpanRecord> {
         if self.spans.get(&handle)?.sent {
             return None;
         }
@@ -983,16 +987,18 @@ impl Assembler {
             links,
             resource: span.resource.clone(),
         };
-        self.exported.insert(
-            handle,
-            Exported {
-                trace_id,
-                span_id: span.span_id,
-                flags,
-                at_ns: now_ns,
-                client_times: (span.kind == SpanKind::Client).then_some((start, end)),
-            },
-        );
+        if keep_identity {
+            self.exported.insert(
+                handle,
+                Exported {
+                    trace_id,
+                    span_id: span.span_id,
+                    flags,
+                    at_ns: now_ns,
+                    client_times: (span.kind == SpanKind::Client).then_some((start, end)),
+                },
+            );
+        }
         Some(record)
     }
 }
