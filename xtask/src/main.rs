@@ -214,12 +214,8 @@ fn run_unit_tests() -> Result<bool> {
     // The fuzz targets live in their own workspace (cargo-fuzz): check that they still
     // compile against the parsers they drive, or they rot unseen.
     let mut fuzz = proc::cargo();
-    fuzz.env("AYA_BUILD_SKIP", "1").args([
-        "check",
-        "--manifest-path",
-        "fuzz/Cargo.toml",
-        "--bins",
-    ]);
+    fuzz.env("AYA_BUILD_SKIP", "1")
+        .args(["check", "--manifest-path", "fuzz/Cargo.toml", "--bins"]);
     eprintln!("test: AYA_BUILD_SKIP=1 {}", proc::describe(&fuzz));
     let fuzz = proc::status("test: fuzz targets compile", &mut fuzz)?.success();
     Ok(unit && fuzz)
