@@ -120,10 +120,11 @@ struct PendingSpan {
     /// Its record has left (`build` took name, attributes and status); what stays is what
     /// inference and its children still need, until `settle` after its end.
     sent: bool,
-    /// Another span names it (parent, span link or clamp bound): its identity must outlive it
-    /// in `exported`. Nothing new can name a span once it has left `spans` (every placement
-    /// looks candidates up there), so the identity of one never named is dropped with it.
-    referenced: bool,
+    /// Spans not yet built that name it (as parent, span link or clamp bound): while any
+    /// does, its identity must outlive it in `exported`. Nothing new can name a span once it
+    /// has left `spans` (every placement looks candidates up there), so the identity of one
+    /// no waiting span names is dropped with it.
+    named_by: u32,
 }
 
 /// The calls of one name linked to a SERVER span.
@@ -145,6 +146,8 @@ struct Exported {
     /// Kernel times of an exported CLIENT span, which its same-host SERVER child (often
     /// exported later: its last write can return after the client's read) is clamped to.
     client_times: Option<(u64, u64)>,
+    /// Spans not yet built that name it; the entry goes when the last of them is built.
+    named_by: u32,
 }
 
 pub struct Assembler {
@@ -179,8 +182,6 @@ pub struct Assembler {
     /// names none.
     recent_tokens: FxHashMap<(u32, u64), inference::Recent>,
     recent_requests: FxHashMap<u32, inference::Recent>,
-    /// Processes that made calls while serving nothing, and when they last did.
-    pure_clients: FxHashMap<u32, u64>,
     /// Learned delay from a request's start to each call it makes, per endpoint pair.
     delays: inference::DelayModel,
 }
@@ -242,7 +243,6 @@ impl Assembler {
             watermark_ns: 0,
             recent_tokens: FxHashMap::default(),
             recent_requests: FxHashMap::default(),
-            pure_clients: FxHashMap::default(),
             delays: inference::DelayModel::default(),
         }
     }
@@ -353,7 +353,7 @@ impl Assembler {
             from_worker: false,
             clamp_to: None,
             sent: false,
-            referenced: false,
+            named_by: 0,
         };
         if !req.expects_response {
             span.end_ns = Some(req.last.exit_ns);
@@ -369,7 +369,7 @@ impl Assembler {
         self.spans.insert(handle, Box::new(span));
         match kind {
             SpanKind::Server => self.place_server(handle),
-            SpanKind::Client => self.place_client(handle),
+            SpanKind::Client => self.place_client(handle, meta.process_serves),
         }
         if req.expects_response {
             let previous = self
@@ -448,7 +448,7 @@ impl Assembler {
     }
 
     /// Thread causality for a new CLIENT span, then same-host matching of a waiting SERVER span.
-    fn place_client(&mut self, handle: u64) {
+    fn place_client(&mut self, handle: u64, process_serves: bool) {
         let Some(span) = self.spans.get(&handle) else {
             return;
         };
@@ -480,7 +480,7 @@ impl Assembler {
                 .unwrap_or_default();
             match candidates.as_slice() {
                 [only] => self.link(handle, *only, "thread", 1.0),
-                _ => self.infer_or_defer(handle, pid),
+                _ => self.infer_or_defer(handle, pid, process_serves),
             }
         }
         let waiting = take_match(
@@ -507,18 +507,14 @@ impl Assembler {
 
     /// Links by inference when one candidate stands out; otherwise the span waits for the
     /// settling window, where the calls of the process are assigned together.
-    fn infer_or_defer(&mut self, handle: u64, pid: u32) {
+    fn infer_or_defer(&mut self, handle: u64, pid: u32, process_serves: bool) {
         match self.infer_parent(handle) {
             Some(guess) if guess.at_once => self.commit_guess(handle, guess),
-            // A process whose calls have been roots for want of a request, and that served
-            // none lately, is a client (a load generator, a batch job): its calls are roots at
-            // once, not held a settling window for a request that is not coming. (The first
-            // calls of a process wait: its first request may be read after its call.)
-            None if self.pure_clients.contains_key(&pid)
-                && !self.recent_requests.contains_key(&pid) =>
-            {
-                self.pure_clients.insert(pid, self.watermark_ns);
-            }
+            // A process that has never served (a load generator, a batch job) makes its
+            // calls as roots: they are decided at once, not held a settling window for a
+            // request that is not coming. (A server's call can be seen before the request
+            // that caused it completes: a worker calls on the request's head.)
+            None if !process_serves => {}
             _ => self.defer_placement(handle, pid),
         }
     }
@@ -539,7 +535,20 @@ impl Assembler {
 
     fn mark_referenced(&mut self, handle: u64) {
         if let Some(span) = self.spans.get_mut(&handle) {
-            span.referenced = true;
+            span.named_by += 1;
+        }
+    }
+
+    /// A span that named `handle` is built (or names another now): one fewer that needs its
+    /// identity. An exported identity no span needs any more goes.
+    fn release_reference(&mut self, handle: u64) {
+        if let Some(span) = self.spans.get_mut(&handle) {
+            span.named_by = span.named_by.saturating_sub(1);
+        } else if let Some(e) = self.exported.get_mut(&handle) {
+            e.named_by = e.named_by.saturating_sub(1);
+            if e.named_by == 0 {
+                self.exported.remove(&handle);
+            }
         }
     }
 
@@ -595,7 +604,7 @@ impl Assembler {
         let Some(span) = self.spans.get_mut(&child) else {
             return;
         };
-        span.parent = Parent::Local(parent);
+        let previous = std::mem::replace(&mut span.parent, Parent::Local(parent));
         span.decided = true;
         span.link_method = method;
         span.confidence = confidence;
@@ -604,6 +613,9 @@ impl Assembler {
             self.count_call(parent, start, end, name_key, method);
         }
         self.mark_referenced(parent);
+        if let Parent::Local(previous) = previous {
+            self.release_reference(previous);
+        }
     }
 
     fn on_response(&mut self, meta: &ConnMeta, resp: Response) {
@@ -769,19 +781,30 @@ impl Assembler {
                 settled || self.spans.get(&handle).is_some_and(|s| !candidate(s))
             };
             // Children exported later find its identity in `exported`: needed while it stays
-            // (it can still be named) or once something names it.
-            let keep_identity = !leaves || self.spans.get(&handle).is_some_and(|s| s.referenced);
+            // (it can still be named) or while a span not yet built names it.
+            let keep_identity = !leaves || self.spans.get(&handle).is_some_and(|s| s.named_by > 0);
             if let Some(record) = self.build(handle, now_ns, keep_identity) {
                 out.push(record);
             }
-            // One sent in an earlier tick and named by nothing since takes its identity along.
-            if leaves && self.spans.remove(&handle).is_some_and(|s| !s.referenced) {
-                self.exported.remove(&handle);
+            if leaves {
+                // The identity goes with it unless a span not yet built names it.
+                match self.spans.remove(&handle).map(|s| s.named_by) {
+                    Some(0) => {
+                        self.exported.remove(&handle);
+                    }
+                    Some(named_by) => {
+                        if let Some(e) = self.exported.get_mut(&handle) {
+                            e.named_by = named_by;
+                        }
+                    }
+                    None => {}
+                }
             }
         }
-        // Children start before their parent ends (a same-host SERVER span ends at most a
-        // little after its CLIENT span) and are decided within `settle` of their start: two
-        // settle times of memory suffice, whatever the span rate.
+        // Identities leave with their last naming span's record; this bounds what a span that
+        // is never built (or renamed) leaves behind. Children start before their parent ends
+        // (a same-host SERVER span ends at most a little after its CLIENT span) and are
+        // decided within `settle` of their start: two settle times suffice.
         self.exported.retain(|_, e| {
             now_ns.saturating_sub(e.at_ns) <= settle.saturating_mul(2).max(1_000_000_000)
         });
@@ -791,8 +814,6 @@ impl Assembler {
             .retain(|_, seen| now_ns.saturating_sub(seen.at_ns) <= forgotten);
         self.recent_requests
             .retain(|_, seen| now_ns.saturating_sub(seen.at_ns) <= forgotten);
-        self.pure_clients
-            .retain(|_, at_ns| now_ns.saturating_sub(*at_ns) <= forgotten);
         out
     }
 
@@ -996,8 +1017,19 @@ impl Assembler {
                     flags,
                     at_ns: now_ns,
                     client_times: (span.kind == SpanKind::Client).then_some((start, end)),
+                    named_by: span.named_by,
                 },
             );
+        }
+        // What it named needs its identity one span less.
+        let parent = match span.parent {
+            Parent::Local(parent) => Some(parent),
+            _ => None,
+        };
+        let clamp = span.clamp_to;
+        let candidates = std::mem::take(&mut span.link_candidates);
+        for named in parent.into_iter().chain(clamp).chain(candidates) {
+            self.release_reference(named);
         }
         Some(record)
     }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{
     event::{ConnOp, ConnRecord, DataRecord, Endpoints, Event},
@@ -32,6 +32,11 @@ pub struct ConnMeta {
     pub fd: i32,
     pub endpoints: Endpoints,
     pub protocol: Protocol,
+    /// The process has read from a connection of its own first, as a server does (or may
+    /// have: a connection picked up mid-stream counts when its first bytes seen came in). A
+    /// process that never has — a load generator, a batch job — cannot be serving the
+    /// request behind a call it makes.
+    pub process_serves: bool,
 }
 
 /// What the table hands to span assembly.
@@ -108,7 +113,7 @@ struct Connection {
 }
 
 impl Connection {
-    fn meta(&self, conn_id: u64) -> Option<ConnMeta> {
+    fn meta(&self, conn_id: u64, process_serves: bool) -> Option<ConnMeta> {
         match &self.state {
             ParseState::Parsing { protocol, .. } => Some(ConnMeta {
                 conn_id,
@@ -116,9 +121,31 @@ impl Connection {
                 fd: self.fd,
                 endpoints: self.endpoints,
                 protocol: *protocol,
+                process_serves,
             }),
             _ => None,
         }
+    }
+}
+
+/// Processes known to serve, at most this many; beyond it every process is taken to serve
+/// (the safe answer: its calls wait for a request that might have caused them).
+const MAX_SERVING_PIDS: usize = 65536;
+
+/// The processes that have read first on a connection of theirs (see
+/// [`ConnMeta::process_serves`]), until they exec or exit.
+#[derive(Default)]
+struct ServingPids(FxHashSet<u32>);
+
+impl ServingPids {
+    fn note(&mut self, pid: u32) {
+        if self.0.len() < MAX_SERVING_PIDS {
+            self.0.insert(pid);
+        }
+    }
+
+    fn serves(&self, pid: u32) -> bool {
+        self.0.len() >= MAX_SERVING_PIDS || self.0.contains(&pid)
     }
 }
 
@@ -139,6 +166,7 @@ pub struct ConnTable {
     filter: Filter,
     /// Process selection decisions per pid, until the process execs or exits.
     name_allowed: FxHashMap<u32, bool>,
+    serving: ServingPids,
     mutes: Mutes,
     options: ParserOptions,
     max_connections: usize,
@@ -159,6 +187,7 @@ impl ConnTable {
             conns: FxHashMap::default(),
             filter,
             name_allowed: FxHashMap::default(),
+            serving: ServingPids::default(),
             mutes: Mutes::default(),
             options,
             max_connections,
@@ -184,6 +213,7 @@ impl ConnTable {
             // Another program now, or soon another process: decide again.
             Event::Process(rec) => {
                 self.name_allowed.remove(&rec.pid);
+                self.serving.0.remove(&rec.pid);
             }
         }
     }
@@ -245,6 +275,11 @@ impl ConnTable {
                 return;
             }
             inc(&self.metrics.connections_opened);
+            // Whoever reads first on a connection serves it (HTTP and Thrift clients speak
+            // first).
+            if rec.direction == Direction::Ingress && !matches!(state, ParseState::Ignored) {
+                self.serving.note(rec.pid);
+            }
             self.conns.insert(
                 rec.conn_id,
                 Connection {
@@ -361,7 +396,18 @@ impl ConnTable {
             fd: conn.fd,
             endpoints: conn.endpoints,
             protocol: *protocol,
+            process_serves: self.serving.serves(conn.pid),
         };
+        // A connection picked up while its server was writing is known by its next request.
+        if !meta.process_serves
+            && rec.direction == Direction::Ingress
+            && self
+                .messages
+                .iter()
+                .any(|m| matches!(m, Message::Request(_)))
+        {
+            self.serving.note(conn.pid);
+        }
         for message in self.messages.drain(..) {
             out.push(ConnOutput::Message {
                 meta,
@@ -391,7 +437,7 @@ impl ConnTable {
     }
 
     fn close(&mut self, conn_id: u64, mut conn: Connection, at_ns: u64, out: &mut Vec<ConnOutput>) {
-        let Some(meta) = conn.meta(conn_id) else {
+        let Some(meta) = conn.meta(conn_id, self.serving.serves(conn.pid)) else {
             return;
         };
         if let ParseState::Parsing { parser, .. } = &mut conn.state {
@@ -646,6 +692,44 @@ mod tests {
             vec![10],
             "decided again after exec"
         );
+    }
+
+    /// A process serves once it reads first on a connection (a client writes first), until
+    /// it execs or exits; the flag travels with every message of its connections.
+    #[test]
+    fn a_process_serves_once_it_reads_first_on_a_connection() {
+        let mut table = table_with(Rules::default());
+        let call = |table: &mut ConnTable, at: u64| {
+            let mut out = Vec::new();
+            table.on_event(
+                &on_conn_id(record(Direction::Egress, b"GET /c HTTP/1.1\r\n\r\n", at), 1),
+                &mut out,
+            );
+            match out.as_slice() {
+                [ConnOutput::Message { meta, .. }] => meta.process_serves,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(!call(&mut table, 1), "pid 10 has only written first");
+        let mut out = Vec::new();
+        table.on_event(
+            &on_conn_id(record(Direction::Ingress, b"GET /s HTTP/1.1\r\n", 2), 2),
+            &mut out,
+        );
+        assert!(
+            out.is_empty(),
+            "the request's head is not whole yet: {out:?}"
+        );
+        assert!(call(&mut table, 3), "pid 10 read first on connection 2");
+        table.on_event(
+            &Event::Process(crate::event::ProcRecord {
+                pid: 10,
+                ts_ns: 4,
+                op: crate::event::ProcOp::Exit,
+            }),
+            &mut out,
+        );
+        assert!(!call(&mut table, 5), "forgotten at exit");
     }
 
     /// A connection whose protocol is never recognised, or whose port the rules exclude, is

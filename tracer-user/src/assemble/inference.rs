@@ -643,26 +643,18 @@ impl Assembler {
                 continue;
             };
             // Decided ones leave. Calls no request of the process was in progress for, once
-            // their window has passed, are roots: nothing to assign (a pure client such as a
-            // load generator makes thousands a second, which the bounded solver below would
-            // fall behind on).
-            let mut served_nothing = false;
+            // their window has passed, are roots: nothing to assign (a server's own calls
+            // between requests come in bursts that the bounded solver below would fall
+            // behind on).
             waiting.retain(|h| match self.spans.get_mut(h) {
                 Some(s) if s.decided => false,
                 Some(s) if s.candidates.is_empty() && now.saturating_sub(s.start_ns) >= window => {
                     s.decided = true;
-                    served_nothing = true;
                     false
                 }
                 Some(_) => true,
                 None => false,
             });
-            if served_nothing && !self.recent_requests.contains_key(&pid) {
-                if self.pure_clients.len() >= MAX_RECENT_TOKENS {
-                    self.pure_clients.clear();
-                }
-                self.pure_clients.insert(pid, now);
-            }
             waiting.sort_by_key(|h| self.spans.get(h).map_or(0, |s| s.start_ns));
             let mut rest = waiting.split_off(waiting.len().min(SOLVE_BUDGET));
             for chunk in waiting.chunks(MAX_SOLVE) {

@@ -47,6 +47,15 @@ fn meta(conn_id: u64, pid: u32, local: &str, remote: &str) -> ConnMeta {
             remote: remote.parse().unwrap(),
         },
         protocol: Protocol::Http1,
+        process_serves: true,
+    }
+}
+
+/// [`meta`] of a process that has never read first on a connection (a load generator).
+fn client_meta(conn_id: u64, pid: u32, local: &str, remote: &str) -> ConnMeta {
+    ConnMeta {
+        process_serves: false,
+        ..meta(conn_id, pid, local, remote)
     }
 }
 
@@ -173,10 +182,11 @@ fn same_host_pair_at(server_first: bool, write: Timing, read: Timing) -> Vec<Spa
     a.tick(200 * MS)
 }
 
-/// Once spans have left, only the identity of one another span names (here the CLIENT end,
-/// parent of its same-host SERVER span) is kept for children decided later.
+/// Once a span has left, its identity is kept only while a span not yet built names it (here
+/// the CLIENT end, parent of a same-host SERVER span whose reply is read late), and goes when
+/// that child is built.
 #[test]
-fn only_identities_of_named_spans_outlive_them() {
+fn only_identities_still_named_outlive_their_spans() {
     let mut a = assembler();
     let client = meta(1, 1, "10.0.0.1:4000", "10.0.0.2:80");
     let server = meta(2, 2, "10.0.0.2:80", "10.0.0.1:4000");
@@ -197,18 +207,32 @@ fn only_identities_of_named_spans_outlive_them() {
             Direction::Ingress,
             request(0, "/y", at(2 * MS, 23), None),
         ),
-        (server, Direction::Egress, response(0, 200, at(5 * MS, 22))),
         (lone, Direction::Egress, response(0, 200, at(5 * MS, 23))),
         (client, Direction::Ingress, response(0, 200, at(6 * MS, 11))),
     ] {
         feed(&mut a, m, d, message);
     }
-    let spans = a.tick(200 * MS);
-    assert_eq!(spans.len(), 3);
-    assert_eq!(a.pending(), 0);
-    let caller = by_name(&spans, "GET /x", SpanKind::Client);
+    let first = a.tick(200 * MS);
+    assert_eq!(first.len(), 2, "the server's reply is not in yet");
+    let caller = by_name(&first, "GET /x", SpanKind::Client);
     let kept: Vec<[u8; 8]> = a.exported.values().map(|e| e.span_id).collect();
-    assert_eq!(kept, [caller.span_id]);
+    assert_eq!(
+        kept,
+        [caller.span_id],
+        "only the named identity outlives its span"
+    );
+    feed(
+        &mut a,
+        server,
+        Direction::Egress,
+        response(0, 200, at(7 * MS, 22)),
+    );
+    let second = a.tick(400 * MS);
+    let callee = by_name(&second, "GET /x", SpanKind::Server);
+    assert_eq!(callee.parent_span_id, Some(caller.span_id));
+    assert_eq!(callee.trace_id, caller.trace_id);
+    assert!(a.exported.is_empty(), "its last child is out");
+    assert_eq!(a.pending(), 0);
 }
 
 #[test]
@@ -690,39 +714,38 @@ fn a_call_seen_before_the_request_that_caused_it_waits_for_it() {
     assert_eq!(client.parent_span_id, Some(server.span_id));
 }
 
-/// A process that serves nothing (a load generator): its first call waits its settling
-/// window (a request that caused it may still arrive), the calls after that are roots at
-/// once and leave after the reorder grace; once it serves requests, its calls wait again.
+/// A process that has never served (a load generator) makes its calls as roots: decided at
+/// once, they leave after the reorder grace instead of a settling window. A serving process's
+/// call without a candidate waits its window (the request behind it may still complete).
 #[test]
-fn a_pure_clients_calls_leave_without_a_settling_window() {
+fn a_process_that_never_served_makes_root_calls_without_a_settling_window() {
     // settle 1 s: settling window 200 ms, reorder grace 50 ms.
     let mut a = assembler_settling(1000 * MS);
-    let out = meta(1, 9, "127.0.0.1:40000", "10.0.0.2:80");
-    let call = |a: &mut Assembler, key: u64, path: &str, start_ms: u64| {
+    let call = |a: &mut Assembler, conn: ConnMeta, path: &str, start_ms: u64| {
         feed(
             a,
-            out,
+            conn,
             Direction::Egress,
-            request(key, path, at(start_ms * MS, 90), None),
+            request(0, path, at(start_ms * MS, conn.pid * 10), None),
         );
         feed(
             a,
-            out,
+            conn,
             Direction::Ingress,
-            response(key, 200, at((start_ms + 1) * MS, 90)),
+            response(0, 200, at((start_ms + 1) * MS, conn.pid * 10)),
         );
     };
     // Another process's traffic moves the event stream on.
-    let other = meta(3, 8, "127.0.0.1:7000", "127.0.0.1:6000");
-    let stream_at = |a: &mut Assembler, key: u64, ms: u64| {
+    let stream_at = |a: &mut Assembler, conn_id: u64, ms: u64| {
+        let other = meta(conn_id, 7, "127.0.0.1:7000", "127.0.0.1:6000");
         feed(
             a,
             other,
             Direction::Ingress,
-            request(key, "/other", at(ms * MS, 80), None),
+            request(0, "/other", at(ms * MS, 70), None),
         );
     };
-    let names = |spans: &[SpanRecord]| -> Vec<String> {
+    let calls = |spans: &[SpanRecord]| -> Vec<String> {
         let mut names: Vec<String> = spans
             .iter()
             .filter(|s| s.kind == SpanKind::Client)
@@ -731,54 +754,31 @@ fn a_pure_clients_calls_leave_without_a_settling_window() {
         names.sort();
         names
     };
-    call(&mut a, 0, "/first", 1);
-    stream_at(&mut a, 0, 100);
-    assert!(names(&a.tick(100 * MS)).is_empty(), "the first call waits");
-    let spans = a.tick(300 * MS);
-    assert_eq!(names(&spans), ["GET /first"]);
-    call(&mut a, 1, "/second", 400);
-    stream_at(&mut a, 1, 460);
-    let later = a.tick(460 * MS);
-    assert_eq!(
-        names(&later),
-        ["GET /second"],
-        "decided at once, out after the grace"
+    call(
+        &mut a,
+        client_meta(1, 9, "127.0.0.1:40000", "10.0.0.2:80"),
+        "/load",
+        1,
     );
+    call(
+        &mut a,
+        meta(2, 8, "127.0.0.1:40001", "10.0.0.2:80"),
+        "/background",
+        1,
+    );
+    stream_at(&mut a, 3, 60);
+    let early = a.tick(60 * MS);
+    assert_eq!(calls(&early), ["GET /load"], "the server's call waits");
+    stream_at(&mut a, 4, 300);
+    let late = a.tick(300 * MS);
+    assert_eq!(calls(&late), ["GET /background"]);
     assert!(
-        spans
+        early
             .iter()
-            .chain(&later)
-            .all(|s| s.kind == SpanKind::Server || s.parent_span_id.is_none())
+            .chain(&late)
+            .filter(|s| s.kind == SpanKind::Client)
+            .all(|s| s.parent_span_id.is_none())
     );
-    // It serves a request; then a worker's call is seen before the request that caused it
-    // (head read at 515 ms, body complete at 530 ms): the call waits for it and is placed.
-    let inbound = meta(2, 9, "127.0.0.1:8000", "127.0.0.1:5001");
-    feed(
-        &mut a,
-        inbound,
-        Direction::Ingress,
-        request(0, "/in", at(500 * MS, 91), None),
-    );
-    feed(
-        &mut a,
-        inbound,
-        Direction::Egress,
-        response(0, 200, at(510 * MS, 91)),
-    );
-    call(&mut a, 2, "/third", 520);
-    let late = request_completed_at(1, "/in2", at(515 * MS, 91), at(530 * MS, 91));
-    feed(&mut a, inbound, Direction::Ingress, late);
-    feed(
-        &mut a,
-        inbound,
-        Direction::Egress,
-        response(1, 200, at(540 * MS, 91)),
-    );
-    stream_at(&mut a, 2, 900);
-    let spans = a.tick(900 * MS);
-    let server = by_name(&spans, "GET /in2", SpanKind::Server);
-    let third = by_name(&spans, "GET /third", SpanKind::Client);
-    assert_eq!(third.parent_span_id, Some(server.span_id));
 }
 
 /// Hub pid 7: inbound connection `n` (port 8000) ...
@@ -1354,10 +1354,10 @@ fn a_token_recent_requests_shared_is_no_content_evidence() {
     );
 }
 
-/// A pure client (a load generator: pid 9 serves nothing) makes many calls at once; after
-/// the settling window they are roots all together, not 64 per tick.
+/// A server (pid 9) with no request in progress makes many calls at once; after the
+/// settling window they are roots all together, not 64 per tick.
 #[test]
-fn calls_of_a_process_that_serves_nothing_become_roots_all_at_once() {
+fn calls_of_a_server_serving_nothing_become_roots_all_at_once() {
     let mut a = assembler();
     for i in 0..200u64 {
         let conn = meta(1000 + i, 9, "127.0.0.1:7000", "10.9.9.9:80");
