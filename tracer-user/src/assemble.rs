@@ -28,7 +28,8 @@
 //! `settle` has passed. A span leaves once its own and its ancestors' positions are decided
 //! and the stream is that grace past its end (`settle` at the latest); a SERVER span's
 //! timing skeleton stays until `settle` as an inference candidate while calls of its process
-//! wait to be placed; identities stay in `exported`.
+//! wait to be placed; the identity of a span that left stays in `exported` while a span not
+//! yet built names it.
 
 use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
 

@@ -2,7 +2,8 @@
 //! reader, keeps one entry per connection (keyed by the kernel's connection id, so a reused fd
 //! is a new connection), applies the user's filters, detects the protocol from the first bytes
 //! and feeds each direction's chunks to that protocol's parser. Emits parsed messages (and
-//! closes) for span assembly. Idle connections are evicted; the table is bounded.
+//! closes) for span assembly, each saying whether its process serves (has read first on a
+//! connection). Idle connections are evicted; the table is bounded.
 
 use std::sync::Arc;
 
