@@ -4,7 +4,7 @@
 //!
 //! It feeds the records the kernel side would send for an nginx-like keep-alive server (a
 //! request read and a response written on each of 32 connections, 20 us apart) through the
-//! connection table, span assembly (ticking every 100 ms of the synthetic clock, as the agent does) and the OTLP
+//! connection table, span assembly (ticking every 50 ms of the synthetic clock, as the agent does) and the OTLP
 //! encoding in batches of 512, and prints CPU nanoseconds and heap allocations per request,
 //! measured after a warm-up of a third of the requests (by then spans leave as fast as they
 //! come and the heap has stopped growing). As in the agent, the heap is kept in 4 KiB pages.
@@ -58,7 +58,7 @@ const CONNECTIONS: u64 = 32;
 const REQUEST_GAP_NS: u64 = 20_000;
 const RESPONSE_AFTER_NS: u64 = 50_000;
 /// As the agent's tick (`agent::TICK`).
-const TICK_NS: u64 = 100_000_000;
+const TICK_NS: u64 = 50_000_000;
 const EXPORT_BATCH: usize = 512;
 const REQUEST: &[u8] =
     b"GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n";

@@ -48,7 +48,7 @@ impl ResourceSource for ProcessCache {
 }
 
 /// How often span assembly and the connection table do their housekeeping.
-const TICK: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(50);
 /// How long the exporter may take to flush at exit.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -163,7 +163,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 let now = monotonic_ns();
                 ticks += 1;
-                if ticks.is_multiple_of(10) {
+                if ticks.is_multiple_of(20) {
                     // Keeps /metrics current (the kernel side counts per CPU, read on demand).
                     refresh_kernel_counters(&probes, &metrics);
                 }
