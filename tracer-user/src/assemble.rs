@@ -606,6 +606,8 @@ impl Assembler {
             return;
         };
         let previous = std::mem::replace(&mut span.parent, Parent::Local(parent));
+        // A span already built released what it named, and its record cannot change.
+        let counts = !span.sent;
         span.decided = true;
         span.link_method = method;
         span.confidence = confidence;
@@ -613,9 +615,11 @@ impl Assembler {
             let (start, end, name_key) = (span.start_ns, span.end_ns, span.name_key);
             self.count_call(parent, start, end, name_key, method);
         }
-        self.mark_referenced(parent);
-        if let Parent::Local(previous) = previous {
-            self.release_reference(previous);
+        if counts {
+            self.mark_referenced(parent);
+            if let Parent::Local(previous) = previous {
+                self.release_reference(previous);
+            }
         }
     }
 
