@@ -148,6 +148,11 @@ impl ServingPids {
     fn serves(&self, pid: u32) -> bool {
         self.0.len() >= MAX_SERVING_PIDS || self.0.contains(&pid)
     }
+
+    /// The process execed or exited: another program, or soon another process.
+    fn forget(&mut self, pid: u32) {
+        self.0.remove(&pid);
+    }
 }
 
 /// Processes and connections newly left untraced: the kernel side need not send them any
@@ -214,7 +219,7 @@ impl ConnTable {
             // Another program now, or soon another process: decide again.
             Event::Process(rec) => {
                 self.name_allowed.remove(&rec.pid);
-                self.serving.0.remove(&rec.pid);
+                self.serving.forget(rec.pid);
             }
         }
     }
