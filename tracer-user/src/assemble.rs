@@ -27,8 +27,8 @@
 //! kernel time seen) is a reorder grace past its start (`settle / 5`, at most 50 ms), or
 //! `settle` has passed. A span leaves once its own and its ancestors' positions are decided
 //! and the stream is that grace past its end (`settle` at the latest); a SERVER span's
-//! timing skeleton stays until `settle` as an inference candidate while calls of its process
-//! wait to be placed; the identity of a span that left stays in `exported` while a span not
+//! timing skeleton stays as an inference candidate (until `settle` at the latest) while a
+//! call of its process that started before its end waits to be placed; the identity of a span that left stays in `exported` while a span not
 //! yet built names it.
 
 use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
@@ -119,7 +119,8 @@ struct PendingSpan {
     /// clamped into that CLIENT span's (the kernel race described at `build`).
     clamp_to: Option<u64>,
     /// Its record has left (`build` took name, attributes and status); what stays is what
-    /// inference and its children still need, until `settle` after its end.
+    /// inference still needs while a waiting call may count it (`settle` after its end at
+    /// the latest).
     sent: bool,
     /// Spans not yet built that name it (as parent, span link or clamp bound): while any
     /// does, its identity must outlive it in `exported`. Nothing new can name a span once it
@@ -713,7 +714,8 @@ impl Assembler {
         let may_leave = |s: &PendingSpan| -> Option<bool> {
             let end = s.end_ns?;
             let settled = now_ns.saturating_sub(end) >= settle;
-            let early_ok = !s.sent && s.decided && seen.saturating_sub(end) >= grace;
+            // (A span sent already is kept as an inference candidate; it may go now too.)
+            let early_ok = s.decided && seen.saturating_sub(end) >= grace;
             (settled || early_ok).then_some(settled)
         };
         let timeout = self.config.request_timeout_ns;
@@ -751,9 +753,23 @@ impl Assembler {
             });
             !q.is_empty()
         });
+        // Per process, the earliest start of a call still waiting to be placed: only a
+        // request in progress then can be among its candidates.
         let spans = &self.spans;
-        self.unplaced.retain(|_, list| {
-            list.retain(|h| spans.get(h).is_some_and(|s| !s.decided));
+        let mut oldest_waiting: FxHashMap<u32, u64> = FxHashMap::default();
+        self.unplaced.retain(|&pid, list| {
+            let mut oldest = u64::MAX;
+            list.retain(|h| {
+                spans.get(h).is_some_and(|s| {
+                    if !s.decided {
+                        oldest = oldest.min(s.start_ns);
+                    }
+                    !s.decided
+                })
+            });
+            if !list.is_empty() {
+                oldest_waiting.insert(pid, oldest);
+            }
             !list.is_empty()
         });
         // Requests that never got an answer end now (and may leave at once if settle is 0).
@@ -775,13 +791,16 @@ impl Assembler {
         let mut out = Vec::with_capacity(ready.len());
         for (handle, settled) in ready {
             // A CLIENT span is no inference candidate: once out, only its identity (in
-            // `exported`) is needed. A SERVER span stays a candidate until `settle` while
-            // calls of its process wait to be placed (every call it could have caused has
-            // been seen: the stream is past its end).
+            // `exported`) is needed. A SERVER span stays a candidate (until `settle` at the
+            // latest) while a call of its process that started before its end waits to be
+            // placed: every call it could have caused has been seen (the stream is past its
+            // end), and a call that started after its end never counts it.
             let leaves = {
                 let candidate = |s: &PendingSpan| {
                     s.kind == SpanKind::Server
-                        && self.unplaced.get(&s.pid).is_some_and(|l| !l.is_empty())
+                        && oldest_waiting
+                            .get(&s.pid)
+                            .is_some_and(|&oldest| s.end_ns.is_none_or(|end| oldest <= end))
                 };
                 settled || self.spans.get(&handle).is_some_and(|s| !candidate(s))
             };

@@ -781,6 +781,81 @@ fn a_process_that_never_served_makes_root_calls_without_a_settling_window() {
     );
 }
 
+/// An answered request stays a candidate only for the waiting calls that started before it
+/// ended: one that ended before every waiting call leaves after the reorder grace, not at
+/// `settle` (an event-loop proxy always has calls waiting).
+#[test]
+fn a_request_leaves_once_no_waiting_call_could_be_its_own() {
+    // settle 1 s: settling window 200 ms, reorder grace 50 ms.
+    let mut a = assembler_settling(1000 * MS);
+    let server = |a: &mut Assembler, conn_id: u64, path: &str, from_ms: u64, to_ms: u64| {
+        let inbound = meta(conn_id, 8, "127.0.0.1:8000", "127.0.0.1:5000");
+        feed(
+            a,
+            inbound,
+            Direction::Ingress,
+            request(0, path, at(from_ms * MS, 80), None),
+        );
+        feed(
+            a,
+            inbound,
+            Direction::Egress,
+            response(0, 200, at(to_ms * MS, 80)),
+        );
+    };
+    let stream_at = |a: &mut Assembler, conn_id: u64, ms: u64| {
+        let other = meta(conn_id, 7, "127.0.0.1:7000", "127.0.0.1:6000");
+        feed(
+            a,
+            other,
+            Direction::Ingress,
+            request(0, "/other", at(ms * MS, 70), None),
+        );
+    };
+    let held = |a: &Assembler, from_ms: u64| a.spans.values().any(|s| s.start_ns / MS == from_ms);
+    server(&mut a, 1, "/early", 1, 2);
+    // A worker thread's call while one request is in progress: it waits its window.
+    let inbound = meta(2, 8, "127.0.0.1:8000", "127.0.0.1:5001");
+    feed(
+        &mut a,
+        inbound,
+        Direction::Ingress,
+        request(0, "/late", at(5 * MS, 80), None),
+    );
+    let call = meta(3, 8, "127.0.0.1:40001", "127.0.0.1:9001");
+    feed(
+        &mut a,
+        call,
+        Direction::Egress,
+        request(0, "/down", at(10 * MS, 81), None),
+    );
+    feed(
+        &mut a,
+        call,
+        Direction::Ingress,
+        response(0, 200, at(12 * MS, 81)),
+    );
+    feed(
+        &mut a,
+        inbound,
+        Direction::Egress,
+        response(0, 200, at(20 * MS, 80)),
+    );
+    stream_at(&mut a, 4, 100);
+    let first = a.tick(100 * MS);
+    by_name(&first, "GET /early", SpanKind::Server);
+    by_name(&first, "GET /late", SpanKind::Server);
+    assert!(!held(&a, 1), "no waiting call started before /early ended");
+    assert!(held(&a, 5), "/late is the waiting call's candidate");
+    stream_at(&mut a, 5, 300);
+    let second = a.tick(300 * MS);
+    let parent = by_name(&first, "GET /late", SpanKind::Server);
+    let child = by_name(&second, "GET /down", SpanKind::Client);
+    assert_eq!(child.parent_span_id, Some(parent.span_id));
+    assert_eq!(child.trace_id, parent.trace_id);
+    assert!(!held(&a, 5), "its last waiting call is placed");
+}
+
 /// Hub pid 7: inbound connection `n` (port 8000) ...
 fn hub_in(n: u64) -> ConnMeta {
     meta(n, 7, "127.0.0.1:8000", "127.0.0.1:5000")
