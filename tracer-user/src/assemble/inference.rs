@@ -646,33 +646,38 @@ impl Assembler {
             // their window has passed, are roots: nothing to assign (a server's own calls
             // between requests come in bursts that the bounded solver below would fall
             // behind on).
-            waiting.retain(|h| match self.spans.get_mut(h) {
-                Some(s) if s.decided => false,
-                Some(s) if s.candidates.is_empty() && now.saturating_sub(s.start_ns) >= window => {
-                    s.decided = true;
-                    false
+            // The rest in start order (one lookup each: a busy event loop has thousands
+            // waiting, and the list is nearly in that order already).
+            let mut by_start: Vec<(u64, u64)> = Vec::with_capacity(waiting.len());
+            for h in waiting.drain(..) {
+                match self.spans.get_mut(&h) {
+                    Some(s) if s.decided => {}
+                    Some(s)
+                        if s.candidates.is_empty() && now.saturating_sub(s.start_ns) >= window =>
+                    {
+                        s.decided = true;
+                    }
+                    Some(s) => by_start.push((s.start_ns, h)),
+                    None => {}
                 }
-                Some(_) => true,
-                None => false,
-            });
-            waiting.sort_by_key(|h| self.spans.get(h).map_or(0, |s| s.start_ns));
-            let mut rest = waiting.split_off(waiting.len().min(SOLVE_BUDGET));
+            }
+            by_start.sort_unstable();
+            let budget = by_start.len().min(SOLVE_BUDGET);
+            waiting.extend(by_start[..budget].iter().map(|&(_, h)| h));
             for chunk in waiting.chunks(MAX_SOLVE) {
                 self.assign(chunk);
             }
             // Over budget: the due ones are decided alone, the others wait their turn.
-            rest.retain(|h| {
-                let due = self
-                    .spans
-                    .get(h)
-                    .is_some_and(|s| now.saturating_sub(s.start_ns) >= window);
-                if due {
-                    self.decide_unsolved(*h);
+            waiting.clear();
+            for &(start, h) in &by_start[budget..] {
+                if now.saturating_sub(start) >= window {
+                    self.decide_unsolved(h);
+                } else {
+                    waiting.push(h);
                 }
-                !due
-            });
-            if !rest.is_empty() {
-                self.unplaced.insert(pid, rest);
+            }
+            if !waiting.is_empty() {
+                self.unplaced.insert(pid, waiting);
             }
         }
     }
