@@ -173,6 +173,10 @@ pub struct Assembler {
     claimed: FxHashMap<u64, (u32, u32)>,
     /// CLIENT spans per process still waiting for a request in progress to be placed under.
     unplaced: FxHashMap<u32, Vec<u64>>,
+    /// Waiting calls of event loops that have ended among several requests, with their end:
+    /// looked at again once the event stream is the reorder grace past it
+    /// ([`Self::refuse_if_hopeless`]). Bounded by `max_pending`.
+    ended_waiting: VecDeque<(u64, u64)>,
     /// Same-host matching queues per connection tuple.
     unmatched_clients: FxHashMap<Tuple, VecDeque<u64>>,
     unmatched_servers: FxHashMap<Tuple, VecDeque<u64>>,
@@ -239,6 +243,7 @@ impl Assembler {
             claims: FxHashMap::default(),
             claimed: FxHashMap::default(),
             unplaced: FxHashMap::default(),
+            ended_waiting: VecDeque::new(),
             unmatched_clients: FxHashMap::default(),
             unmatched_servers: FxHashMap::default(),
             exported: FxHashMap::default(),
@@ -658,6 +663,17 @@ impl Assembler {
                 let (parent, name_key) = (*parent, span.name_key);
                 self.note_call_end(parent, name_key, end);
             }
+            (SpanKind::Client, _)
+                if !span.decided
+                    && !span.from_worker
+                    && span.tokens.is_empty()
+                    && span.candidates.len() >= 2 =>
+            {
+                if self.ended_waiting.len() >= self.config.max_pending {
+                    self.ended_waiting.pop_front();
+                }
+                self.ended_waiting.push_back((end, handle));
+            }
             _ => {}
         }
         self.stop_serving(key, handle);
@@ -696,9 +712,16 @@ impl Assembler {
     /// (`now_ns` on the kernel's monotonic clock).
     pub fn tick(&mut self, now_ns: u64) -> Vec<SpanRecord> {
         let settle = self.config.settle_ns;
-        self.solve_deferred(now_ns);
         let grace = reorder_grace(settle);
         let seen = self.watermark_ns.min(now_ns);
+        while let Some(&(end, handle)) = self.ended_waiting.front() {
+            if seen.saturating_sub(end) < grace {
+                break;
+            }
+            self.ended_waiting.pop_front();
+            self.refuse_if_hopeless(handle);
+        }
+        self.solve_deferred(now_ns);
         // One pass over the table (it holds every span of the last `settle`, tens of
         // thousands at high rates, and is visited every tick): decisions that timed out,
         // requests that never got an answer, and the spans that may leave now.

@@ -64,6 +64,9 @@
 //! could contain them, otherwise roots with a span link (an event-loop proxy without ids at
 //! tens of thousands of calls a second gets nothing from an assignment it cannot afford).
 //!
+//! An event loop's call without an id is refused before its window ends when its own end
+//! settles that no assignment could state enough for it ([`Assembler::refuse_if_hopeless`]).
+//!
 //! Only `content` and an existing claim decide at once: a single candidate (3) or a single
 //! unclaimed one (4) also waits for the window, since the request that caused the call may be
 //! registered after it (its record can reach the agent later).
@@ -680,6 +683,93 @@ impl Assembler {
                 self.unplaced.insert(pid, waiting);
             }
         }
+    }
+
+    /// A waiting call of a thread that serves requests itself (an event loop), once the event
+    /// stream is the reorder grace past its end: every request that ended before the call did
+    /// is known, so which of its candidates can still contain it is settled, and so is the
+    /// most the settling window's solver could state for it — 0.8 / n until the delays
+    /// between requests of that kind and the call are learned, and once they are (for one
+    /// kind of request), 0.95 times the largest likelihood share among them (the solver
+    /// widens the spreads by its dispersion, which only evens the shares out, and divides by
+    /// the older requests still owed a call). When that is below the link threshold and the
+    /// call carries no id to narrow them, it is decided now, a root with a span link to the
+    /// likeliest (the oldest while nothing is learned), instead of being held with its
+    /// callee's spans for the window: an event-loop proxy without ids makes tens of thousands
+    /// of such calls a second. Forgone: the rare cases where a request that turns up later,
+    /// or links made within the window that fill all but one of its requests, would have
+    /// let the solver link it.
+    pub(super) fn refuse_if_hopeless(&mut self, handle: u64) {
+        let Some(client) = self.spans.get(&handle) else {
+            return;
+        };
+        let Some(end) = client.end_ns else {
+            return;
+        };
+        if client.decided
+            || client.from_worker
+            || !client.tokens.is_empty()
+            || client.candidates.len() < 2
+        {
+            return;
+        }
+        let mut feasible: Vec<(u64, Candidate)> = Vec::with_capacity(client.candidates.len());
+        let mut pairs = None;
+        for &s in &client.candidates {
+            let Some(server) = self.spans.get(&s) else {
+                continue;
+            };
+            let contains = server.start_ns <= client.start_ns
+                && server.end_ns.is_none_or(|server_end| end <= server_end);
+            if !contains || self.room(server, client.name_key) == 0 {
+                continue;
+            }
+            let pair = (server.name_key, client.name_key);
+            match pairs {
+                None => pairs = Some((pair, false)),
+                Some((first, _)) if first != pair => pairs = Some((first, true)),
+                Some(_) => {}
+            }
+            let delay = client.start_ns.saturating_sub(server.start_ns) as f64;
+            let candidate = Candidate::new(s, &self.delays, pair, delay, None);
+            feasible.push((server.start_ns, candidate));
+        }
+        let n = feasible.len();
+        if n < 2 {
+            return;
+        }
+        let learned = feasible
+            .iter()
+            .filter(|(_, o)| o.fits[START].is_some())
+            .count();
+        let (parent, confidence) = if learned == 0 {
+            let oldest = feasible.iter().min_by_key(|(start, _)| *start);
+            (oldest.map(|(_, o)| o.request), 0.8 / n as f64)
+        } else if learned == n && pairs.is_some_and(|(_, mixed)| !mixed) {
+            let best = feasible.iter().map(|(_, o)| o.ll).fold(f64::MIN, f64::max);
+            let total: f64 = feasible.iter().map(|(_, o)| (o.ll - best).exp()).sum();
+            let likeliest = feasible.iter().find(|(_, o)| o.ll >= best);
+            let share = 0.95 / total;
+            (likeliest.map(|(_, o)| o.request), share.max(0.8 / n as f64))
+        } else {
+            // Some learned, some not: which ones stay feasible decides the measure.
+            return;
+        };
+        let Some(parent) = parent else {
+            return;
+        };
+        if confidence >= self.config.link_threshold {
+            return;
+        }
+        self.commit_guess(
+            handle,
+            Guess {
+                parent,
+                method: "ambiguous",
+                confidence,
+                at_once: false,
+            },
+        );
     }
 
     /// A due call the solver had no budget for: linked only when one request in progress

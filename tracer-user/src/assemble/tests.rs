@@ -875,7 +875,12 @@ fn hub_with_learned_delay() -> Assembler {
 /// [`hub_with_learned_delay`] where each request's reply follows its call's answer by
 /// `reply_gap_ms` (the end gap learned alongside the delay).
 fn hub_with_learned_times(reply_gap_ms: u64) -> Assembler {
-    let mut a = assembler();
+    hub_learned_settling(reply_gap_ms, 100 * MS)
+}
+
+/// [`hub_with_learned_times`] with the given settle time.
+fn hub_learned_settling(reply_gap_ms: u64, settle_ns: u64) -> Assembler {
+    let mut a = assembler_settling(settle_ns);
     for i in 0..12 {
         let t = i * 50 * MS;
         feed(
@@ -1723,6 +1728,131 @@ fn tokens_held_by_several_requests_narrow_the_assignment_to_them() {
         matches!(confidence, Some(crate::span::AttrValue::Double(c)) if (c - 0.4).abs() < 1e-9),
         "{confidence:?}"
     );
+}
+
+/// An event loop's call without an id that ends while two requests could each contain it,
+/// with no delay learned between them, is refused at its end (a root with a span link to
+/// the oldest, 0.4) instead of being held a settling window; a call that only one of them
+/// can still contain (the other ended before the call did) waits for the window and is
+/// linked.
+#[test]
+fn an_event_loop_call_no_window_can_place_is_refused_at_its_end() {
+    // settle 1 s: settling window 200 ms, reorder grace 50 ms.
+    let mut a = assembler_settling(1000 * MS);
+    let loop_request = |a: &mut Assembler, n: u64, path: &str, from_us: u64| {
+        let r = request(0, path, at(from_us * 1000, 70), None);
+        feed(a, hub_in(n), Direction::Ingress, r);
+    };
+    let loop_response = |a: &mut Assembler, n: u64, to_us: u64| {
+        let r = response(0, 200, at(to_us * 1000, 70));
+        feed(a, hub_in(n), Direction::Egress, r);
+    };
+    let call = |a: &mut Assembler, n: u64, from_us: u64, to_us: u64| {
+        let r = request(0, "/fizz", at(from_us * 1000, 70), None);
+        feed(a, hub_out(n), Direction::Egress, r);
+        let r = response(0, 200, at(to_us * 1000, 70));
+        feed(a, hub_out(n), Direction::Ingress, r);
+    };
+    let stream_at = |a: &mut Assembler, conn_id: u64, ms: u64| {
+        let other = meta(conn_id, 9, "127.0.0.1:7000", "127.0.0.1:6000");
+        let r = request(0, "/other", at(ms * MS, 90), None);
+        feed(a, other, Direction::Ingress, r);
+    };
+    let calls = |spans: &[SpanRecord]| -> Vec<SpanRecord> {
+        spans
+            .iter()
+            .filter(|s| s.kind == SpanKind::Client)
+            .cloned()
+            .collect()
+    };
+    loop_request(&mut a, 1, "/hub/a", 1000);
+    loop_request(&mut a, 2, "/hub/b", 2000);
+    call(&mut a, 1, 3000, 4000);
+    call(&mut a, 2, 4500, 6000);
+    // /hub/a's answer (5 ms) comes after the second call's (6 ms): another CPU's events can
+    // reach the agent later; the refusal waits for the stream to be past the call's end.
+    loop_response(&mut a, 1, 5000);
+    loop_response(&mut a, 2, 8000);
+    stream_at(&mut a, 3, 60);
+    let early = a.tick(60 * MS);
+    let hub_a = by_name(&early, "GET /hub/a", SpanKind::Server).span_id;
+    let hub_b = by_name(&early, "GET /hub/b", SpanKind::Server).span_id;
+    let [refused] = calls(&early).try_into().expect("one call out early");
+    assert_eq!(refused.parent_span_id, None, "{refused:#?}");
+    assert_eq!(refused.links.len(), 1);
+    assert_eq!(refused.links[0].span_id, hub_a);
+    let attribute = |name| crate::span::find(&refused.links[0].attributes, name).cloned();
+    assert_eq!(
+        attribute("tracer.link.method"),
+        Some(crate::span::AttrValue::Str("ambiguous".into()))
+    );
+    assert!(
+        matches!(attribute("tracer.link.confidence"), Some(crate::span::AttrValue::Double(c)) if (c - 0.4).abs() < 1e-9)
+    );
+    stream_at(&mut a, 4, 300);
+    let late = a.tick(300 * MS);
+    let [placed] = calls(&late)
+        .try_into()
+        .expect("the other call after its window");
+    assert_eq!(placed.parent_span_id, Some(hub_b), "{placed:#?}");
+}
+
+/// Once the delay from a request's start to its call is learned (10 ms), an event loop's
+/// call that fits two concurrent requests about equally (10.5 and 9.5 ms after their
+/// starts) is refused at its end: the solver could state no more than 0.95 x 1/2. One that
+/// fits one of them far better (10 and 1 ms) waits for the window, and is linked there.
+#[test]
+fn an_event_loop_call_is_refused_early_only_when_learned_delays_cannot_tell() {
+    // (second request's start, the call's start, after the first request's; refused early)
+    for (second, call_at, refused_early) in [(MS, 10_500_000, true), (9 * MS, 10 * MS, false)] {
+        // settle 1 s: settling window 200 ms, reorder grace 50 ms.
+        let mut a = hub_learned_settling(1, 1000 * MS);
+        let t = 2000 * MS;
+        for (n, start) in [(60, t), (61, t + second)] {
+            let r = request(0, "/hub", at(start, 70), None);
+            feed(&mut a, hub_in(n), Direction::Ingress, r);
+        }
+        let call_start = t + call_at;
+        let call = request(0, "/fizz", at(call_start, 70), None);
+        feed(&mut a, hub_out(60), Direction::Egress, call);
+        let answer = response(0, 200, at(t + 12 * MS, 70));
+        feed(&mut a, hub_out(60), Direction::Ingress, answer);
+        for n in [60, 61] {
+            let reply = response(0, 200, at(t + 20 * MS, 70));
+            feed(&mut a, hub_in(n), Direction::Egress, reply);
+        }
+        let other = meta(99, 9, "127.0.0.1:7000", "127.0.0.1:6000");
+        let r = request(0, "/other", at(t + 100 * MS, 90), None);
+        feed(&mut a, other, Direction::Ingress, r);
+        let early = a.tick(t + 100 * MS);
+        let out_early = early
+            .iter()
+            .any(|s| s.kind == SpanKind::Client && s.start_unix_ns == call_start + 10);
+        assert_eq!(
+            out_early, refused_early,
+            "second request {second} ns after the first"
+        );
+        if !refused_early {
+            let r = request(0, "/other", at(t + 400 * MS, 90), None);
+            feed(
+                &mut a,
+                meta(98, 9, "127.0.0.1:7000", "127.0.0.1:6001"),
+                Direction::Ingress,
+                r,
+            );
+            let late = a.tick(t + 400 * MS);
+            let call = late
+                .iter()
+                .find(|s| s.kind == SpanKind::Client && s.start_unix_ns == call_start + 10)
+                .expect("decided in the window");
+            let first = early
+                .iter()
+                .chain(&late)
+                .find(|s| s.kind == SpanKind::Server && s.start_unix_ns == t + 10)
+                .expect("the first request");
+            assert_eq!(call.parent_span_id, Some(first.span_id), "{call:#?}");
+        }
+    }
 }
 
 /// A pool worker's handler calls one endpoint twice while its request is the only one in
