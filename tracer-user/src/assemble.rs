@@ -28,8 +28,8 @@
 //! `settle` has passed. A span leaves once its own and its ancestors' positions are decided
 //! and the stream is that grace past its end (`settle` at the latest); a SERVER span's
 //! timing skeleton stays as an inference candidate (until `settle` at the latest) while a
-//! call of its process that started before its end waits to be placed; the identity of a span that left stays in `exported` while a span not
-//! yet built names it.
+//! call of its process that started before its end waits to be placed; the identity of a
+//! span that left stays in `exported` while a span not yet built names it.
 
 use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
 

@@ -59,6 +59,13 @@ fn client_meta(conn_id: u64, pid: u32, local: &str, remote: &str) -> ConnMeta {
     }
 }
 
+/// A request of another process (pid 99) at `ms`: moves the event stream on.
+fn stream_at(a: &mut Assembler, conn_id: u64, ms: u64) {
+    let other = meta(conn_id, 99, "127.0.0.1:7000", "127.0.0.1:6000");
+    let r = request(0, "/other", at(ms * MS, 990), None);
+    feed(a, other, Direction::Ingress, r);
+}
+
 fn at(ns: u64, tid: u32) -> Timing {
     Timing {
         not_before_ns: ns,
@@ -735,16 +742,6 @@ fn a_process_that_never_served_makes_root_calls_without_a_settling_window() {
             response(0, 200, at((start_ms + 1) * MS, conn.pid * 10)),
         );
     };
-    // Another process's traffic moves the event stream on.
-    let stream_at = |a: &mut Assembler, conn_id: u64, ms: u64| {
-        let other = meta(conn_id, 7, "127.0.0.1:7000", "127.0.0.1:6000");
-        feed(
-            a,
-            other,
-            Direction::Ingress,
-            request(0, "/other", at(ms * MS, 70), None),
-        );
-    };
     let calls = |spans: &[SpanRecord]| -> Vec<String> {
         let mut names: Vec<String> = spans
             .iter()
@@ -801,15 +798,6 @@ fn a_request_leaves_once_no_waiting_call_could_be_its_own() {
             inbound,
             Direction::Egress,
             response(0, 200, at(to_ms * MS, 80)),
-        );
-    };
-    let stream_at = |a: &mut Assembler, conn_id: u64, ms: u64| {
-        let other = meta(conn_id, 7, "127.0.0.1:7000", "127.0.0.1:6000");
-        feed(
-            a,
-            other,
-            Direction::Ingress,
-            request(0, "/other", at(ms * MS, 70), None),
         );
     };
     let held = |a: &Assembler, from_ms: u64| a.spans.values().any(|s| s.start_ns / MS == from_ms);
@@ -1753,11 +1741,6 @@ fn an_event_loop_call_no_window_can_place_is_refused_at_its_end() {
         let r = response(0, 200, at(to_us * 1000, 70));
         feed(a, hub_out(n), Direction::Ingress, r);
     };
-    let stream_at = |a: &mut Assembler, conn_id: u64, ms: u64| {
-        let other = meta(conn_id, 9, "127.0.0.1:7000", "127.0.0.1:6000");
-        let r = request(0, "/other", at(ms * MS, 90), None);
-        feed(a, other, Direction::Ingress, r);
-    };
     let calls = |spans: &[SpanRecord]| -> Vec<SpanRecord> {
         spans
             .iter()
@@ -1821,9 +1804,7 @@ fn an_event_loop_call_is_refused_early_only_when_learned_delays_cannot_tell() {
             let reply = response(0, 200, at(t + 20 * MS, 70));
             feed(&mut a, hub_in(n), Direction::Egress, reply);
         }
-        let other = meta(99, 9, "127.0.0.1:7000", "127.0.0.1:6000");
-        let r = request(0, "/other", at(t + 100 * MS, 90), None);
-        feed(&mut a, other, Direction::Ingress, r);
+        stream_at(&mut a, 99, (t + 100 * MS) / MS);
         let early = a.tick(t + 100 * MS);
         let out_early = early
             .iter()
@@ -1833,13 +1814,7 @@ fn an_event_loop_call_is_refused_early_only_when_learned_delays_cannot_tell() {
             "second request {second} ns after the first"
         );
         if !refused_early {
-            let r = request(0, "/other", at(t + 400 * MS, 90), None);
-            feed(
-                &mut a,
-                meta(98, 9, "127.0.0.1:7000", "127.0.0.1:6001"),
-                Direction::Ingress,
-                r,
-            );
+            stream_at(&mut a, 98, (t + 400 * MS) / MS);
             let late = a.tick(t + 400 * MS);
             let call = late
                 .iter()
