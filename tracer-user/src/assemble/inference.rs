@@ -713,44 +713,50 @@ impl Assembler {
         {
             return;
         }
-        let mut feasible: Vec<(u64, Candidate)> = Vec::with_capacity(client.candidates.len());
-        let mut pairs = None;
-        for &s in &client.candidates {
-            let Some(server) = self.spans.get(&s) else {
-                continue;
-            };
-            let contains = server.start_ns <= client.start_ns
-                && server.end_ns.is_none_or(|server_end| end <= server_end);
-            if !contains || self.room(server, client.name_key) == 0 {
-                continue;
+        // The candidates that can still contain it, with their starts and scores (walked
+        // twice rather than collected: this runs for every such call of a busy event loop).
+        let feasible = || {
+            client.candidates.iter().filter_map(|&s| {
+                let server = self.spans.get(&s)?;
+                let contains = server.start_ns <= client.start_ns
+                    && server.end_ns.is_none_or(|server_end| end <= server_end);
+                if !contains || self.room(server, client.name_key) == 0 {
+                    return None;
+                }
+                let pair = (server.name_key, client.name_key);
+                let delay = client.start_ns.saturating_sub(server.start_ns) as f64;
+                Some((
+                    server.start_ns,
+                    pair,
+                    Candidate::new(s, &self.delays, pair, delay, None),
+                ))
+            })
+        };
+        let (mut n, mut learned, mut mixed) = (0usize, 0usize, false);
+        let mut first_pair = None;
+        let mut oldest: Option<(u64, u64)> = None;
+        let mut likeliest: Option<(f64, u64)> = None;
+        for (start, pair, o) in feasible() {
+            n += 1;
+            learned += usize::from(o.fits[START].is_some());
+            mixed |= *first_pair.get_or_insert(pair) != pair;
+            if oldest.is_none_or(|(at, _)| start < at) {
+                oldest = Some((start, o.request));
             }
-            let pair = (server.name_key, client.name_key);
-            match pairs {
-                None => pairs = Some((pair, false)),
-                Some((first, _)) if first != pair => pairs = Some((first, true)),
-                Some(_) => {}
+            if likeliest.is_none_or(|(ll, _)| o.ll > ll) {
+                likeliest = Some((o.ll, o.request));
             }
-            let delay = client.start_ns.saturating_sub(server.start_ns) as f64;
-            let candidate = Candidate::new(s, &self.delays, pair, delay, None);
-            feasible.push((server.start_ns, candidate));
         }
-        let n = feasible.len();
         if n < 2 {
             return;
         }
-        let learned = feasible
-            .iter()
-            .filter(|(_, o)| o.fits[START].is_some())
-            .count();
         let (parent, confidence) = if learned == 0 {
-            let oldest = feasible.iter().min_by_key(|(start, _)| *start);
-            (oldest.map(|(_, o)| o.request), 0.8 / n as f64)
-        } else if learned == n && pairs.is_some_and(|(_, mixed)| !mixed) {
-            let best = feasible.iter().map(|(_, o)| o.ll).fold(f64::MIN, f64::max);
-            let total: f64 = feasible.iter().map(|(_, o)| (o.ll - best).exp()).sum();
-            let likeliest = feasible.iter().find(|(_, o)| o.ll >= best);
+            (oldest.map(|(_, h)| h), 0.8 / n as f64)
+        } else if learned == n && !mixed {
+            let best = likeliest.map_or(0.0, |(ll, _)| ll);
+            let total: f64 = feasible().map(|(_, _, o)| (o.ll - best).exp()).sum();
             let share = 0.95 / total;
-            (likeliest.map(|(_, o)| o.request), share.max(0.8 / n as f64))
+            (likeliest.map(|(_, h)| h), share.max(0.8 / n as f64))
         } else {
             // Some learned, some not: which ones stay feasible decides the measure.
             return;
