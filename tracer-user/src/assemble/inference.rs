@@ -180,6 +180,16 @@ pub(super) fn teaches(method: &str) -> bool {
     matches!(method, "thread" | "content" | "process" | "thread_pool")
 }
 
+/// Whether request `server` can contain call `client` (timing containment): it started no
+/// later, and it has not ended before the call did.
+fn can_contain(server: &PendingSpan, client: &PendingSpan) -> bool {
+    server.start_ns <= client.start_ns
+        && match (server.end_ns, client.end_ns) {
+            (Some(server_end), Some(client_end)) => client_end <= server_end,
+            _ => true,
+        }
+}
+
 /// Most (process, token) pairs remembered; beyond it the memory starts over.
 const MAX_RECENT_TOKENS: usize = 65_536;
 
@@ -703,10 +713,8 @@ impl Assembler {
         let Some(client) = self.spans.get(&handle) else {
             return;
         };
-        let Some(end) = client.end_ns else {
-            return;
-        };
-        if client.decided
+        if client.end_ns.is_none()
+            || client.decided
             || client.from_worker
             || !client.tokens.is_empty()
             || client.candidates.len() < 2
@@ -718,9 +726,7 @@ impl Assembler {
         let feasible = || {
             client.candidates.iter().filter_map(|&s| {
                 let server = self.spans.get(&s)?;
-                let contains = server.start_ns <= client.start_ns
-                    && server.end_ns.is_none_or(|server_end| end <= server_end);
-                if !contains || self.room(server, client.name_key) == 0 {
+                if !can_contain(server, client) || self.room(server, client.name_key) == 0 {
                     return None;
                 }
                 let pair = (server.name_key, client.name_key);
@@ -789,13 +795,9 @@ impl Assembler {
             .iter()
             .copied()
             .filter(|s| {
-                self.spans.get(s).is_some_and(|server| {
-                    server.start_ns <= client.start_ns
-                        && match (server.end_ns, client.end_ns) {
-                            (Some(server_end), Some(client_end)) => client_end <= server_end,
-                            _ => true,
-                        }
-                })
+                self.spans
+                    .get(s)
+                    .is_some_and(|server| can_contain(server, client))
             })
             .collect();
         let alone = client.candidates.len() == 1;
@@ -857,10 +859,6 @@ impl Assembler {
                     let Some(server) = self.spans.get(&s) else {
                         continue;
                     };
-                    let contained = match (server.end_ns, client.end_ns) {
-                        (Some(server_end), Some(client_end)) => client_end <= server_end,
-                        _ => true,
-                    };
                     let pair = (server.name_key, client.name_key);
                     let room = if alone {
                         u16::MAX
@@ -871,8 +869,7 @@ impl Assembler {
                     let thread = (client.pid, client.tid);
                     let other_workers = !serves(&self.serving, thread)
                         && self.claimed.get(&s).is_some_and(|owner| *owner != thread);
-                    if !contained || room == 0 || other_workers || server.start_ns > client.start_ns
-                    {
+                    if !can_contain(server, client) || room == 0 || other_workers {
                         continue;
                     }
                     let delay = client.start_ns.saturating_sub(server.start_ns) as f64;
