@@ -663,12 +663,7 @@ impl Assembler {
                 let (parent, name_key) = (*parent, span.name_key);
                 self.note_call_end(parent, name_key, end);
             }
-            (SpanKind::Client, _)
-                if !span.decided
-                    && !span.from_worker
-                    && span.tokens.is_empty()
-                    && span.candidates.len() >= 2 =>
-            {
+            (SpanKind::Client, _) if inference::refusable_at_end(span) => {
                 if self.ended_waiting.len() >= self.config.max_pending {
                     self.ended_waiting.pop_front();
                 }

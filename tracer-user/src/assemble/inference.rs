@@ -180,6 +180,13 @@ pub(super) fn teaches(method: &str) -> bool {
     matches!(method, "thread" | "content" | "process" | "thread_pool")
 }
 
+/// A waiting call that [`Assembler::refuse_if_hopeless`] may decide at its end: undecided,
+/// of a thread that serves requests itself (no pool worker, whose claims could still narrow
+/// it), with no id to narrow its candidates, and more than one of them.
+pub(super) fn refusable_at_end(call: &PendingSpan) -> bool {
+    !call.decided && !call.from_worker && call.tokens.is_empty() && call.candidates.len() >= 2
+}
+
 /// Whether request `server` can contain call `client` (timing containment): it started no
 /// later, and it has not ended before the call did.
 fn can_contain(server: &PendingSpan, client: &PendingSpan) -> bool {
@@ -713,12 +720,7 @@ impl Assembler {
         let Some(client) = self.spans.get(&handle) else {
             return;
         };
-        if client.end_ns.is_none()
-            || client.decided
-            || client.from_worker
-            || !client.tokens.is_empty()
-            || client.candidates.len() < 2
-        {
+        if client.end_ns.is_none() || !refusable_at_end(client) {
             return;
         }
         // The candidates that can still contain it, with their starts and scores (walked
