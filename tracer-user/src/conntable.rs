@@ -396,13 +396,8 @@ impl ConnTable {
             self.messages.len(),
         );
         let gave_up = parser.gave_up();
-        let meta = ConnMeta {
-            conn_id: rec.conn_id,
-            pid: conn.pid,
-            fd: conn.fd,
-            endpoints: conn.endpoints,
-            protocol: *protocol,
-            process_serves: self.serving.serves(conn.pid),
+        let Some(meta) = conn.meta(rec.conn_id, self.serving.serves(conn.pid)) else {
+            return;
         };
         // A connection picked up while its server was writing is known by its next request.
         if !meta.process_serves
