@@ -729,16 +729,17 @@ impl Assembler {
         // `grace` before the latest event seen and a same-host CLIENT span it is clamped into
         // has ended; at the latest `settle` after its end. What inference and its children
         // still need of it stays until then.
-        let may_leave = |s: &PendingSpan| -> Option<bool> {
+        let may_leave = |s: &PendingSpan| -> Option<(bool, bool)> {
             let end = s.end_ns?;
             let settled = now_ns.saturating_sub(end) >= settle;
             // (A span sent already is kept as an inference candidate; it may go now too.)
             let early_ok = s.decided && seen.saturating_sub(end) >= grace;
-            (settled || early_ok).then_some(settled)
+            (settled || early_ok).then_some((settled, s.sent))
         };
         let timeout = self.config.request_timeout_ns;
         let mut stale = Vec::new();
-        let mut ready: Vec<(u64, bool)> = Vec::new();
+        // (handle, settled, sent already)
+        let mut ready: Vec<(u64, bool, bool)> = Vec::new();
         for (&handle, span) in self.spans.iter_mut() {
             if !span.decided
                 && (now_ns.saturating_sub(span.start_ns) > settle
@@ -749,8 +750,8 @@ impl Assembler {
             }
             if span.end_ns.is_none() && now_ns.saturating_sub(span.start_ns) > timeout {
                 stale.push(handle);
-            } else if let Some(settled) = may_leave(span) {
-                ready.push((handle, settled));
+            } else if let Some((settled, sent)) = may_leave(span) {
+                ready.push((handle, settled, sent));
             }
         }
         let spans = &self.spans;
@@ -796,18 +797,20 @@ impl Assembler {
                 requests.retain(|_, h| *h != handle);
             }
             self.finish_unanswered(handle, now_ns, "no response before the request timeout");
-            if let Some(settled) = self.spans.get(&handle).and_then(|s| may_leave(s)) {
-                ready.push((handle, settled));
+            if let Some((settled, sent)) = self.spans.get(&handle).and_then(|s| may_leave(s)) {
+                ready.push((handle, settled, sent));
             }
         }
         self.open.retain(|_, m| !m.is_empty());
         self.serving.retain(|_, list| !list.is_empty());
         self.serving_by_pid.retain(|_, list| !list.is_empty());
-        ready.retain(|&(h, settled)| {
-            self.ancestors_decided(h) && (settled || self.clamp_parent_ended(h))
+        // A span sent already passed these when it was built (decisions and ends are final);
+        // kept as a candidate, it is back here every tick until it goes.
+        ready.retain(|&(h, settled, sent)| {
+            sent || (self.ancestors_decided(h) && (settled || self.clamp_parent_ended(h)))
         });
         let mut out = Vec::with_capacity(ready.len());
-        for (handle, settled) in ready {
+        for (handle, settled, _) in ready {
             // A CLIENT span is no inference candidate: once out, only its identity (in
             // `exported`) is needed. A SERVER span stays a candidate (until `settle` at the
             // latest) while a call of its process that started before its end waits to be
