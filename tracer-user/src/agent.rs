@@ -9,7 +9,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -49,6 +49,11 @@ impl ResourceSource for ProcessCache {
 
 /// How often span assembly and the connection table do their housekeeping.
 const TICK: Duration = Duration::from_millis(50);
+/// How long one drain of the ring buffer may run before the pipeline looks at its other
+/// duties; the housekeeping tick is at most this late (plus one batch).
+const DRAIN_BUDGET: Duration = Duration::from_millis(10);
+/// The last drain at a stop, with the probes still attached: what they wrote before it.
+const FINAL_DRAIN_BUDGET: Duration = Duration::from_millis(500);
 /// How long the exporter may take to flush at exit.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -149,17 +154,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .unwrap_or("stdout")
     );
     loop {
+        // In this order: under load the ring buffer is always ready, and a draw among ready
+        // branches (tokio's default) let whole drains pass before the housekeeping tick, up
+        // to 1.4 s late on an overrun proxy chain: what it releases piled up meanwhile (to
+        // the pending-span bound, then in one burst into the export queue).
         tokio::select! {
-            woken = ring.woken() => {
-                if let Err(e) = woken {
-                    warn!("ring buffer poll failed: {e}; stopping");
-                    break;
-                }
-                drain(&mut ring, &mut probes, &mut table, &mut assembler, &mut processes, &mut outputs, &metrics);
-            }
-            _ = drain_timer.tick() => {
-                drain(&mut ring, &mut probes, &mut table, &mut assembler, &mut processes, &mut outputs, &metrics);
-            }
+            biased;
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
             _ = tick.tick() => {
                 let now = monotonic_ns();
                 ticks += 1;
@@ -176,14 +178,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             }
             _ = stats.tick(), if config.stats_interval_secs > 0 => log_stats(&probes, &metrics, &table, &assembler),
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            woken = ring.woken() => {
+                if let Err(e) = woken {
+                    warn!("ring buffer poll failed: {e}; stopping");
+                    break;
+                }
+                drain(&mut ring, &mut probes, &mut table, &mut assembler, &mut processes, &mut outputs, &metrics);
+            }
+            _ = drain_timer.tick() => {
+                drain(&mut ring, &mut probes, &mut table, &mut assembler, &mut processes, &mut outputs, &metrics);
+            }
         }
     }
 
     info!("stopping: detaching probes and flushing spans");
     refresh_kernel_counters(&probes, &metrics);
-    drain(
+    let stopping = Instant::now();
+    while drain(
         &mut ring,
         &mut probes,
         &mut table,
@@ -191,7 +202,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &mut processes,
         &mut outputs,
         &metrics,
-    );
+    ) && stopping.elapsed() < FINAL_DRAIN_BUDGET
+    {}
     drop(ring);
     drop(probes);
     table.close_all(&mut outputs);
@@ -206,8 +218,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drains the ring buffer (a bounded number of batches, so that ticks and signals keep
-/// their turn under any load) through the connection table into span assembly.
+/// Drains the ring buffer through the connection table into span assembly, batch after
+/// batch until it is empty or [`DRAIN_BUDGET`] has passed, so that ticks and signals keep
+/// their turn under any load. Returns whether records were left when the budget ran out.
 fn drain(
     ring: &mut RingReader,
     probes: &mut Probes,
@@ -216,9 +229,10 @@ fn drain(
     processes: &mut ProcessCache,
     outputs: &mut Vec<ConnOutput>,
     metrics: &Metrics,
-) {
-    const MAX_BATCHES: usize = 16;
-    for _ in 0..MAX_BATCHES {
+) -> bool {
+    let started = Instant::now();
+    let mut more = false;
+    loop {
         let read = ring.drain(|event| {
             // A new connection: learn the process's identity while it surely still runs.
             if let Event::Conn(conn) = event
@@ -234,6 +248,10 @@ fn drain(
         if read < reader::DRAIN_BATCH {
             break;
         }
+        if started.elapsed() >= DRAIN_BUDGET {
+            more = true;
+            break;
+        }
     }
     // What the table decided not to trace stops in the kernel, before any copy.
     let mutes = table.take_mutes();
@@ -241,6 +259,7 @@ fn drain(
         let failed = probes.mute(&mutes.pids, &mutes.conns);
         add(&metrics.mutes_failed, failed as u64);
     }
+    more
 }
 
 fn export_config(config: &Config) -> anyhow::Result<ExportConfig> {

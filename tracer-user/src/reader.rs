@@ -5,8 +5,9 @@
 //! does not fit.
 //!
 //! Wakeups: the kernel side wakes the reader at a new connection, or once a fraction of the
-//! ring holds unread records; otherwise the pipeline drains every [`DRAIN_INTERVAL`], one
-//! batch per wakeup.
+//! ring holds unread records; otherwise the pipeline drains every [`DRAIN_INTERVAL`]. Each
+//! call here reads one batch; the pipeline (`agent.rs`) reads batches until the ring is empty
+//! or its time budget has passed.
 
 use std::{io, sync::Arc, time::Duration};
 
@@ -22,8 +23,8 @@ use crate::{
 /// How often the pipeline drains the ring buffer when the kernel has not woken it.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Records handled per drain before the pipeline looks at its other duties (ticks, signals).
-pub const DRAIN_BATCH: usize = 4096;
+/// Records handled per batch: between batches the pipeline checks how long it has drained.
+pub const DRAIN_BATCH: usize = 1024;
 
 pub struct RingReader {
     fd: AsyncFd<RingBuf<MapData>>,
