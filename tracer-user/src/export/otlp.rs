@@ -5,8 +5,9 @@
 //! Written by hand on purpose: building `opentelemetry_proto`'s message structs (a `String`
 //! per attribute key and value, a `Vec` per id) and encoding them with prost took about a third
 //! of the agent's CPU at nginx saturation. Here each span is written straight from its record
-//! into one buffer: a first pass sums the lengths (protobuf puts a message's length before it),
-//! a second writes the bytes. prost's wire primitives (keys, varints) are used; the field
+//! into one buffer in one pass: protobuf puts a message's length before it, so a nested
+//! message is written after a reserved length that is filled in once its end is known
+//! (`message`; a key-value's length, known from its parts, is written at once). prost's wire primitives (keys, varints) are used; the field
 //! numbers are those of `opentelemetry/proto/trace/v1/trace.proto` and its imports, and the
 //! tests decode the output with `opentelemetry_proto`'s prost types.
 //!
@@ -17,9 +18,7 @@ use std::{net::Ipv4Addr, sync::Arc};
 
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
-use crate::span::{
-    AttrValue, Attribute, ProcessResource, SpanKind, SpanLink, SpanRecord, SpanStatus,
-};
+use crate::span::{AttrValue, Attribute, ProcessResource, SpanKind, SpanRecord, SpanStatus};
 
 /// Instrumentation scope name reported for every span.
 pub const SCOPE_NAME: &str = "tracer";
@@ -81,69 +80,38 @@ pub fn encode_request(spans: &[SpanRecord]) -> Vec<u8> {
             resources.len() - 1
         }));
     }
-    let resource_attrs: Vec<Vec<Attribute>> =
-        resources.iter().map(|r| resource_attributes(r)).collect();
-    let resource_lens: Vec<usize> = resource_attrs
-        .iter()
-        .map(|a| attributes_len(field::RESOURCE_ATTRIBUTES, a))
-        .collect();
-    // First pass: every span's length and each group's `ScopeSpans` length.
-    let span_lens: Vec<usize> = spans.iter().map(span_len).collect();
-    let mut scope_spans_lens =
-        vec![message_field_len(field::SCOPE_SPANS_SCOPE, scope_len()); resources.len()];
-    for (&group, &len) in group_of.iter().zip(&span_lens) {
-        scope_spans_lens[group] += message_field_len(field::SCOPE_SPANS_SPANS, len);
-    }
-    let resource_spans_lens: Vec<usize> = resource_lens
-        .iter()
-        .zip(&scope_spans_lens)
-        .map(|(&resource, &scope_spans)| {
-            message_field_len(field::RESOURCE_SPANS_RESOURCE, resource)
-                + message_field_len(field::RESOURCE_SPANS_SCOPE_SPANS, scope_spans)
-        })
-        .collect();
-    let total = resource_spans_lens
-        .iter()
-        .map(|&len| message_field_len(field::REQUEST_RESOURCE_SPANS, len))
-        .sum();
-    // Second pass: the bytes, one group after the other (spans of a group in batch order).
+    // One group after the other (spans of a group in batch order).
     let mut order: Vec<usize> = (0..spans.len()).collect();
     order.sort_by_key(|&i| group_of[i]);
-    let mut buf = Vec::with_capacity(total);
+    let mut buf = Vec::with_capacity(spans.len() * SPAN_BYTES_GUESS + 256);
     let members = order.chunk_by(|&a, &b| group_of[a] == group_of[b]);
-    for ((group, resource), members) in resource_attrs.iter().enumerate().zip(members) {
-        message_header(
-            field::REQUEST_RESOURCE_SPANS,
-            resource_spans_lens[group],
-            &mut buf,
-        );
-        message_header(
-            field::RESOURCE_SPANS_RESOURCE,
-            resource_lens[group],
-            &mut buf,
-        );
-        attributes(field::RESOURCE_ATTRIBUTES, resource, &mut buf);
-        message_header(
-            field::RESOURCE_SPANS_SCOPE_SPANS,
-            scope_spans_lens[group],
-            &mut buf,
-        );
-        message_header(field::SCOPE_SPANS_SCOPE, scope_len(), &mut buf);
-        string_field(field::SCOPE_NAME, SCOPE_NAME, &mut buf);
-        string_field(field::SCOPE_VERSION, SCOPE_VERSION, &mut buf);
-        for &i in members {
-            message_header(field::SCOPE_SPANS_SPANS, span_lens[i], &mut buf);
-            encode_span(&spans[i], &mut buf);
-        }
+    for (resource, members) in resources.iter().zip(members) {
+        message(field::REQUEST_RESOURCE_SPANS, 3, &mut buf, |buf| {
+            message(field::RESOURCE_SPANS_RESOURCE, 2, buf, |buf| {
+                attributes(
+                    field::RESOURCE_ATTRIBUTES,
+                    &resource_attributes(resource),
+                    buf,
+                );
+            });
+            message(field::RESOURCE_SPANS_SCOPE_SPANS, 3, buf, |buf| {
+                message(field::SCOPE_SPANS_SCOPE, 1, buf, |buf| {
+                    string_field(field::SCOPE_NAME, SCOPE_NAME, buf);
+                    string_field(field::SCOPE_VERSION, SCOPE_VERSION, buf);
+                });
+                for &i in members {
+                    message(field::SCOPE_SPANS_SPANS, 2, buf, |buf| {
+                        encode_span(&spans[i], buf)
+                    });
+                }
+            });
+        });
     }
-    debug_assert_eq!(buf.len(), total);
     buf
 }
 
-fn scope_len() -> usize {
-    string_field_len(field::SCOPE_NAME, SCOPE_NAME)
-        + string_field_len(field::SCOPE_VERSION, SCOPE_VERSION)
-}
+/// About what one of our spans takes encoded (the buffer's first reservation).
+const SPAN_BYTES_GUESS: usize = 512;
 
 /// `service.name` followed by the process's other resource attributes.
 fn resource_attributes(resource: &ProcessResource) -> Vec<Attribute> {
@@ -154,32 +122,6 @@ fn resource_attributes(resource: &ProcessResource) -> Vec<Attribute> {
     ));
     attributes.extend(resource.attributes.iter().cloned());
     attributes
-}
-
-fn span_len(record: &SpanRecord) -> usize {
-    let mut len = bytes_field_len(field::SPAN_TRACE_ID, &record.trace_id)
-        + bytes_field_len(field::SPAN_SPAN_ID, &record.span_id)
-        + record
-            .tracestate
-            .as_deref()
-            .map_or(0, |s| string_field_len(field::SPAN_TRACE_STATE, s))
-        + record
-            .parent_span_id
-            .map_or(0, |id| bytes_field_len(field::SPAN_PARENT_SPAN_ID, &id))
-        + string_field_len(field::SPAN_NAME, &record.name)
-        + key_len(field::SPAN_KIND)
-        + 1
-        + fixed64_field_len(field::SPAN_START, record.start_unix_ns)
-        + fixed64_field_len(field::SPAN_END, record.end_unix_ns)
-        + attributes_len(field::SPAN_ATTRIBUTES, &record.attributes)
-        + message_field_len(field::SPAN_STATUS, status_len(&record.status));
-    for link in &record.links {
-        len += message_field_len(field::SPAN_LINKS, link_len(link));
-    }
-    if record.flags != 0 {
-        len += key_len(field::SPAN_FLAGS) + 4;
-    }
-    len
 }
 
 fn encode_span(record: &SpanRecord, buf: &mut Vec<u8>) {
@@ -197,50 +139,28 @@ fn encode_span(record: &SpanRecord, buf: &mut Vec<u8>) {
         SpanKind::Client => KIND_CLIENT,
     };
     encode_key(field::SPAN_KIND, WireType::Varint, buf);
-    encode_varint(kind, buf);
+    varint(kind, buf);
     fixed64_field(field::SPAN_START, record.start_unix_ns, buf);
     fixed64_field(field::SPAN_END, record.end_unix_ns, buf);
     attributes(field::SPAN_ATTRIBUTES, &record.attributes, buf);
     for link in &record.links {
-        message_header(field::SPAN_LINKS, link_len(link), buf);
-        bytes_field(field::LINK_TRACE_ID, &link.trace_id, buf);
-        bytes_field(field::LINK_SPAN_ID, &link.span_id, buf);
-        attributes(field::LINK_ATTRIBUTES, &link.attributes, buf);
+        message(field::SPAN_LINKS, 1, buf, |buf| {
+            bytes_field(field::LINK_TRACE_ID, &link.trace_id, buf);
+            bytes_field(field::LINK_SPAN_ID, &link.span_id, buf);
+            attributes(field::LINK_ATTRIBUTES, &link.attributes, buf);
+        });
     }
-    message_header(field::SPAN_STATUS, status_len(&record.status), buf);
-    if let SpanStatus::Error(message) = &record.status {
-        string_field(field::STATUS_MESSAGE, message.as_deref().unwrap_or(""), buf);
-        encode_key(field::STATUS_CODE, WireType::Varint, buf);
-        encode_varint(STATUS_CODE_ERROR, buf);
-    }
+    message(field::SPAN_STATUS, 1, buf, |buf| {
+        if let SpanStatus::Error(message) = &record.status {
+            string_field(field::STATUS_MESSAGE, message.as_deref().unwrap_or(""), buf);
+            encode_key(field::STATUS_CODE, WireType::Varint, buf);
+            varint(STATUS_CODE_ERROR, buf);
+        }
+    });
     if record.flags != 0 {
         encode_key(field::SPAN_FLAGS, WireType::ThirtyTwoBit, buf);
         buf.extend_from_slice(&u32::from(record.flags).to_le_bytes());
     }
-}
-
-fn link_len(link: &SpanLink) -> usize {
-    bytes_field_len(field::LINK_TRACE_ID, &link.trace_id)
-        + bytes_field_len(field::LINK_SPAN_ID, &link.span_id)
-        + attributes_len(field::LINK_ATTRIBUTES, &link.attributes)
-}
-
-fn status_len(status: &SpanStatus) -> usize {
-    match status {
-        SpanStatus::Unset => 0,
-        SpanStatus::Error(message) => {
-            string_field_len(field::STATUS_MESSAGE, message.as_deref().unwrap_or(""))
-                + key_len(field::STATUS_CODE)
-                + encoded_len_varint(STATUS_CODE_ERROR)
-        }
-    }
-}
-
-fn attributes_len(tag: u32, attributes: &[Attribute]) -> usize {
-    attributes
-        .iter()
-        .map(|a| message_field_len(tag, key_value_len(a.key, &a.value)))
-        .sum()
 }
 
 fn attributes(tag: u32, attributes: &[Attribute], buf: &mut Vec<u8>) {
@@ -250,55 +170,58 @@ fn attributes(tag: u32, attributes: &[Attribute], buf: &mut Vec<u8>) {
 }
 
 /// A `KeyValue` whose `AnyValue` holds exactly one of its variants (encoded even when it is
-/// the type's default, as a set `oneof` is).
-fn key_value_len(key: &str, value: &AttrValue) -> usize {
-    string_field_len(field::KEY_VALUE_KEY, key)
-        + message_field_len(field::KEY_VALUE_VALUE, any_value_len(value))
-}
-
-fn any_value_len(value: &AttrValue) -> usize {
-    match value {
-        AttrValue::Str(s) => {
-            key_len(field::ANY_STRING) + encoded_len_varint(s.len() as u64) + s.len()
-        }
-        AttrValue::Ipv4(ip) => {
-            let len = ipv4_text(*ip).1;
-            key_len(field::ANY_STRING) + encoded_len_varint(len as u64) + len
-        }
-        AttrValue::Bool(_) => key_len(field::ANY_BOOL) + 1,
-        AttrValue::Int(i) => key_len(field::ANY_INT) + encoded_len_varint(*i as u64),
-        AttrValue::Double(_) => key_len(field::ANY_DOUBLE) + 8,
-    }
-}
-
+/// the type's default, as a set `oneof` is). Its length is known from its parts, so it is
+/// written at once; an address's text is made once.
 fn key_value(tag: u32, key: &str, value: &AttrValue, buf: &mut Vec<u8>) {
-    message_header(tag, key_value_len(key, value), buf);
-    string_field(field::KEY_VALUE_KEY, key, buf);
-    message_header(field::KEY_VALUE_VALUE, any_value_len(value), buf);
-    match value {
-        AttrValue::Str(s) => {
-            encode_key(field::ANY_STRING, WireType::LengthDelimited, buf);
-            encode_varint(s.len() as u64, buf);
-            buf.extend_from_slice(s.as_bytes());
-        }
+    /// What the `AnyValue` holds on the wire.
+    enum Wire<'a> {
+        Text(&'a [u8]),
+        Int(u64),
+        Double(f64),
+        Bool(bool),
+    }
+    let address;
+    let wire = match value {
+        AttrValue::Str(s) => Wire::Text(s.as_bytes()),
         AttrValue::Ipv4(ip) => {
-            let (text, len) = ipv4_text(*ip);
-            encode_key(field::ANY_STRING, WireType::LengthDelimited, buf);
-            encode_varint(len as u64, buf);
-            buf.extend_from_slice(&text[..len]);
+            address = ipv4_text(*ip);
+            Wire::Text(&address.0[..address.1])
         }
-        AttrValue::Bool(b) => {
-            encode_key(field::ANY_BOOL, WireType::Varint, buf);
-            encode_varint(u64::from(*b), buf);
+        AttrValue::Int(i) => Wire::Int(*i as u64),
+        AttrValue::Double(d) => Wire::Double(*d),
+        AttrValue::Bool(b) => Wire::Bool(*b),
+    };
+    let any_value_len = match wire {
+        Wire::Text(text) => {
+            key_len(field::ANY_STRING) + encoded_len_varint(text.len() as u64) + text.len()
         }
-        AttrValue::Int(i) => {
+        Wire::Int(i) => key_len(field::ANY_INT) + encoded_len_varint(i),
+        Wire::Double(_) => key_len(field::ANY_DOUBLE) + 8,
+        Wire::Bool(_) => key_len(field::ANY_BOOL) + 1,
+    };
+    let len = string_field_len(field::KEY_VALUE_KEY, key)
+        + message_field_len(field::KEY_VALUE_VALUE, any_value_len);
+    message_header(tag, len, buf);
+    string_field(field::KEY_VALUE_KEY, key, buf);
+    message_header(field::KEY_VALUE_VALUE, any_value_len, buf);
+    match wire {
+        // Written even when empty (a set `oneof`), unlike `bytes_field`.
+        Wire::Text(text) => message_header(field::ANY_STRING, text.len(), buf),
+        Wire::Int(i) => {
             encode_key(field::ANY_INT, WireType::Varint, buf);
-            encode_varint(*i as u64, buf);
+            varint(i, buf);
         }
-        AttrValue::Double(d) => {
+        Wire::Double(d) => {
             encode_key(field::ANY_DOUBLE, WireType::SixtyFourBit, buf);
             buf.extend_from_slice(&d.to_le_bytes());
         }
+        Wire::Bool(b) => {
+            encode_key(field::ANY_BOOL, WireType::Varint, buf);
+            buf.push(u8::from(b));
+        }
+    }
+    if let Wire::Text(text) = wire {
+        buf.extend_from_slice(text);
     }
 }
 
@@ -329,13 +252,44 @@ fn ipv4_text(ip: Ipv4Addr) -> ([u8; 15], usize) {
 // Wire primitives. proto3 leaves out a scalar field holding its default (empty string, zero);
 // a message field that is present is written even when empty.
 
+/// Writes field `tag` holding the message that `body` writes, in one pass: the key, `guess`
+/// bytes reserved for the length, the body, then the length in its place (the body moved
+/// when its length takes another number of bytes than guessed, so the varint stays minimal).
+fn message(tag: u32, guess: usize, buf: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    let at = buf.len();
+    buf.resize(at + guess, 0);
+    body(buf);
+    let len = buf.len() - at - guess;
+    let needed = encoded_len_varint(len as u64);
+    if needed > guess {
+        buf.resize(buf.len() + needed - guess, 0);
+        buf.copy_within(at + guess..at + guess + len, at + needed);
+    } else if needed < guess {
+        buf.copy_within(at + guess.., at + needed);
+        buf.truncate(at + needed + len);
+    }
+    encode_varint(len as u64, &mut &mut buf[at..at + needed]);
+}
+
 fn message_field_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
 fn message_header(tag: u32, len: usize, buf: &mut Vec<u8>) {
     encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(len as u64, buf);
+    varint(len as u64, buf);
+}
+
+/// prost's varint with the one-byte case first: most lengths and values written here are
+/// below 128.
+#[inline]
+fn varint(value: u64, buf: &mut Vec<u8>) {
+    if value < 0x80 {
+        buf.push(value as u8);
+    } else {
+        encode_varint(value, buf);
+    }
 }
 
 fn bytes_field_len(tag: u32, bytes: &[u8]) -> usize {
@@ -361,10 +315,6 @@ fn string_field(tag: u32, s: &str, buf: &mut Vec<u8>) {
     bytes_field(tag, s.as_bytes(), buf);
 }
 
-fn fixed64_field_len(tag: u32, value: u64) -> usize {
-    if value == 0 { 0 } else { key_len(tag) + 8 }
-}
-
 fn fixed64_field(tag: u32, value: u64, buf: &mut Vec<u8>) {
     if value != 0 {
         encode_key(tag, WireType::SixtyFourBit, buf);
@@ -381,6 +331,8 @@ pub(crate) mod tests {
         trace::v1::{Span, span, status},
     };
     use prost::Message as _;
+
+    use crate::span::SpanLink;
 
     pub(crate) fn resource(pid: u32, service: &str) -> Arc<ProcessResource> {
         Arc::new(ProcessResource {
@@ -447,6 +399,43 @@ pub(crate) mod tests {
                 std::str::from_utf8(&text[..len]),
                 Ok(ip.to_string().as_str())
             );
+        }
+    }
+
+    /// Every nested message is written after a length guessed in advance: bodies on either
+    /// side of each varint size (1, 2, 3 and 4 bytes) must come out with minimal lengths.
+    #[test]
+    fn lengths_are_right_whatever_the_size_of_a_message() {
+        let res = resource(7, "sizes");
+        for size in [0, 100, 127, 128, 16_383, 16_384, 2_097_152] {
+            let text = "y".repeat(size);
+            let mut r = record(&res, 1, 2, None);
+            r.attributes = vec![Attribute::str("tracer.big", text.as_str())];
+            r.status = SpanStatus::Error(Some(text.clone()));
+            r.links = vec![SpanLink {
+                trace_id: [3; 16],
+                span_id: [4; 8],
+                attributes: vec![Attribute::str("tracer.big", text.as_str())],
+            }];
+            let request = decode(&[r]);
+            let s = only_span(&request);
+            assert_eq!(
+                value(&s.attributes[0]),
+                Some(&any_value::Value::StringValue(text.clone()))
+            );
+            assert_eq!(s.status.as_ref().map(|st| st.message.len()), Some(size));
+            assert_eq!(
+                value(&s.links[0].attributes[0]),
+                Some(&any_value::Value::StringValue(text))
+            );
+        }
+        // Batches from one span to more than 16 KiB and 2 MiB of spans per process.
+        for count in [1, 40, 5_000] {
+            let spans: Vec<SpanRecord> = (0..count)
+                .map(|i| record(&res, 5, (i % 250) as u8, Some(9)))
+                .collect();
+            let request = decode(&spans);
+            assert_eq!(request.resource_spans[0].scope_spans[0].spans.len(), count);
         }
     }
 
