@@ -1,9 +1,9 @@
 //! Connection life cycle: `connect` (client side) and `accept`/`accept4` (server side) from
-//! `syscalls:sys_enter_*`/`sys_exit_*`, with addresses from the user's sockaddr (connect's
-//! target, accept's peer; only AF_INET/AF_INET6 are reported); and the end of a connection
-//! from `sock:inet_sock_set_state` reaching TCP_CLOSE (Linux 4.16+), which also covers sockets
-//! closed by process exit and dup'ed fds. The close is reported only for sockets the data path
-//! has seen, whose entry it removes.
+//! `syscalls:sys_exit_*` alone (the arguments are read from the saved registers), with
+//! addresses from the user's sockaddr (connect's target, accept's peer; only AF_INET/AF_INET6
+//! are reported); and the end of a connection from `sock:inet_sock_set_state` reaching
+//! TCP_CLOSE (Linux 4.16+), which also covers sockets closed by process exit and dup'ed fds.
+//! The close is reported only for sockets the data path has seen, whose entry it removes.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
@@ -14,38 +14,21 @@ use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventHeader, SockAddrs, conn_o
 
 use crate::maps::{
     AGENT_PORTS, AGENT_SOCKS, AGENT_TGID, ANNOUNCED, BPF_RB_FORCE_WAKEUP, CONNS, EVENTS,
-    FILTER_PORTS, INFLIGHT, Inflight, bump, ignore, is_traced, port_allowed, wakeup_flags,
+    FILTER_PORTS, bump, ignore, is_traced, port_allowed, wakeup_flags,
 };
 use crate::record::field;
+use crate::syscall::user_regs;
 
 const EINPROGRESS: i64 = 115;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
-/// `Inflight::syscall` values for the life-cycle calls (data syscalls use 1..=11).
-const CONNECT: u8 = 100;
-const ACCEPT: u8 = 101;
 
-#[inline(always)]
-fn stash(ctx: &TracePointContext, syscall: u8) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    if !is_traced((id >> 32) as u32) {
-        return 0;
-    }
-    // SAFETY: fd at 16, sockaddr pointer at 24 in both formats.
-    let (fd, ptr) = unsafe { (field::<u64>(ctx, 16), field::<u64>(ctx, 24)) };
-    let inflight = Inflight {
-        ptr,
-        count: 0,
-        // SAFETY: helper without arguments.
-        enter_ns: unsafe { bpf_ktime_get_ns() },
-        sock: 0,
-        fd: fd as i32,
-        syscall,
-        _pad: [0; 3],
-    };
-    let _ = INFLIGHT.insert(&id, &inflight, 0);
-    0
+/// Which life-cycle call a `sys_exit_*` program reports.
+#[derive(Clone, Copy)]
+enum Call {
+    Connect,
+    Accept,
 }
 
 /// Reads an AF_INET/AF_INET6 sockaddr from user memory as the remote end.
@@ -107,68 +90,56 @@ fn emit_conn(pid_tgid: u64, fd: i32, conn_id: u64, what: u8, addrs: SockAddrs) {
     bump(counter::CONN_EVENTS);
 }
 
+/// The end of a `connect` or `accept`: its arguments (the socket's fd, the user's sockaddr)
+/// are still in the registers the thread entered the kernel with, so no program runs at the
+/// syscall's entry and nothing is stashed between the two.
 #[inline(always)]
-fn finish(ctx: &TracePointContext, expect: u8) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: read-only copy, removed right after.
-    let Some(inflight) = (unsafe { INFLIGHT.get(&id) }).copied() else {
-        return 0;
-    };
-    let _ = INFLIGHT.remove(&id);
-    if inflight.syscall != expect {
-        return 0;
-    }
+fn finish(ctx: &TracePointContext, call: Call) -> u32 {
     // SAFETY: `ret` at 16 in every sys_exit format.
     let ret = unsafe { field::<i64>(ctx, 16) };
-    match expect {
-        CONNECT if ret == 0 || ret == -EINPROGRESS => {
-            if let Some(addrs) =
-                read_sockaddr(inflight.ptr).filter(|a| port_allowed(0, a.remote_port))
-            {
-                emit_conn(id, inflight.fd, 0, conn_op::CONNECT, addrs);
-            }
-        }
+    let succeeded = match call {
+        Call::Connect => ret == 0 || ret == -EINPROGRESS,
         // With a port filter, accepts are not reported: only the peer's (ephemeral) port is at
         // hand here, and the connection's first I/O reports it with both ends anyway.
-        ACCEPT if ret >= 0 && FILTER_PORTS.load() == 0 => {
-            let fd = ret as i32;
-            if let Some(addrs) = read_sockaddr(inflight.ptr) {
-                emit_conn(id, fd, 0, conn_op::ACCEPT, addrs);
-            }
+        Call::Accept => ret >= 0 && FILTER_PORTS.load() == 0,
+    };
+    if !succeeded {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    if !is_traced((id >> 32) as u32) {
+        return 0;
+    }
+    // fd in `di`, sockaddr pointer in `si` for connect, accept and accept4 alike.
+    let Some(regs) = user_regs() else {
+        return 0;
+    };
+    let Some(addrs) = read_sockaddr(regs.rsi) else {
+        return 0;
+    };
+    match call {
+        Call::Connect if port_allowed(0, addrs.remote_port) => {
+            emit_conn(id, regs.rdi as i32, 0, conn_op::CONNECT, addrs);
         }
-        _ => {}
+        Call::Accept => emit_conn(id, ret as i32, 0, conn_op::ACCEPT, addrs),
+        Call::Connect => {}
     }
     0
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
-pub fn enter_connect(ctx: TracePointContext) -> u32 {
-    stash(&ctx, CONNECT)
-}
-
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn exit_connect(ctx: TracePointContext) -> u32 {
-    finish(&ctx, CONNECT)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_accept")]
-pub fn enter_accept(ctx: TracePointContext) -> u32 {
-    stash(&ctx, ACCEPT)
+    finish(&ctx, Call::Connect)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn exit_accept(ctx: TracePointContext) -> u32 {
-    finish(&ctx, ACCEPT)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_accept4")]
-pub fn enter_accept4(ctx: TracePointContext) -> u32 {
-    stash(&ctx, ACCEPT)
+    finish(&ctx, Call::Accept)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
 pub fn exit_accept4(ctx: TracePointContext) -> u32 {
-    finish(&ctx, ACCEPT)
+    finish(&ctx, Call::Accept)
 }
 
 /// `sock:inet_sock_set_state`: `skaddr` at 8 (ptr), `newstate` at 20 (i32), `sport` at 24

@@ -50,8 +50,8 @@ pub fn wakeup_flags() -> u64 {
     }
 }
 
-/// A syscall between its enter and exit tracepoints (`*mmsg`, `connect`, `accept`), keyed by
-/// `pid_tgid`; the other data syscalls build one on the stack at the sock tracepoint.
+/// A `*mmsg` syscall between its enter and exit tracepoints, keyed by `pid_tgid`; the other
+/// data syscalls build one on the stack at the sock tracepoint.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Inflight {

@@ -43,19 +43,24 @@ pub struct Call {
     pub count: u64,
 }
 
-/// The data syscall this thread is in, or `None` when it is not in one we decode (a kernel
-/// thread, io_uring, `splice`, a 32-bit process).
+/// The registers this thread entered the kernel with, when it is a 64-bit user syscall
+/// (they hold its arguments until it returns: only `ax` takes the return value).
 #[inline(always)]
-pub fn current() -> Option<Call> {
+pub fn user_regs() -> Option<pt_regs> {
     // SAFETY: the helpers return the current task and its saved user registers; the read
     // goes through bpf_probe_read_kernel and tolerates failure.
     let regs = unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
         bpf_probe_read_kernel(regs).ok()?
     };
-    if regs.cs != USER64_CS {
-        return None;
-    }
+    (regs.cs == USER64_CS).then_some(regs)
+}
+
+/// The data syscall this thread is in, or `None` when it is not in one we decode (a kernel
+/// thread, io_uring, `splice`, a 32-bit process).
+#[inline(always)]
+pub fn current() -> Option<Call> {
+    let regs = user_regs()?;
     let kind = match regs.orig_rax {
         nr::READ => syscall::READ,
         nr::WRITE => syscall::WRITE,
