@@ -87,12 +87,11 @@ pub fn encode_request(spans: &[SpanRecord]) -> Vec<u8> {
     let members = order.chunk_by(|&a, &b| group_of[a] == group_of[b]);
     for (resource, members) in resources.iter().zip(members) {
         message(field::REQUEST_RESOURCE_SPANS, 3, &mut buf, |buf| {
+            // `service.name`, then the process's other resource attributes.
             message(field::RESOURCE_SPANS_RESOURCE, 2, buf, |buf| {
-                attributes(
-                    field::RESOURCE_ATTRIBUTES,
-                    &resource_attributes(resource),
-                    buf,
-                );
+                let service = Wire::Text(resource.service_name.as_bytes());
+                key_wire(field::RESOURCE_ATTRIBUTES, "service.name", service, buf);
+                attributes(field::RESOURCE_ATTRIBUTES, &resource.attributes, buf);
             });
             message(field::RESOURCE_SPANS_SCOPE_SPANS, 3, buf, |buf| {
                 message(field::SCOPE_SPANS_SCOPE, 1, buf, |buf| {
@@ -112,17 +111,6 @@ pub fn encode_request(spans: &[SpanRecord]) -> Vec<u8> {
 
 /// About what one of our spans takes encoded (the buffer's first reservation).
 const SPAN_BYTES_GUESS: usize = 512;
-
-/// `service.name` followed by the process's other resource attributes.
-fn resource_attributes(resource: &ProcessResource) -> Vec<Attribute> {
-    let mut attributes = Vec::with_capacity(resource.attributes.len() + 1);
-    attributes.push(Attribute::str(
-        "service.name",
-        resource.service_name.as_str(),
-    ));
-    attributes.extend(resource.attributes.iter().cloned());
-    attributes
-}
 
 fn encode_span(record: &SpanRecord, buf: &mut Vec<u8>) {
     bytes_field(field::SPAN_TRACE_ID, &record.trace_id, buf);
@@ -169,17 +157,17 @@ fn attributes(tag: u32, attributes: &[Attribute], buf: &mut Vec<u8>) {
     }
 }
 
-/// A `KeyValue` whose `AnyValue` holds exactly one of its variants (encoded even when it is
-/// the type's default, as a set `oneof` is). Its length is known from its parts, so it is
-/// written at once; an address's text is made once.
+/// What a `KeyValue`'s `AnyValue` holds on the wire.
+#[derive(Clone, Copy)]
+enum Wire<'a> {
+    Text(&'a [u8]),
+    Int(u64),
+    Double(f64),
+    Bool(bool),
+}
+
+/// An attribute as a `KeyValue` (an address's text is made here, once).
 fn key_value(tag: u32, key: &str, value: &AttrValue, buf: &mut Vec<u8>) {
-    /// What the `AnyValue` holds on the wire.
-    enum Wire<'a> {
-        Text(&'a [u8]),
-        Int(u64),
-        Double(f64),
-        Bool(bool),
-    }
     let address;
     let wire = match value {
         AttrValue::Str(s) => Wire::Text(s.as_bytes()),
@@ -191,6 +179,13 @@ fn key_value(tag: u32, key: &str, value: &AttrValue, buf: &mut Vec<u8>) {
         AttrValue::Double(d) => Wire::Double(*d),
         AttrValue::Bool(b) => Wire::Bool(*b),
     };
+    key_wire(tag, key, wire, buf);
+}
+
+/// A `KeyValue` whose `AnyValue` holds exactly one of its variants (encoded even when it is
+/// the type's default, as a set `oneof` is). Its length is known from its parts, so it is
+/// written at once.
+fn key_wire(tag: u32, key: &str, wire: Wire<'_>, buf: &mut Vec<u8>) {
     let any_value_len = match wire {
         Wire::Text(text) => {
             key_len(field::ANY_STRING) + encoded_len_varint(text.len() as u64) + text.len()
@@ -206,7 +201,10 @@ fn key_value(tag: u32, key: &str, value: &AttrValue, buf: &mut Vec<u8>) {
     message_header(field::KEY_VALUE_VALUE, any_value_len, buf);
     match wire {
         // Written even when empty (a set `oneof`), unlike `bytes_field`.
-        Wire::Text(text) => message_header(field::ANY_STRING, text.len(), buf),
+        Wire::Text(text) => {
+            message_header(field::ANY_STRING, text.len(), buf);
+            buf.extend_from_slice(text);
+        }
         Wire::Int(i) => {
             encode_key(field::ANY_INT, WireType::Varint, buf);
             varint(i, buf);
@@ -219,9 +217,6 @@ fn key_value(tag: u32, key: &str, value: &AttrValue, buf: &mut Vec<u8>) {
             encode_key(field::ANY_BOOL, WireType::Varint, buf);
             buf.push(u8::from(b));
         }
-    }
-    if let Wire::Text(text) = wire {
-        buf.extend_from_slice(text);
     }
 }
 
